@@ -1,0 +1,1 @@
+"""bbp-notebooks: Jupyter notebooks on HPC Slurm sites, as Kubernetes resources."""

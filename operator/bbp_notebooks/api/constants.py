@@ -1,0 +1,22 @@
+"""Names every layer agrees on: API group, version, kinds, finalizer, labels and the job tag."""
+
+from __future__ import annotations
+
+GROUP = "notebooks.bbp.epfl.ch"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+SESSION_KIND, SESSION_PLURAL = "NotebookSession", "notebooksessions"
+PROFILE_KIND, PROFILE_PLURAL = "NotebookProfile", "notebookprofiles"
+SITE_KIND, SITE_PLURAL = "SlurmSite", "slurmsites"
+
+FINALIZER = f"{GROUP}/cancel-slurm-job"
+ANNOTATION_PREFIX = GROUP
+LABEL_PREFIX = GROUP
+
+# A Slurm job belongs to a session when its name is JOB_NAME_PREFIX + the session's uid.
+# Job names are visible to every user of the cluster, so the tag carries nothing secret.
+JOB_NAME_PREFIX = "bbpnb-"
+
+POSIX_USER_PATTERN = r"^[a-z_][a-z0-9_-]{0,31}$"
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"

@@ -1,0 +1,1 @@
+"""bbp_notebooks.devtools"""

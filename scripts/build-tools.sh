@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Build the pinned kube-apiserver, kubectl, etcd and helm from their Go modules into a cache outside
+# the repo, and print the bin directory on the last line of stdout. Idempotent: a binary that is
+# already built for the current pins is left alone.
+#
+#   scripts/build-tools.sh            # build what is missing, print "<tool> <version> <path>" lines
+#   BBP_TOOLS_DIR=/some/dir scripts/build-tools.sh
+#
+# Needs Go (>= 1.24) and the Go module proxy; nothing else from the network.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=tools.env
+source "$here/tools.env"
+
+pin_tag="k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}"
+tools_dir=${BBP_TOOLS_DIR:-$HOME/.cache/bbp-notebooks/tools}
+prefix="$tools_dir/$pin_tag"
+bin="$prefix/bin"
+mkdir -p "$bin"
+
+export GOFLAGS=-mod=mod
+export CGO_ENABLED=0
+export GOTOOLCHAIN=local
+
+log() { printf '%s\n' "$*" >&2; }
+
+# A binary counts as built when it exists next to a stamp naming the version it was built from.
+is_built() { [[ -x "$bin/$1" && -f "$bin/.$1.version" && "$(cat "$bin/.$1.version")" == "$2" ]]; }
+
+# new_build_dir NAME: a scratch main module in which `go get`/`go build` resolve one tool's graph.
+new_build_dir() {
+  local dir="$prefix/build/$1"
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  printf 'module bbp-notebooks.local/tools/%s\n\ngo 1.24\n' "$1" >"$dir/go.mod"
+  printf '%s\n' "$dir"
+}
+
+# stub_unserved DIR MODULE...: the proxy does not serve some modules that appear in a dependency's
+# go.mod but are never imported by the binary; replace each with a local directory holding only a
+# go.mod so the module graph resolves.
+stub_unserved() {
+  local dir=$1; shift
+  local mod
+  for mod in "$@"; do
+    local stub="$dir/stubs/$mod"
+    mkdir -p "$stub"
+    printf 'module %s\n' "$mod" >"$stub/go.mod"
+    (cd "$dir" && go mod edit -replace="$mod=./stubs/$mod")
+  done
+}
+
+finish() { # finish TOOL VERSION
+  printf '%s\n' "$2" >"$bin/.$1.version"
+}
+
+build_kubernetes() {
+  local need=()
+  is_built kube-apiserver "$KUBERNETES_VERSION" || need+=(kube-apiserver)
+  is_built kubectl "$KUBERNETES_VERSION" || need+=(kubectl)
+  ((${#need[@]})) || return 0
+  log "building ${need[*]} $KUBERNETES_VERSION (slow the first time: ~thousands of packages)"
+  local dir; dir=$(new_build_dir kubernetes)
+  (
+    cd "$dir"
+    go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" >/dev/null
+    local kgomod
+    kgomod=$(go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | sed -n 's/^\s*"GoMod": "\(.*\)",$/\1/p')
+    # k8s.io/kubernetes requires its staging modules as v0.0.0 and replaces them with ./staging/...;
+    # replace directives of a dependency are ignored, so point each one at its published release.
+    local staging
+    staging=$(sed -n 's|^\s*\(k8s\.io/[a-z0-9-]*\) => \./staging/.*$|\1|p' "$kgomod" | sort -u)
+    [[ -n "$staging" ]] || { log "no staging replaces found in $kgomod"; exit 1; }
+    local args=()
+    for m in $staging; do args+=("-replace=$m=$m@$KUBERNETES_STAGING_VERSION"); done
+    go mod edit "${args[@]}" -require="k8s.io/kubernetes@$KUBERNETES_VERSION"
+    go mod tidy -e >/dev/null 2>&1 || true
+    local major minor
+    major=${KUBERNETES_VERSION#v}; major=${major%%.*}
+    minor=${KUBERNETES_VERSION#v*.}; minor=${minor%%.*}
+    local x=""
+    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+      x+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+      x+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+    done
+    for tool in "${need[@]}"; do
+      go build -trimpath -ldflags "-s -w$x" -o "$bin/$tool.tmp" "k8s.io/kubernetes/cmd/$tool"
+      mv "$bin/$tool.tmp" "$bin/$tool"
+      finish "$tool" "$KUBERNETES_VERSION"
+    done
+  )
+}
+
+build_etcd() {
+  is_built etcd "$ETCD_VERSION" && return 0
+  log "building etcd $ETCD_VERSION"
+  local dir; dir=$(new_build_dir etcd)
+  (
+    cd "$dir"
+    # The server module's root package is the etcd main (server/main.go in the etcd repo).
+    go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+    go build -trimpath -ldflags "-s -w" -o "$bin/etcd.tmp" go.etcd.io/etcd/server/v3
+    mv "$bin/etcd.tmp" "$bin/etcd"
+    finish etcd "$ETCD_VERSION"
+  )
+}
+
+build_helm() {
+  is_built helm "$HELM_VERSION" && return 0
+  log "building helm $HELM_VERSION"
+  local dir; dir=$(new_build_dir helm)
+  (
+    cd "$dir"
+    go get "helm.sh/helm/v3@$HELM_VERSION"
+    go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+      -o "$bin/helm.tmp" helm.sh/helm/v3/cmd/helm
+    mv "$bin/helm.tmp" "$bin/helm"
+    finish helm "$HELM_VERSION"
+  )
+}
+
+start=$SECONDS
+build_etcd
+build_helm
+build_kubernetes
+rm -rf "$prefix/build"
+log "tools ready in $((SECONDS - start)) s"
+
+for tool in kube-apiserver kubectl etcd helm; do
+  printf '%s %s %s\n' "$tool" "$(cat "$bin/.$tool.version")" "$bin/$tool"
+done
+printf '%s\n' "$bin"

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Installs what the real-Slurm tests need (Debian 12): slurm-wlm 22.05 + slurmdbd, munge, MariaDB
+# (for slurmdbd, so sacct/sacctmgr behave as on a production site), OpenSSH; and the POSIX test
+# users alice and bob. Idempotent and fast when everything is already there. Run as root.
+# Nothing is left running: package scripts are kept from starting services (no systemd here), the
+# test fixtures start their own daemons (bbp_notebooks.devtools.realslurm).
+set -euo pipefail
+
+PACKAGES=(
+  slurm-wlm slurm-client slurmdbd munge
+  mariadb-server mariadb-client
+  openssh-server openssh-client
+)
+TEST_USERS=(alice bob)
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "install-test-deps.sh: must run as root" >&2
+  exit 1
+fi
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
+  [[ $status == installed ]] || missing+=("$pkg")
+done
+
+if ((${#missing[@]})); then
+  echo "install-test-deps.sh: installing ${missing[*]}"
+  # Keep maintainer scripts from starting daemons (invoke-rc.d honours policy-rc.d exit 101).
+  created_policy=0
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 0755 /usr/sbin/policy-rc.d
+    created_policy=1
+  fi
+  trap '[[ $created_policy == 1 ]] && rm -f /usr/sbin/policy-rc.d' EXIT
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+for user in "${TEST_USERS[@]}"; do
+  if ! id -u "$user" >/dev/null 2>&1; then
+    useradd --create-home --shell /bin/bash "$user"
+  fi
+  home=$(getent passwd "$user" | cut -d: -f6)
+  if [[ ! -d $home ]]; then
+    mkdir -p "$home"
+    chown "$user:$user" "$home"
+  fi
+done
+
+# sshd's privilege-separation directory (normally made by the systemd unit).
+mkdir -p /run/sshd
+chmod 0755 /run/sshd
