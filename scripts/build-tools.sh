@@ -64,7 +64,6 @@ build_kubernetes() {
   local dir; dir=$(new_build_dir kubernetes)
   (
     cd "$dir"
-    go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" >/dev/null
     local kgomod
     kgomod=$(go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | sed -n 's/^\s*"GoMod": "\(.*\)",$/\1/p')
     # k8s.io/kubernetes requires its staging modules as v0.0.0 and replaces them with ./staging/...;
@@ -74,8 +73,9 @@ build_kubernetes() {
     [[ -n "$staging" ]] || { log "no staging replaces found in $kgomod"; exit 1; }
     local args=()
     for m in $staging; do args+=("-replace=$m=$m@$KUBERNETES_STAGING_VERSION"); done
+    # No `go mod tidy`: this module has no Go files, so tidy would drop the pinned requirement and
+    # `go build` would then resolve k8s.io/kubernetes@latest. -mod=mod adds what the build needs.
     go mod edit "${args[@]}" -require="k8s.io/kubernetes@$KUBERNETES_VERSION"
-    go mod tidy -e >/dev/null 2>&1 || true
     local major minor
     major=${KUBERNETES_VERSION#v}; major=${major%%.*}
     minor=${KUBERNETES_VERSION#v*.}; minor=${minor%%.*}

@@ -48,6 +48,11 @@ for user in "${TEST_USERS[@]}"; do
     mkdir -p "$home"
     chown "$user:$user" "$home"
   fi
+  # useradd leaves the password field "!" (locked); sshd with UsePAM no refuses locked accounts
+  # even for certificate logins. "*" = no password, not locked.
+  if [[ $(getent shadow "$user" | cut -d: -f2) == '!'* ]]; then
+    usermod -p '*' "$user"
+  fi
 done
 
 # sshd's privilege-separation directory (normally made by the systemd unit).

@@ -28,8 +28,9 @@ def test_the_sync_check_fails_when_a_model_changes_without_regenerating(
     )
     session = crdgen.CRDS[0]
     monkeypatch.setattr(
-        crdgen, "CRDS", (crdgen.CrdDescription(**{**session.__dict__, "spec": changed}),)
-        + crdgen.CRDS[1:],
+        crdgen,
+        "CRDS",
+        (crdgen.CrdDescription(**{**session.__dict__, "spec": changed}),) + crdgen.CRDS[1:],
     )
     stale = crdgen.differences(crdgen.default_targets(REPO))
     assert any("notebooksessions" in path for path in stale)

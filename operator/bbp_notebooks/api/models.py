@@ -130,7 +130,9 @@ class Condition(StatusModel):
 class ResourceOverrides(Model):
     """Resources asked for beyond the profile's defaults; the profile's maxima still apply."""
 
-    cores: int | None = Field(default=None, ge=1, le=1024, description="CPU cores for the notebook.")
+    cores: int | None = Field(
+        default=None, ge=1, le=1024, description="CPU cores for the notebook."
+    )
     memory_mib: int | None = Field(
         default=None,
         alias="memoryMiB",
@@ -154,7 +156,18 @@ class SecretReference(Model):
 
 
 class NotebookSessionSpec(Model):
-    """What the scientist asked for: who, with which profile, where."""
+    """What the scientist asked for: who, with which profile, where. Immutable once created."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self == oldSelf",
+                    "message": "a session's spec is immutable: delete it and create a new one",
+                }
+            ]
+        }
+    )
 
     user: PosixUser = Field(description="The POSIX user the job runs as at the Slurm site.")
     profile: ObjectName = Field(description="The name of the NotebookProfile to run.")

@@ -1,0 +1,104 @@
+"""Operator settings, read from the environment (BBP_*) and an optional YAML file.
+
+The same model generates the Helm chart's values.schema.json section for the operator, so a
+setting is described once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class OperatorSettings(BaseSettings):
+    """How the operator runs. Every field may be set as BBP_<FIELD> in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="BBP_", extra="forbid")
+
+    namespace: str = Field(
+        default="bbp-notebooks",
+        description="Namespace of the operator: holds CA and key Secrets, and the peering object.",
+    )
+    watch_namespaces: list[str] = Field(
+        default_factory=list,
+        description="Namespaces whose NotebookSessions are served; empty means all.",
+    )
+    peering_name: str = Field(default="bbp-notebooks", description="kopf peering object name.")
+    priority: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description="kopf peering priority; replicas must have distinct values.",
+    )
+    http_host: str = Field(
+        default="127.0.0.1", description="Address of the callback and /metrics HTTP server."
+    )
+    http_port: int = Field(default=8089, ge=1, le=65535, description="Port of that server.")
+    callback_url: str = Field(
+        default="http://127.0.0.1:8089",
+        description="Base URL that jobs on compute nodes use to report their endpoint.",
+    )
+    token_key: SecretStr = Field(
+        default=SecretStr(""),
+        description="Secret key that derives per-session callback tokens (HMAC of the uid). "
+        "Generated at start when empty (tokens then die with the process).",
+    )
+    notebook_command: list[str] = Field(
+        default_factory=lambda: ["jupyterhub-singleuser"],
+        description="Command (argv) that starts the notebook server in the job.",
+    )
+    orphan_sweep_every_polls: int = Field(
+        default=4, ge=1, le=1000, description="Sweep for orphan jobs every N site polls."
+    )
+    orphan_grace_seconds: int = Field(
+        default=120,
+        ge=0,
+        le=86400,
+        description="A tagged job younger than this is never treated as an orphan.",
+    )
+    command_timeout_seconds: int = Field(
+        default=30, ge=1, le=600, description="Deadline for one Slurm command over ssh."
+    )
+    max_channels_per_connection: int = Field(
+        default=8, ge=1, le=10, description="Concurrent ssh channels per connection (sshd: 10)."
+    )
+    max_handshakes_per_frontend: int = Field(
+        default=4, ge=1, le=64, description="Concurrent ssh handshakes per frontend."
+    )
+    settings_file: Path | None = Field(
+        default=None, description="Optional YAML file with these settings (environment wins)."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlFileSource(settings_cls))
+
+
+class _YamlFileSource(PydanticBaseSettingsSource):
+    """Settings from the YAML file named by BBP_SETTINGS_FILE."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        import os
+
+        import yaml
+
+        path = os.environ.get("BBP_SETTINGS_FILE")
+        if not path:
+            return {}
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of settings")
+        return {key.replace("-", "_"): value for key, value in data.items()}

@@ -1,0 +1,786 @@
+"""Real Slurm (Debian 12 slurm-wlm 22.05) as two clusters, geneva and lugano, on loopback.
+
+Each cluster has its own slurmctld and slurmd and sits behind its own OpenSSH sshd on a
+127.0.0.x address, with a host certificate signed by a host CA and user certificates trusted
+from a user CA, as the operator meets a production site. One munged, one MariaDB and one
+slurmdbd (shared by both clusters, as a site federation would) make sacct and sacctmgr work.
+
+Config text comes from pure builders; `up` writes it under a directory, starts every daemon
+and records their PIDs in `state.json`; `down` stops exactly those PIDs.
+
+    python -m bbp_notebooks.devtools.realslurm up --dir /tmp/rs
+    python -m bbp_notebooks.devtools.realslurm down --dir /tmp/rs
+
+Needs root and scripts/install-test-deps.sh (packages and the users alice and bob).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+STATE_FILE = "state.json"
+SHARED_ADDRESS = "127.0.0.10"
+MARIADB_PORT = 3306
+SLURMDBD_PORT = 6819
+SSH_PORT = 2222
+TEST_USERS = ("alice", "bob")
+DEFAULT_MIN_JOB_AGE_S = 10
+START_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 15.0
+DAEMON_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class RealSlurmError(RuntimeError):
+    """A daemon could not be configured, started or reached in time."""
+
+
+@dataclass(frozen=True)
+class PartitionSpec:
+    name: str
+    max_time: str  # Slurm time format, e.g. "1-00:00:00"
+    default: bool = False
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """One Slurm cluster with its frontend sshd."""
+
+    name: str
+    node_name: str
+    address: str  # 127.0.0.x: sshd, slurmctld and slurmd listen here
+    slurmctld_port: int
+    slurmd_port: int
+    first_job_id: int
+    partitions: tuple[PartitionSpec, ...]
+    # user -> accounts; the first one is the user's default account
+    accounts: Mapping[str, tuple[str, ...]]
+    ssh_port: int = SSH_PORT
+    cpus: int = 8
+    real_memory_mb: int = 16000
+
+
+GENEVA = ClusterSpec(
+    name="geneva",
+    node_name="gva-n1",
+    address="127.0.0.11",
+    slurmctld_port=6817,
+    slurmd_port=6818,
+    first_job_id=1_000_000,
+    partitions=(
+        PartitionSpec("prod", "1-00:00:00", default=True),
+        PartitionSpec("debug", "01:00:00"),
+    ),
+    accounts={"alice": ("bbp",), "bob": ("bbp",)},
+)
+LUGANO = ClusterSpec(
+    name="lugano",
+    node_name="lug-n1",
+    address="127.0.0.12",
+    slurmctld_port=6827,
+    slurmd_port=6828,
+    first_job_id=2_000_000,
+    partitions=(PartitionSpec("prod", "1-00:00:00", default=True),),
+    accounts={"alice": ("proj16", "proj42"), "bob": ("proj42",)},
+)
+DEFAULT_CLUSTERS = (GENEVA, LUGANO)
+
+
+@dataclass(frozen=True)
+class SharedPaths:
+    """Files shared by both clusters (munge, database, slurmdbd, the two CAs)."""
+
+    root: Path
+
+    @property
+    def munge_key(self) -> Path:
+        return self.root / "munge" / "munge.key"
+
+    @property
+    def munge_socket(self) -> Path:
+        return self.root / "munge" / "munge.socket"
+
+    @property
+    def db_dir(self) -> Path:
+        return self.root / "mariadb"
+
+    @property
+    def db_socket(self) -> Path:
+        return self.root / "mariadb.sock"
+
+    @property
+    def slurmdbd_dir(self) -> Path:
+        return self.root / "slurmdbd"
+
+    @property
+    def slurmdbd_conf(self) -> Path:
+        return self.slurmdbd_dir / "slurmdbd.conf"
+
+    @property
+    def host_ca_key(self) -> Path:
+        return self.root / "ca" / "host_ca"
+
+    @property
+    def user_ca_key(self) -> Path:
+        return self.root / "ca" / "user_ca"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+
+@dataclass(frozen=True)
+class ClusterPaths:
+    root: Path
+
+    @property
+    def slurm_conf(self) -> Path:
+        return self.root / "slurm.conf"
+
+    @property
+    def state_save(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def spool(self) -> Path:
+        return self.root / "spool"
+
+    @property
+    def host_key(self) -> Path:
+        return self.root / "ssh_host_ed25519_key"
+
+    @property
+    def host_cert(self) -> Path:
+        return self.root / "ssh_host_ed25519_key-cert.pub"
+
+    @property
+    def sshd_config(self) -> Path:
+        return self.root / "sshd_config"
+
+
+def _cluster_paths(root: Path, cluster: ClusterSpec) -> ClusterPaths:
+    return ClusterPaths(root / cluster.name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure config builders
+
+
+def slurm_conf(
+    cluster: ClusterSpec,
+    paths: ClusterPaths,
+    shared: SharedPaths,
+    *,
+    hostname: str,
+    min_job_age_s: int = DEFAULT_MIN_JOB_AGE_S,
+) -> str:
+    """slurm.conf for one cluster; `hostname` is this machine's short name (slurmctld checks it)."""
+    logs = shared.logs
+    lines = [
+        f"ClusterName={cluster.name}",
+        f"SlurmctldHost={hostname}({cluster.address})",
+        f"SlurmctldPort={cluster.slurmctld_port}",
+        f"SlurmdPort={cluster.slurmd_port}",
+        # Bind to the cluster's own loopback address instead of 0.0.0.0.
+        "CommunicationParameters=NoInAddrAny",
+        "SlurmUser=root",
+        "SlurmdUser=root",
+        "AuthType=auth/munge",
+        "CredType=cred/munge",
+        f"AuthInfo=socket={shared.munge_socket}",
+        f"StateSaveLocation={paths.state_save}",
+        f"SlurmdSpoolDir={paths.spool}/slurmd-%n",
+        f"SlurmctldPidFile={paths.root}/slurmctld.pid",
+        f"SlurmdPidFile={paths.root}/slurmd-%n.pid",
+        f"SlurmctldLogFile={logs}/{cluster.name}-slurmctld.log",
+        f"SlurmdLogFile={logs}/{cluster.name}-slurmd-%n.log",
+        "SlurmctldDebug=info",
+        "SlurmdDebug=info",
+        "ProctrackType=proctrack/linuxproc",
+        "TaskPlugin=task/none",
+        "JobAcctGatherType=jobacct_gather/none",
+        "MpiDefault=none",
+        "SwitchType=switch/none",
+        "LaunchParameters=use_interactive_step",
+        "SchedulerType=sched/backfill",
+        "SchedulerParameters=batch_sched_delay=0",
+        "SelectType=select/cons_tres",
+        "SelectTypeParameters=CR_Core",
+        # Declare more CPUs/memory than the machine has, so several jobs share the node.
+        "SlurmdParameters=config_overrides",
+        f"FirstJobId={cluster.first_job_id}",
+        f"MinJobAge={min_job_age_s}",
+        "ReturnToService=2",
+        "SlurmctldTimeout=30",
+        "SlurmdTimeout=60",
+        "InactiveLimit=0",
+        "KillWait=5",
+        "Waittime=0",
+        "AccountingStorageType=accounting_storage/slurmdbd",
+        f"AccountingStorageHost={SHARED_ADDRESS}",
+        f"AccountingStoragePort={SLURMDBD_PORT}",
+        "AccountingStorageEnforce=associations",
+        "JobCompType=jobcomp/none",
+        (
+            f"NodeName={cluster.node_name} NodeHostname={hostname} NodeAddr={cluster.address}"
+            f" CPUs={cluster.cpus} RealMemory={cluster.real_memory_mb} State=UNKNOWN"
+        ),
+    ]
+    for partition in cluster.partitions:
+        lines.append(
+            f"PartitionName={partition.name} Nodes={cluster.node_name}"
+            f" Default={'YES' if partition.default else 'NO'}"
+            f" MaxTime={partition.max_time} State=UP OverSubscribe=NO"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def slurmdbd_conf(shared: SharedPaths, *, hostname: str, db_password: str) -> str:
+    """slurmdbd.conf (holds the database password: written 0600)."""
+    return (
+        "\n".join(
+            [
+                "AuthType=auth/munge",
+                f"AuthInfo=socket={shared.munge_socket}",
+                f"DbdHost={hostname}",
+                f"DbdAddr={SHARED_ADDRESS}",
+                f"DbdPort={SLURMDBD_PORT}",
+                "SlurmUser=root",
+                "DebugLevel=info",
+                f"LogFile={shared.logs}/slurmdbd.log",
+                f"PidFile={shared.slurmdbd_dir}/slurmdbd.pid",
+                "StorageType=accounting_storage/mysql",
+                f"StorageHost={SHARED_ADDRESS}",
+                f"StoragePort={MARIADB_PORT}",
+                "StorageUser=slurm",
+                f"StoragePass={db_password}",
+                "StorageLoc=slurm_acct_db",
+            ]
+        )
+        + "\n"
+    )
+
+
+def sshd_config(cluster: ClusterSpec, paths: ClusterPaths, shared: SharedPaths) -> str:
+    """sshd_config for a cluster frontend: certificates only, SLURM_CONF set for every session."""
+    return (
+        "\n".join(
+            [
+                f"ListenAddress {cluster.address}:{cluster.ssh_port}",
+                f"HostKey {paths.host_key}",
+                f"HostCertificate {paths.host_cert}",
+                f"TrustedUserCAKeys {shared.user_ca_key}.pub",
+                "AuthorizedKeysFile none",
+                "PubkeyAuthentication yes",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "PermitRootLogin no",
+                "UsePAM no",
+                "StrictModes no",
+                "MaxSessions 10",
+                "MaxStartups 10:30:100",
+                "X11Forwarding no",
+                "AllowTcpForwarding no",
+                "PrintMotd no",
+                "LogLevel VERBOSE",
+                f"PidFile {paths.root}/sshd.pid",
+                # Server-side (OpenSSH >= 8.7): applies to exec sessions too, no AcceptEnv needed.
+                f"SetEnv SLURM_CONF={paths.slurm_conf}",
+            ]
+        )
+        + "\n"
+    )
+
+
+def known_hosts_line(cluster: ClusterSpec, host_ca_public_key: str) -> str:
+    """A known_hosts line trusting every host key the host CA signed for this frontend."""
+    patterns = f"{cluster.address},[{cluster.address}]:{cluster.ssh_port}"
+    return f"@cert-authority {patterns} {host_ca_public_key.strip()}\n"
+
+
+def sacctmgr_setup_commands(clusters: Sequence[ClusterSpec]) -> list[list[str]]:
+    """sacctmgr argvs that register the clusters, their accounts and user associations."""
+    commands: list[list[str]] = [
+        ["sacctmgr", "-i", "add", "cluster", *(c.name for c in clusters)],
+    ]
+    for cluster in clusters:
+        account_names = sorted({a for accounts in cluster.accounts.values() for a in accounts})
+        commands.append(
+            ["sacctmgr", "-i", "add", "account", *account_names, f"cluster={cluster.name}"]
+        )
+        for user, accounts in sorted(cluster.accounts.items()):
+            commands.append(
+                [
+                    "sacctmgr", "-i", "add", "user", user,
+                    f"account={','.join(accounts)}",
+                    f"defaultaccount={accounts[0]}",
+                    f"cluster={cluster.name}",
+                ]
+            )  # fmt: skip
+    return commands
+
+
+# ---------------------------------------------------------------------------------------------
+# Running state
+
+
+@dataclass(frozen=True)
+class Daemon:
+    name: str
+    pid: int
+    executable: str  # basename checked against /proc/PID/exe before a signal is sent
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    """What a test needs to reach one cluster as a user."""
+
+    name: str
+    ssh_host: str
+    ssh_port: int
+    known_hosts: str
+    user_ca_key: str  # path of the user CA private key (mint user certificates with it)
+    slurm_conf: str
+    first_job_id: int
+    node_name: str
+    partitions: tuple[str, ...]
+    default_partition: str
+    accounts: dict[str, list[str]]
+
+
+@dataclass
+class Deployment:
+    root: str
+    daemons: list[Daemon] = field(default_factory=list)
+    sites: list[SiteInfo] = field(default_factory=list)
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    def site(self, name: str) -> SiteInfo:
+        for site in self.sites:
+            if site.name == name:
+                return site
+        raise KeyError(name)
+
+    def save(self) -> None:
+        path = Path(self.root) / STATE_FILE
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, root: Path) -> Deployment:
+        raw: dict[str, Any] = json.loads((root / STATE_FILE).read_text())
+        return cls(
+            root=raw["root"],
+            daemons=[Daemon(**d) for d in raw["daemons"]],
+            sites=[
+                SiteInfo(**{**s, "partitions": tuple(s["partitions"])}) for s in raw["sites"]
+            ],
+            timings_s=dict(raw.get("timings_s", {})),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# I/O
+
+
+def _run(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    stdin: str | None = None,
+    timeout: float = 30.0,
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        list(argv),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=dict(env) if env is not None else _daemon_env(),
+        timeout=timeout,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RealSlurmError(
+            f"{shlex.join(argv)} exited {result.returncode}: {result.stderr.strip()}"
+        )
+    return result
+
+
+def _daemon_env(slurm_conf: Path | None = None) -> dict[str, str]:
+    env = {"PATH": DAEMON_PATH, "LANG": "C.UTF-8", "HOME": "/root"}
+    if slurm_conf is not None:
+        env["SLURM_CONF"] = str(slurm_conf)
+    return env
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def _wait_until(what: str, check: Callable[[], bool], timeout: float, interval: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except (OSError, RealSlurmError, subprocess.TimeoutExpired):
+            pass
+        if time.monotonic() >= deadline:
+            raise RealSlurmError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def _port_open(address: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((address, port), timeout=1.0):
+        return True
+    return False
+
+
+class _Starter:
+    """Starts daemons in their own sessions and records them in the deployment as it goes."""
+
+    def __init__(self, deployment: Deployment, logs: Path) -> None:
+        self.deployment = deployment
+        self.logs = logs
+
+    def start(self, name: str, argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+        log = self.logs / f"{name}.out"
+        with log.open("ab") as out:
+            process = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=dict(env),
+                start_new_session=True,
+            )
+        self.deployment.daemons.append(Daemon(name, process.pid, Path(argv[0]).name))
+        self.deployment.save()
+        return process
+
+    def check_alive(self, process: subprocess.Popen[bytes], name: str) -> None:
+        if process.poll() is not None:
+            tail = (self.logs / f"{name}.out").read_text(errors="replace")[-2000:]
+            raise RealSlurmError(f"{name} exited with {process.returncode}: {tail}")
+
+
+def _require_root_and_tools() -> None:
+    if os.geteuid() != 0:
+        raise RealSlurmError("real Slurm needs root (run scripts/install-test-deps.sh as root)")
+    tools = ["munged", "mariadbd", "mariadb-install-db", "slurmdbd", "slurmctld", "slurmd",
+             "sshd", "ssh-keygen", "sacctmgr", "sinfo"]  # fmt: skip
+    missing = [t for t in tools if shutil.which(t, path=DAEMON_PATH) is None]
+    if missing:
+        raise RealSlurmError(f"missing {missing}: run scripts/install-test-deps.sh")
+    for user in TEST_USERS:
+        _run(["id", "-u", user])
+
+
+def _make_ca(key: Path) -> None:
+    _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", key.name, "-f", str(key)])
+
+
+def up(
+    root: Path,
+    clusters: Sequence[ClusterSpec] = DEFAULT_CLUSTERS,
+    *,
+    min_job_age_s: int = DEFAULT_MIN_JOB_AGE_S,
+    timeout: float = START_TIMEOUT_S,
+) -> Deployment:
+    """Write every config under `root` and start all daemons; stops what it started on failure."""
+    _require_root_and_tools()
+    started = time.monotonic()
+    root = root.resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    if (root / STATE_FILE).exists():
+        raise RealSlurmError(f"{root / STATE_FILE} exists: run `down --dir {root}` first")
+    # Test users' sbatch/squeue read slurm.conf and talk to munged under here.
+    for directory in (root, *root.parents):
+        if directory == Path("/"):
+            break
+        if directory.stat().st_mode & 0o005 != 0o005:
+            directory.chmod(directory.stat().st_mode | 0o005)
+    shared = SharedPaths(root)
+    hostname = socket.gethostname().split(".")[0]
+    deployment = Deployment(root=str(root))
+    deployment.save()
+    shared.logs.mkdir(exist_ok=True)
+    starter = _Starter(deployment, shared.logs)
+    try:
+        _up(deployment, starter, shared, clusters, hostname, min_job_age_s, timeout)
+    except BaseException:
+        down(root)
+        raise
+    deployment.timings_s["total"] = round(time.monotonic() - started, 3)
+    deployment.save()
+    return deployment
+
+
+def _up(
+    deployment: Deployment,
+    starter: _Starter,
+    shared: SharedPaths,
+    clusters: Sequence[ClusterSpec],
+    hostname: str,
+    min_job_age_s: int,
+    timeout: float,
+) -> None:
+    t0 = time.monotonic()
+
+    def mark(step: str) -> None:
+        deployment.timings_s[step] = round(time.monotonic() - t0, 3)
+
+    # munge
+    shared.munge_key.parent.mkdir(mode=0o755, exist_ok=True)
+    _write(shared.munge_key, "", 0o600)
+    shared.munge_key.unlink()
+    _run(["mungekey", "--create", f"--keyfile={shared.munge_key}"])
+    munged = starter.start(
+        "munged",
+        [
+            "/usr/sbin/munged", "--foreground",
+            f"--socket={shared.munge_socket}",
+            f"--key-file={shared.munge_key}",
+            f"--pid-file={shared.root}/munge/munged.pid",
+            f"--seed-file={shared.root}/munge/munged.seed",
+            f"--log-file={shared.logs}/munged.log",
+        ],
+        _daemon_env(),
+    )  # fmt: skip
+    _wait_until("munged", lambda: shared.munge_socket.exists(), timeout)
+    starter.check_alive(munged, "munged")
+    mark("munged")
+
+    # MariaDB for slurmdbd
+    db_password = secrets.token_urlsafe(18)
+    _run(
+        [
+            "mariadb-install-db", "--no-defaults", f"--datadir={shared.db_dir}", "--user=root",
+            "--auth-root-authentication-method=socket", "--skip-test-db",
+        ],
+        timeout=timeout,
+    )  # fmt: skip
+    mariadbd = starter.start(
+        "mariadbd",
+        [
+            "/usr/sbin/mariadbd", "--no-defaults", f"--datadir={shared.db_dir}",
+            f"--socket={shared.db_socket}", f"--bind-address={SHARED_ADDRESS}",
+            f"--port={MARIADB_PORT}", "--user=root", f"--pid-file={shared.root}/mariadbd.pid",
+            f"--log-error={shared.logs}/mariadbd.log", "--innodb-buffer-pool-size=64M",
+            "--skip-name-resolve",
+        ],
+        _daemon_env(),
+    )  # fmt: skip
+    mariadb = ["mariadb", "--no-defaults", f"--socket={shared.db_socket}", "-uroot"]
+
+    def db_ready() -> bool:
+        starter.check_alive(mariadbd, "mariadbd")
+        _run([*mariadb, "-e", "SELECT 1"], timeout=5)
+        return True
+
+    _wait_until("mariadbd", db_ready, timeout)
+    # The password travels on stdin, never in argv.
+    _run(
+        mariadb,
+        stdin=(
+            f"CREATE USER 'slurm'@'{SHARED_ADDRESS}' IDENTIFIED BY '{db_password}';\n"
+            f"GRANT ALL ON slurm_acct_db.* TO 'slurm'@'{SHARED_ADDRESS}';\n"
+        ),
+    )
+    mark("mariadbd")
+
+    # slurmdbd (reads slurmdbd.conf beside $SLURM_CONF)
+    _write(shared.slurmdbd_conf, slurmdbd_conf(shared, hostname=hostname, db_password=db_password),
+           0o600)  # fmt: skip
+    # slurmdbd reads slurmdbd.conf from the directory of $SLURM_CONF; the first cluster's
+    # slurm.conf is only used by sacctmgr below to find slurmdbd.
+    dbd_slurm_conf = shared.slurmdbd_dir / "slurm.conf"
+    first = clusters[0]
+    _write(
+        dbd_slurm_conf,
+        slurm_conf(first, _cluster_paths(shared.root, first), shared, hostname=hostname,
+                   min_job_age_s=min_job_age_s),
+    )  # fmt: skip
+    slurmdbd = starter.start(
+        "slurmdbd", ["/usr/sbin/slurmdbd", "-D"], _daemon_env(dbd_slurm_conf)
+    )
+    dbd_env = _daemon_env(dbd_slurm_conf)
+
+    def dbd_ready() -> bool:
+        starter.check_alive(slurmdbd, "slurmdbd")
+        _run(["sacctmgr", "-n", "show", "cluster"], env=dbd_env, timeout=10)
+        return True
+
+    _wait_until("slurmdbd", dbd_ready, timeout)
+    for argv in sacctmgr_setup_commands(clusters):
+        _run(argv, env=dbd_env)
+    mark("slurmdbd")
+
+    # CAs
+    _make_ca(shared.host_ca_key)
+    _make_ca(shared.user_ca_key)
+    host_ca_public = Path(f"{shared.host_ca_key}.pub").read_text()
+
+    # Clusters
+    controllers: list[tuple[ClusterSpec, ClusterPaths, subprocess.Popen[bytes]]] = []
+    for cluster in clusters:
+        paths = _cluster_paths(shared.root, cluster)
+        paths.state_save.mkdir(parents=True, exist_ok=True)
+        paths.spool.mkdir(parents=True, exist_ok=True)
+        paths.root.chmod(0o755)
+        _write(
+            paths.slurm_conf,
+            slurm_conf(cluster, paths, shared, hostname=hostname, min_job_age_s=min_job_age_s),
+        )
+        env = _daemon_env(paths.slurm_conf)
+        slurmctld = starter.start(
+            f"{cluster.name}-slurmctld", ["/usr/sbin/slurmctld", "-D", "-i"], env
+        )
+        controllers.append((cluster, paths, slurmctld))
+    for cluster, paths, slurmctld in controllers:
+        env = _daemon_env(paths.slurm_conf)
+
+        def ctld_ready(p: subprocess.Popen[bytes] = slurmctld, c: ClusterSpec = cluster,
+                       e: dict[str, str] = env) -> bool:  # fmt: skip
+            starter.check_alive(p, f"{c.name}-slurmctld")
+            return "UP" in _run(["scontrol", "ping"], env=e, timeout=10).stdout
+
+        _wait_until(f"{cluster.name} slurmctld", ctld_ready, timeout)
+        starter.start(
+            f"{cluster.name}-slurmd", ["/usr/sbin/slurmd", "-D", "-N", cluster.node_name], env
+        )
+    mark("slurmctld")
+
+    # sshd frontends
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    for cluster in clusters:
+        paths = _cluster_paths(shared.root, cluster)
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{cluster.name}-frontend",
+              "-f", str(paths.host_key)])  # fmt: skip
+        _run(
+            [
+                "ssh-keygen", "-q", "-s", str(shared.host_ca_key), "-h",
+                "-I", f"{cluster.name}-frontend", "-n", f"{cluster.address},{cluster.name}",
+                "-V", "-5m:+520w", f"{paths.host_key}.pub",
+            ]
+        )  # fmt: skip
+        _write(paths.sshd_config, sshd_config(cluster, paths, shared))
+        _run(["/usr/sbin/sshd", "-t", "-f", str(paths.sshd_config)])
+        sshd = starter.start(
+            f"{cluster.name}-sshd",
+            ["/usr/sbin/sshd", "-D", "-e", "-f", str(paths.sshd_config)],
+            _daemon_env(),
+        )
+
+        def sshd_ready(p: subprocess.Popen[bytes] = sshd, c: ClusterSpec = cluster) -> bool:
+            starter.check_alive(p, f"{c.name}-sshd")
+            return _port_open(c.address, c.ssh_port)
+
+        _wait_until(f"{cluster.name} sshd", sshd_ready, timeout)
+    mark("sshd")
+
+    # Nodes idle
+    for cluster, paths, _ in controllers:
+        env = _daemon_env(paths.slurm_conf)
+
+        def node_idle(c: ClusterSpec = cluster, e: dict[str, str] = env) -> bool:
+            out = _run(["sinfo", "-h", "-N", "-n", c.node_name, "-o", "%t"], env=e).stdout
+            return out.strip() in {"idle", "mix"}
+
+        _wait_until(f"{cluster.name} node {cluster.node_name} idle", node_idle, timeout)
+        deployment.sites.append(
+            SiteInfo(
+                name=cluster.name,
+                ssh_host=cluster.address,
+                ssh_port=cluster.ssh_port,
+                known_hosts=known_hosts_line(cluster, host_ca_public),
+                user_ca_key=str(shared.user_ca_key),
+                slurm_conf=str(paths.slurm_conf),
+                first_job_id=cluster.first_job_id,
+                node_name=cluster.node_name,
+                partitions=tuple(p.name for p in cluster.partitions),
+                default_partition=next(p.name for p in cluster.partitions if p.default),
+                accounts={u: list(a) for u, a in cluster.accounts.items()},
+            )
+        )
+    mark("nodes_idle")
+    deployment.save()
+
+
+def _is_ours(daemon: Daemon) -> bool:
+    """True while PID still runs the executable we started (PIDs get reused)."""
+    try:
+        exe = os.readlink(f"/proc/{daemon.pid}/exe")
+    except OSError:
+        return False
+    return Path(exe.removesuffix(" (deleted)")).name.startswith(daemon.executable.split("-")[0])
+
+
+def down(root: Path, *, timeout: float = STOP_TIMEOUT_S) -> list[str]:
+    """Stop the daemons recorded in `root`/state.json (newest first); returns their names."""
+    state = root.resolve() / STATE_FILE
+    if not state.exists():
+        return []
+    deployment = Deployment.load(root.resolve())
+    stopped: list[str] = []
+    for daemon in reversed(deployment.daemons):
+        if not _is_ours(daemon):
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(daemon.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _is_ours(daemon) and time.monotonic() < deadline:
+            _reap(daemon.pid)
+            time.sleep(0.05)
+        if _is_ours(daemon):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(daemon.pid, signal.SIGKILL)
+            _reap(daemon.pid, block=True)
+        stopped.append(daemon.name)
+    state.unlink()
+    return stopped
+
+
+def _reap(pid: int, *, block: bool = False) -> None:
+    """Collect our own exited child so it does not linger as a zombie."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0 if block else os.WNOHANG)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bbp_notebooks.devtools.realslurm")
+    parser.add_argument("action", choices=["up", "down"])
+    parser.add_argument("--dir", required=True, type=Path, help="where configs/state/logs go")
+    parser.add_argument("--min-job-age", type=int, default=DEFAULT_MIN_JOB_AGE_S)
+    args = parser.parse_args(argv)
+    try:
+        if args.action == "up":
+            deployment = up(args.dir, min_job_age_s=args.min_job_age)
+            json.dump(asdict(deployment), sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        else:
+            for name in down(args.dir):
+                print(f"stopped {name}")
+    except RealSlurmError as error:
+        print(f"realslurm: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

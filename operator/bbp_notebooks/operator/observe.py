@@ -1,0 +1,248 @@
+"""From what Slurm reports about a job to the session's status. Pure and level-based."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from bbp_notebooks.api.models import (
+    ConditionStatus,
+    Endpoint,
+    NotebookSessionStatus,
+    QueueInfo,
+    SessionPhase,
+)
+from bbp_notebooks.operator.conditions import SESSION_CONDITIONS, ConditionType, ensure_all
+from bbp_notebooks.operator.conditions import set_condition as _set
+
+QUEUED_STATES = frozenset({"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"})
+RUNNING_STATES = frozenset({"RUNNING", "COMPLETING", "SUSPENDED", "STAGE_OUT", "SIGNALING"})
+
+# Terminal Slurm state -> (phase, CamelCase reason).
+TERMINAL_STATES: dict[str, tuple[SessionPhase, str]] = {
+    "COMPLETED": (SessionPhase.COMPLETED, "JobCompleted"),
+    "CANCELLED": (SessionPhase.CANCELLED, "JobCancelled"),
+    "TIMEOUT": (SessionPhase.TIMEOUT, "JobTimeLimitReached"),
+    "FAILED": (SessionPhase.FAILED, "JobFailed"),
+    "NODE_FAIL": (SessionPhase.FAILED, "NodeFail"),
+    "OUT_OF_MEMORY": (SessionPhase.FAILED, "OutOfMemory"),
+    "BOOT_FAIL": (SessionPhase.FAILED, "BootFail"),
+    "DEADLINE": (SessionPhase.FAILED, "DeadlineReached"),
+    "PREEMPTED": (SessionPhase.FAILED, "Preempted"),
+    "SPECIAL_EXIT": (SessionPhase.FAILED, "SpecialExit"),
+    "REVOKED": (SessionPhase.FAILED, "Revoked"),
+}
+
+
+@dataclass(frozen=True)
+class JobObservation:
+    """One job as squeue or sacct reported it."""
+
+    job_id: int
+    state: str
+    reason: str | None = None
+    node: str | None = None
+    start_time: dt.datetime | None = None
+    end_time: dt.datetime | None = None
+    time_limit_minutes: int | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+
+def initial(
+    status: NotebookSessionStatus, *, now: dt.datetime, generation: int | None
+) -> NotebookSessionStatus:
+    """Conditions present from the first visit, as Unknown; phase Pending."""
+    return status.model_copy(
+        update={
+            "phase": status.phase or SessionPhase.PENDING,
+            "conditions": ensure_all(
+                status.conditions, SESSION_CONDITIONS, now=now, generation=generation
+            ),
+            "observed_generation": generation,
+        }
+    )
+
+
+def invalid(
+    status: NotebookSessionStatus,
+    reason: str,
+    message: str,
+    *,
+    now: dt.datetime,
+    generation: int | None,
+) -> NotebookSessionStatus:
+    status = initial(status, now=now, generation=generation)
+    conditions = _set(
+        status.conditions,
+        ConditionType.SUBMITTED,
+        False,
+        reason,
+        message,
+        now=now,
+        generation=generation,
+    )
+    return status.model_copy(
+        update={"phase": SessionPhase.INVALID_SPEC, "conditions": conditions, "message": message}
+    )
+
+
+def submitted(
+    status: NotebookSessionStatus,
+    *,
+    job_id: int,
+    site: str,
+    time_limit_minutes: int,
+    adopted: bool,
+    now: dt.datetime,
+    generation: int | None,
+) -> NotebookSessionStatus:
+    status = initial(status, now=now, generation=generation)
+    reason = "ExistingJobAdopted" if adopted else "JobSubmitted"
+    message = f"Slurm job {job_id} at {site}"
+    conditions = _set(
+        status.conditions,
+        ConditionType.SUBMITTED,
+        True,
+        reason,
+        message,
+        now=now,
+        generation=generation,
+    )
+    conditions = _set(
+        conditions,
+        ConditionType.SITE_REACHABLE,
+        True,
+        "SiteAnswered",
+        "",
+        now=now,
+        generation=generation,
+    )
+    phase = (
+        status.phase if status.phase not in (None, SessionPhase.PENDING) else SessionPhase.QUEUED
+    )
+    return status.model_copy(
+        update={
+            "phase": phase,
+            "conditions": conditions,
+            "job_id": job_id,
+            "site": site,
+            "time_limit_minutes": time_limit_minutes,
+            "message": message,
+        }
+    )
+
+
+def site_unreachable(
+    status: NotebookSessionStatus, message: str, *, now: dt.datetime, generation: int | None
+) -> NotebookSessionStatus:
+    """The site did not answer: keep the last known state, never read it as a failure."""
+    status = initial(status, now=now, generation=generation)
+    conditions = _set(
+        status.conditions,
+        ConditionType.SITE_REACHABLE,
+        False,
+        "SiteUnavailable",
+        message,
+        now=now,
+        generation=generation,
+    )
+    return status.model_copy(update={"conditions": conditions})
+
+
+def observed(
+    status: NotebookSessionStatus,
+    job: JobObservation | None,
+    *,
+    endpoint: Endpoint | None,
+    vanished: bool,
+    now: dt.datetime,
+    generation: int | None,
+) -> NotebookSessionStatus:
+    """The status after a successful poll. ``job`` is None when neither squeue nor sacct knew it;
+    ``vanished`` says whether that absence is conclusive (past the grace period)."""
+    status = initial(status, now=now, generation=generation)
+    if status.phase is not None and status.phase.is_terminal:
+        return status
+    conditions = _set(
+        status.conditions,
+        ConditionType.SITE_REACHABLE,
+        True,
+        "SiteAnswered",
+        "",
+        now=now,
+        generation=generation,
+    )
+    update: dict[str, object] = {"conditions": conditions}
+
+    def cond(type_: str, value: ConditionStatus | bool, reason: str, message: str = "") -> None:
+        update["conditions"] = _set(
+            update["conditions"],
+            type_,
+            value,
+            reason,
+            message,
+            now=now,
+            generation=generation,  # type: ignore[arg-type]
+        )
+
+    if job is None:
+        if vanished:
+            message = f"Slurm job {status.job_id} is known to neither squeue nor sacct"
+            cond(ConditionType.RUNNING, False, "JobVanished", message)
+            cond(ConditionType.READY, False, "JobEnded", message)
+            update.update(phase=SessionPhase.FAILED, message=message, endpoint=None, end_time=now)
+        return status.model_copy(update=update)
+
+    if job.time_limit_minutes is not None:
+        update["time_limit_minutes"] = job.time_limit_minutes
+    if job.state in QUEUED_STATES:
+        reason = job.reason or "None"
+        cond(ConditionType.RUNNING, False, "JobPending", f"waiting in queue: {reason}")
+        cond(ConditionType.READY, False, "JobPending", "")
+        update.update(
+            phase=SessionPhase.QUEUED,
+            queue=QueueInfo(reason=reason, estimatedStart=job.start_time),
+            message=f"queued: {reason}",
+        )
+    elif job.state in RUNNING_STATES:
+        node = job.node or None
+        cond(ConditionType.RUNNING, True, "JobRunning", f"on {node}")
+        update.update(node=node, start_time=job.start_time or status.start_time, queue=None)
+        if endpoint is not None:
+            cond(ConditionType.READY, True, "EndpointReported", endpoint.url)
+            update.update(
+                phase=SessionPhase.READY, endpoint=endpoint, message=f"ready at {endpoint.url}"
+            )
+        else:
+            cond(
+                ConditionType.READY, False, "WaitingForEndpoint", "the notebook server is starting"
+            )
+            update.update(
+                phase=SessionPhase.RUNNING, message=f"running on {node}, starting notebook"
+            )
+    elif job.terminal:
+        phase, reason = TERMINAL_STATES[job.state]
+        message = f"Slurm job {job.job_id} ended {job.state}"
+        if job.exit_code is not None and phase == SessionPhase.FAILED:
+            message += f" (exit code {job.exit_code}" + (
+                f", signal {job.signal})" if job.signal else ")"
+            )
+        cond(ConditionType.RUNNING, False, reason, message)
+        cond(ConditionType.READY, False, "JobEnded", message)
+        update.update(
+            phase=phase,
+            message=message,
+            endpoint=None,
+            queue=None,
+            node=job.node or status.node,
+            start_time=job.start_time or status.start_time,
+            end_time=job.end_time or now,
+        )
+    else:
+        cond(ConditionType.RUNNING, ConditionStatus.UNKNOWN, "UnrecognisedJobState", job.state)
+    return status.model_copy(update=update)

@@ -1,0 +1,166 @@
+"""Validate a session against its profile and site, and choose where and how it runs. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from bbp_notebooks.api.constants import JOB_NAME_PREFIX
+from bbp_notebooks.api.models import (
+    AccountPolicy,
+    AuthMethod,
+    NotebookProfileSpec,
+    NotebookSessionSpec,
+    SlurmSiteSpec,
+    SlurmSiteStatus,
+)
+from bbp_notebooks.operator.conditions import ConditionType, is_true
+
+
+class InvalidSpec(Exception):
+    """The session can never run as written; retrying will not help."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class NoSiteAvailable(Exception):
+    """No allowed site is reachable right now; this may heal."""
+
+
+@dataclass(frozen=True)
+class SiteView:
+    """What the operator knows of a SlurmSite: its spec and last observed status."""
+
+    name: str
+    spec: SlurmSiteSpec
+    status: SlurmSiteStatus
+
+    @property
+    def reachable(self) -> bool:
+        return is_true(self.status.conditions, ConditionType.REACHABLE)
+
+    @property
+    def idle_cores(self) -> int:
+        return sum(p.idle_cores for p in self.status.partitions)
+
+    @property
+    def default_partition(self) -> str:
+        return next(
+            (p.name for p in self.spec.partitions if p.default), self.spec.partitions[0].name
+        )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated session: everything sbatch needs."""
+
+    site: str
+    partition: str
+    account: str | None
+    cores: int
+    memory_mib: int
+    time_limit_minutes: int
+    profile: NotebookProfileSpec
+
+
+def job_name(uid: str) -> str:
+    """The tag that ties a Slurm job to its session (visible to all users, so nothing secret)."""
+    return JOB_NAME_PREFIX + uid
+
+
+def session_uid(job_name_: str) -> str | None:
+    """The session uid a tagged job belongs to, or None for a job that is not ours."""
+    if job_name_.startswith(JOB_NAME_PREFIX) and len(job_name_) > len(JOB_NAME_PREFIX):
+        return job_name_[len(JOB_NAME_PREFIX) :]
+    return None
+
+
+def profile_allows(profile: NotebookProfileSpec, groups: Iterable[str] | None) -> bool:
+    if not profile.allowed_groups:
+        return True
+    return groups is not None and bool(set(profile.allowed_groups) & set(groups))
+
+
+def choose_site(profile: NotebookProfileSpec, sites: Iterable[SiteView]) -> SiteView:
+    """For ``site: auto``: the reachable allowed site with the most idle cores."""
+    candidates = [
+        s
+        for s in sites
+        if s.reachable and (not profile.allowed_sites or s.name in profile.allowed_sites)
+    ]
+    if not candidates:
+        raise NoSiteAvailable("no site that this profile may use is reachable")
+    return max(candidates, key=lambda s: (s.idle_cores, s.name))
+
+
+def plan(
+    spec: NotebookSessionSpec,
+    profiles: Mapping[str, NotebookProfileSpec],
+    sites: Mapping[str, SiteView],
+    groups: Iterable[str] | None = None,
+) -> Plan:
+    """Check everything before anything runs; raise InvalidSpec with a clear message."""
+    profile = profiles.get(spec.profile)
+    if profile is None:
+        raise InvalidSpec("UnknownProfile", f"NotebookProfile {spec.profile!r} does not exist")
+    if not profile_allows(profile, groups):
+        raise InvalidSpec(
+            "ProfileNotAllowed",
+            f"user {spec.user!r} is in none of the groups allowed to use profile {spec.profile!r}",
+        )
+    if spec.site == "auto":
+        site = choose_site(profile, sites.values())
+    else:
+        found = sites.get(spec.site)
+        if found is None:
+            raise InvalidSpec("UnknownSite", f"SlurmSite {spec.site!r} does not exist")
+        if profile.allowed_sites and spec.site not in profile.allowed_sites:
+            raise InvalidSpec(
+                "SiteNotAllowed",
+                f"profile {spec.profile!r} may run only at {', '.join(profile.allowed_sites)}",
+            )
+        site = found
+    if site.spec.account_policy == AccountPolicy.REQUIRED and not spec.account:
+        raise InvalidSpec(
+            "AccountRequired", f"site {site.name!r} requires an account (project) for every job"
+        )
+    if site.spec.auth.method == AuthMethod.GSSAPI:
+        raise InvalidSpec(
+            "AuthMethodUnsupported", f"site {site.name!r} uses GSSAPI, which is not implemented yet"
+        )
+
+    overrides = spec.resources
+    cores = (overrides.cores if overrides and overrides.cores else None) or profile.cores
+    memory = (
+        overrides.memory_mib if overrides and overrides.memory_mib else None
+    ) or profile.memory_mib
+    minutes = (
+        overrides.time_limit_minutes if overrides and overrides.time_limit_minutes else None
+    ) or profile.default_time_limit_minutes
+    max_cores = profile.max_cores or profile.cores
+    max_memory = profile.max_memory_mib or profile.memory_mib
+    if cores > max_cores:
+        raise InvalidSpec(
+            "ResourcesExceedProfile", f"{cores} cores asked, profile allows {max_cores}"
+        )
+    if memory > max_memory:
+        raise InvalidSpec(
+            "ResourcesExceedProfile", f"{memory} MiB asked, profile allows {max_memory} MiB"
+        )
+    if minutes > profile.max_time_limit_minutes:
+        raise InvalidSpec(
+            "ResourcesExceedProfile",
+            f"{minutes} minutes asked, profile allows {profile.max_time_limit_minutes}",
+        )
+    return Plan(
+        site=site.name,
+        partition=site.default_partition,
+        account=spec.account,
+        cores=cores,
+        memory_mib=memory,
+        time_limit_minutes=minutes,
+        profile=profile,
+    )
