@@ -32,7 +32,7 @@ PosixUser = Annotated[
         min_length=1,
         max_length=32,
         pattern=POSIX_USER_PATTERN,
-        description="A POSIX user name at the Slurm sites (lower-case, starts with a letter or '_').",
+        description="A POSIX user name at the Slurm sites (lower-case, starts with a letter).",
     ),
 ]
 SlurmAccount = Annotated[
