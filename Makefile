@@ -1,0 +1,41 @@
+# bbp-notebooks: two commands matter, `make dev` and `make test`. See README.md.
+SHELL := /bin/bash
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+PYTEST_ARGS ?=
+
+.PHONY: help deps python-deps system-deps tools test unit dev crds crds-check kind-e2e clean
+
+help:
+	@echo "make dev    - run the whole system locally (control plane, 2 emulated Slurm sites, operator, hub, proxy)"
+	@echo "make test   - install what is needed and run the full suite"
+	@echo "make crds   - regenerate CRDs from the pydantic models"
+
+python-deps:
+	$(PIP) install --quiet --disable-pip-version-check -e '.[test]'
+
+system-deps:
+	bash scripts/install-test-deps.sh
+
+tools:
+	bash scripts/build-tools.sh
+
+deps: python-deps system-deps tools
+
+crds:
+	$(PYTHON) -m bbp_notebooks.api.crdgen --root .
+
+crds-check:
+	$(PYTHON) -m bbp_notebooks.api.crdgen --root . --check
+
+unit: python-deps
+	$(PYTHON) -m pytest tests/unit $(PYTEST_ARGS)
+
+test: deps
+	$(PYTHON) -m pytest -ra $(PYTEST_ARGS)
+
+dev: deps
+	$(PYTHON) -m bbp_notebooks.devtools.dev
+
+clean:
+	rm -rf .dev build *.egg-info
