@@ -26,6 +26,11 @@ class OperatorSettings(BaseSettings):
         default_factory=list,
         description="Namespaces whose NotebookSessions are served; empty means all.",
     )
+    peering: bool = Field(
+        default=False,
+        description="Coordinate replicas through kopf peering (needs the ClusterKopfPeering "
+        "CRD); without it the operator runs standalone and must have one replica.",
+    )
     peering_name: str = Field(default="bbp-notebooks", description="kopf peering object name.")
     priority: int = Field(
         default=0,
@@ -47,8 +52,9 @@ class OperatorSettings(BaseSettings):
         "Generated at start when empty (tokens then die with the process).",
     )
     notebook_command: list[str] = Field(
-        default_factory=lambda: ["jupyterhub-singleuser"],
-        description="Command (argv) that starts the notebook server in the job.",
+        default_factory=lambda: ["jupyterhub-singleuser", "--ip={host}", "--port={port}"],
+        description="Command (argv) that starts the notebook server in the job; {host} and "
+        "{port} are replaced by the address the job binds.",
     )
     orphan_sweep_every_polls: int = Field(
         default=4, ge=1, le=1000, description="Sweep for orphan jobs every N site polls."

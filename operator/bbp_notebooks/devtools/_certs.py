@@ -156,4 +156,5 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     )
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as stream:
+        os.fchmod(stream.fileno(), 0o600)  # also when the file already existed
         stream.write(pem)

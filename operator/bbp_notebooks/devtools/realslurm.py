@@ -434,14 +434,15 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
 
 def _wait_until(what: str, check: Callable[[], bool], timeout: float, interval: float = 0.2) -> None:
     deadline = time.monotonic() + timeout
+    last = ""
     while True:
         try:
             if check():
                 return
-        except (OSError, RealSlurmError, subprocess.TimeoutExpired):
-            pass
+        except (OSError, RealSlurmError, subprocess.TimeoutExpired) as error:
+            last = f": last error: {error}"
         if time.monotonic() >= deadline:
-            raise RealSlurmError(f"timed out after {timeout:.0f}s waiting for {what}")
+            raise RealSlurmError(f"timed out after {timeout:.0f}s waiting for {what}{last}")
         time.sleep(interval)
 
 
@@ -598,8 +599,8 @@ def _up(
     _run(
         mariadb,
         stdin=(
-            f"CREATE USER 'slurm'@'{SHARED_ADDRESS}' IDENTIFIED BY '{db_password}';\n"
-            f"GRANT ALL ON slurm_acct_db.* TO 'slurm'@'{SHARED_ADDRESS}';\n"
+            f"CREATE USER 'slurm'@'127.%' IDENTIFIED BY '{db_password}';\n"
+            f"GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.%';\n"
         ),
     )
     mark("mariadbd")

@@ -1,4 +1,4 @@
-"""Slurm's printed value formats (job states, durations, timestamps, exit codes) read into Python."""
+"""Slurm's printed values (job states, durations, timestamps, exit codes) read into Python."""
 
 from __future__ import annotations
 
@@ -109,7 +109,9 @@ def parse_state(text: str) -> JobState:
         raise SlurmOutputError(f"unknown Slurm job state {text!r}") from None
 
 
-_DURATION = re.compile(r"^(?:(?P<days>\d+)-)?(?:(?P<hours>\d+):)?(?P<minutes>\d+):(?P<seconds>\d+)$")
+_DURATION = re.compile(
+    r"^(?:(?P<days>\d+)-)?(?:(?P<hours>\d+):)?(?P<minutes>\d+):(?P<seconds>\d+)$"
+)
 _NO_DURATION = frozenset({"UNLIMITED", "INFINITE", "N/A", "INVALID", "NOT_SET", "NONE", ""})
 
 

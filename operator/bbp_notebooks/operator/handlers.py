@@ -1,0 +1,258 @@
+"""kopf wiring. Handlers stay thin: they translate kopf's world into calls to plain logic.
+
+Run with ``kopf run -m bbp_notebooks.operator.handlers`` or the ``bbp-notebooks-operator`` script.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import kopf
+from kubernetes_asyncio import config as k8s_config
+from kubernetes_asyncio.client import ApiClient
+
+from bbp_notebooks.api.constants import (
+    ANNOTATION_PREFIX,
+    FINALIZER,
+    GROUP,
+    PROFILE_PLURAL,
+    SESSION_PLURAL,
+    SITE_PLURAL,
+    VERSION,
+)
+from bbp_notebooks.api.models import (
+    Endpoint,
+    NotebookProfileSpec,
+    NotebookSessionSpec,
+    NotebookSessionStatus,
+    SessionPhase,
+    SlurmSiteSpec,
+    SlurmSiteStatus,
+    dump,
+)
+from bbp_notebooks.api.settings import OperatorSettings
+from bbp_notebooks.operator import observe, sessions, sites
+from bbp_notebooks.operator.http import EndpointReport, build_app, serve
+from bbp_notebooks.operator.kube import Kube
+from bbp_notebooks.operator.metrics import RECONCILE_ERRORS, SSH_CHANNELS, SSH_CONNECTIONS
+from bbp_notebooks.operator.planning import NoSiteAvailable, SiteView
+from bbp_notebooks.operator.runtime import Runtime
+from bbp_notebooks.ssh import SshError
+
+log = logging.getLogger(__name__)
+GROUPS_ANNOTATION = f"{ANNOTATION_PREFIX}/groups"
+
+
+# Indexes: other objects are read from memory, never fetched per event -----------------------
+
+
+@kopf.index(GROUP, VERSION, PROFILE_PLURAL)
+def profile_index(name: str, spec: kopf.Spec, **_: Any) -> dict[str, NotebookProfileSpec] | None:
+    try:
+        return {name: NotebookProfileSpec.model_validate(dict(spec))}
+    except ValueError as error:
+        log.error("NotebookProfile %s is not valid and is ignored: %s", name, error)
+        return None
+
+
+@kopf.index(GROUP, VERSION, SITE_PLURAL)
+def site_index(name: str, spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[str, SiteView] | None:
+    try:
+        return {
+            name: SiteView(
+                name=name,
+                spec=SlurmSiteSpec.model_validate(dict(spec)),
+                status=SlurmSiteStatus.model_validate(dict(status)),
+            )
+        }
+    except ValueError as error:
+        log.error("SlurmSite %s is not valid and is ignored: %s", name, error)
+        return None
+
+
+def session_ref(body: kopf.Body) -> sessions.SessionRef:
+    meta = body["metadata"]
+    groups = meta.get("annotations", {}).get(GROUPS_ANNOTATION)
+    return sessions.SessionRef(
+        uid=meta["uid"],
+        namespace=meta["namespace"],
+        name=meta["name"],
+        generation=meta.get("generation"),
+        created=dt.datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00")),
+        spec=NotebookSessionSpec.model_validate(dict(body["spec"])),
+        status=NotebookSessionStatus.model_validate(dict(body.get("status", {}))),
+        groups=tuple(g for g in groups.split(",") if g) if groups is not None else None,
+    )
+
+
+@kopf.index(GROUP, VERSION, SESSION_PLURAL)
+def session_index(body: kopf.Body, **_: Any) -> dict[str, sessions.SessionRef] | None:
+    try:
+        return {body["metadata"]["uid"]: session_ref(body)}
+    except ValueError as error:
+        log.error("NotebookSession %s is not valid: %s", body["metadata"].get("name"), error)
+        return None
+
+
+def _single(index: kopf.Index[str, Any]) -> dict[str, Any]:
+    return {key: next(iter(store)) for key, store in index.items() if store}
+
+
+def _values(index: kopf.Index[str, Any]) -> Iterator[Any]:
+    for store in index.values():
+        yield from store
+
+
+# Lifecycle -----------------------------------------------------------------------------------
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, session_index: kopf.Index[str, Any], **_: Any) -> None:
+    config = OperatorSettings()
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING  # our own Events carry the transitions
+    settings.watching.server_timeout = 300
+    settings.peering.priority = config.priority
+    settings.peering.name = config.peering_name
+    settings.execution.max_workers = 8
+
+    try:
+        k8s_config.load_incluster_config()
+    except k8s_config.ConfigException:
+        await k8s_config.load_kube_config()
+    api_client = ApiClient()
+    rt = Runtime.create(config, Kube(api_client))
+    memo["runtime"] = rt
+    memo["api_client"] = api_client
+
+    async def on_endpoint(uid: str, report: EndpointReport) -> bool:
+        return await record_endpoint(rt, session_index, uid, report)
+
+    app = build_app(rt.token_key, on_endpoint)
+    memo["http"] = await serve(app, config.http_host, config.http_port)
+    log.info("operator ready: callbacks and /metrics on %s:%d", config.http_host, config.http_port)
+
+
+@kopf.on.cleanup()
+async def close(memo: kopf.Memo, **_: Any) -> None:
+    if "http" in memo:
+        await memo["http"].cleanup()
+    if "runtime" in memo:
+        await memo["runtime"].close()
+    if "api_client" in memo:
+        await memo["api_client"].close()
+
+
+async def record_endpoint(
+    rt: Runtime, index: Mapping[str, Any], uid: str, report: EndpointReport
+) -> bool:
+    store = index.get(uid)
+    if not store:
+        return False
+    session: sessions.SessionRef = next(iter(store))
+    if session.status.job_id is not None and session.status.job_id != report.job_id:
+        log.warning("session %s: endpoint from job %d, expected %d", uid, report.job_id, session.status.job_id)
+        return False
+    endpoint = Endpoint(host=report.host, port=report.port, url=f"http://{report.host}:{report.port}")
+    rt.endpoints[uid] = (report.job_id, endpoint)
+    if session.status.job_id is None or (session.status.phase and session.status.phase.is_terminal):
+        return True  # the poller writes it once the job id is recorded
+    now = dt.datetime.now(dt.UTC)
+    running = observe.JobObservation(job_id=report.job_id, state="RUNNING", node=session.status.node)
+    new = observe.observed(
+        session.status, running, endpoint=endpoint, vanished=False, now=now, generation=session.generation
+    )
+    await rt.kube.patch_session_status(session.namespace, session.name, dump(new))
+    if new.phase != session.status.phase:
+        await rt.kube.event(session.involved, reason=SessionPhase.READY.value, message=endpoint.url)
+    return True
+
+
+# NotebookSession -----------------------------------------------------------------------------
+
+
+@kopf.on.resume(GROUP, VERSION, SESSION_PLURAL)
+@kopf.on.create(GROUP, VERSION, SESSION_PLURAL)
+async def submit(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    profile_index: kopf.Index[str, NotebookProfileSpec],
+    site_index: kopf.Index[str, SiteView],
+    **_: Any,
+) -> None:
+    rt: Runtime = memo["runtime"]
+    session = session_ref(body)
+    try:
+        new = await sessions.ensure_submitted(rt, session, _single(profile_index), _single(site_index))
+    except (SshError, NoSiteAvailable) as error:
+        RECONCILE_ERRORS.labels("submit", type(error).__name__).inc()
+        now = dt.datetime.now(dt.UTC)
+        waiting = observe.site_unreachable(session.status, str(error), now=now, generation=session.generation)
+        patch.status.update(dump(waiting))
+        raise kopf.TemporaryError(f"cannot submit yet: {error}", delay=15) from error
+    patch.status.update(dump(new))
+    if new.phase != session.status.phase:
+        invalid = new.phase == SessionPhase.INVALID_SPEC
+        await rt.kube.event(
+            session.involved,
+            reason="InvalidSpec" if invalid else "Submitted",
+            message=new.message or "",
+            type_="Warning" if invalid else "Normal",
+        )
+
+
+@kopf.on.delete(GROUP, VERSION, SESSION_PLURAL)
+async def cancel(body: kopf.Body, memo: kopf.Memo, site_index: kopf.Index[str, SiteView], **_: Any) -> None:
+    rt: Runtime = memo["runtime"]
+    session = session_ref(body)
+    rt.endpoints.pop(session.uid, None)
+    try:
+        job_id = await sessions.cancel(rt, session, _single(site_index))
+    except (SshError, sessions.JobStillActive) as error:
+        RECONCILE_ERRORS.labels("cancel", type(error).__name__).inc()
+        raise kopf.TemporaryError(f"job not cancelled yet: {error}", delay=3) from error
+    if job_id is not None:
+        log.info("session %s/%s: job %d ended", session.namespace, session.name, job_id)
+
+
+# SlurmSite -----------------------------------------------------------------------------------
+
+
+@kopf.daemon(GROUP, VERSION, SITE_PLURAL, cancellation_timeout=10)
+async def poll_site(
+    name: str,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    stopped: kopf.DaemonStopped,
+    session_index: kopf.Index[str, sessions.SessionRef],
+    **_: Any,
+) -> None:
+    rt: Runtime = memo["runtime"]
+    state = sites.PollState()
+    while not stopped:
+        spec = SlurmSiteSpec.model_validate(dict(body["spec"]))
+        view = SiteView(name=name, spec=spec, status=SlurmSiteStatus.model_validate(dict(body.get("status", {}))))
+        refs = list(_values(session_index))
+        here = [s for s in refs if s.status.site == name]
+        try:
+            new = await sites.poll_once(rt, view, body["metadata"].get("generation"), here, state)
+            if dump(new) != dump(view.status):
+                await rt.kube.patch_site_status(name, dump(new))
+            sites.publish_session_gauge(refs)
+            SSH_CONNECTIONS.set(rt.pool.connections_open)
+            SSH_CHANNELS.set(rt.pool.channels_in_use)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a poller must outlive any one bad poll
+            RECONCILE_ERRORS.labels("poll_site", "unexpected").inc()
+            log.exception("poll of site %s failed", name)
+        await stopped.wait(spec.poll_interval_seconds)

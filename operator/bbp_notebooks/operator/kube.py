@@ -1,0 +1,71 @@
+"""The operator's own Kubernetes API calls (status patches outside handlers, Secrets, Events)."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import logging
+from typing import Any
+
+from kubernetes_asyncio import client as k8s
+
+from bbp_notebooks.api.constants import GROUP, SESSION_PLURAL, SITE_PLURAL, VERSION
+
+log = logging.getLogger(__name__)
+
+
+class Kube:
+    """Thin typed wrapper over kubernetes_asyncio for the few calls handlers cannot make via kopf."""
+
+    def __init__(self, api_client: k8s.ApiClient) -> None:
+        self.api_client = api_client
+        self.custom = k8s.CustomObjectsApi(api_client)
+        self.core = k8s.CoreV1Api(api_client)
+
+    async def patch_session_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        await self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, SESSION_PLURAL, name, {"status": status},
+            _content_type="application/merge-patch+json",
+        )
+
+    async def patch_site_status(self, name: str, status: dict[str, Any]) -> None:
+        await self.custom.patch_cluster_custom_object_status(
+            GROUP, VERSION, SITE_PLURAL, name, {"status": status},
+            _content_type="application/merge-patch+json",
+        )
+
+    async def session_uids(self) -> set[str]:
+        """Every NotebookSession uid in the cluster, read now (authoritative, not an index)."""
+        listing = await self.custom.list_cluster_custom_object(GROUP, VERSION, SESSION_PLURAL)
+        return {item["metadata"]["uid"] for item in listing.get("items", [])}
+
+    async def read_secret(self, namespace: str, name: str) -> dict[str, bytes]:
+        secret = await self.core.read_namespaced_secret(name, namespace)
+        return {key: base64.b64decode(value) for key, value in (secret.data or {}).items()}
+
+    async def event(
+        self,
+        involved: dict[str, Any],
+        *,
+        reason: str,
+        message: str,
+        type_: str = "Normal",
+    ) -> None:
+        """A Kubernetes Event about ``involved`` (apiVersion, kind, name, namespace, uid)."""
+        now = dt.datetime.now(dt.UTC)
+        namespace = involved.get("namespace") or "default"
+        body = k8s.CoreV1Event(
+            metadata=k8s.V1ObjectMeta(generate_name=f"{involved['name']}.", namespace=namespace),
+            involved_object=k8s.V1ObjectReference(**involved),
+            reason=reason,
+            message=message[:1024],
+            type=type_,
+            source=k8s.V1EventSource(component="bbp-notebooks-operator"),
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+        )
+        try:
+            await self.core.create_namespaced_event(namespace, body)
+        except k8s.ApiException as error:  # events are best effort; never fail a reconcile for one
+            log.warning("could not post event %s: %s", reason, error.reason)

@@ -1,0 +1,177 @@
+"""Submitting a session's job exactly once, and cancelling it when the session goes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from bbp_notebooks.api.models import (
+    NotebookProfileSpec,
+    NotebookSessionSpec,
+    NotebookSessionStatus,
+)
+from bbp_notebooks.operator import observe
+from bbp_notebooks.operator.metrics import SUBMISSION_FAILURES, SUBMISSIONS
+from bbp_notebooks.operator.planning import InvalidSpec, Plan, SiteView, job_name, plan
+from bbp_notebooks.operator.runtime import Runtime
+from bbp_notebooks.operator.tokens import session_token
+from bbp_notebooks.slurm.commands import JobSpec
+from bbp_notebooks.ssh import CommandFailed
+from bbp_notebooks.slurm.jobscript import Callback, JobScript, render_job_script
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SessionRef:
+    """A session as the operator's indexes hold it."""
+
+    uid: str
+    namespace: str
+    name: str
+    generation: int | None
+    created: dt.datetime
+    spec: NotebookSessionSpec
+    status: NotebookSessionStatus
+    groups: tuple[str, ...] | None = None
+
+    @property
+    def involved(self) -> dict[str, str]:
+        from bbp_notebooks.api.constants import API_VERSION, SESSION_KIND
+
+        return {
+            "api_version": API_VERSION,
+            "kind": SESSION_KIND,
+            "name": self.name,
+            "namespace": self.namespace,
+            "uid": self.uid,
+        }
+
+
+class Outcome:
+    """Why ensure_submitted returned: the caller decides whether to retry."""
+
+    DONE = "done"
+    INVALID = "invalid"
+
+
+async def environment_for(rt: Runtime, session: SessionRef) -> dict[str, str]:
+    """The notebook's environment from the session's Secret (values never leave the script body)."""
+    ref = session.spec.environment_secret_ref
+    if ref is None:
+        return {}
+    data = await rt.kube.read_secret(session.namespace, ref.name)
+    return {key: value.decode() for key, value in data.items()}
+
+
+def job_spec(uid: str, chosen: Plan) -> JobSpec:
+    return JobSpec(
+        name=job_name(uid),
+        partition=chosen.partition,
+        account=chosen.account,
+        cpus_per_task=chosen.cores,
+        memory_mb=chosen.memory_mib,
+        time_limit_minutes=chosen.time_limit_minutes,
+    )
+
+
+def job_script(
+    rt: Runtime, session: SessionRef, site: SiteView, chosen: Plan, env: Mapping[str, str]
+) -> JobScript:
+    return JobScript(
+        session_uid=session.uid,
+        session_name=f"{session.namespace}/{session.name}",
+        bind_host=site.spec.notebook_host or "0.0.0.0",
+        modules=tuple(chosen.profile.modules),
+        kernel_setup=chosen.profile.kernel_setup,
+        environment=dict(env),
+        notebook_argv=tuple(rt.settings.notebook_command),
+        callback=Callback(
+            url=f"{rt.settings.callback_url.rstrip('/')}/v1/sessions/{session.uid}/endpoint",
+            token=session_token(rt.token_key, session.uid),
+        ),
+    )
+
+
+async def ensure_submitted(
+    rt: Runtime,
+    session: SessionRef,
+    profiles: Mapping[str, NotebookProfileSpec],
+    sites: Mapping[str, SiteView],
+) -> NotebookSessionStatus:
+    """The session's status once its job exists: validated, found by tag, or submitted now.
+
+    Raises the ssh layer's errors when the site cannot be asked; the caller retries later. Never
+    submits when a job carrying the session's tag already exists (crash between sbatch and the
+    status write, or a retry).
+    """
+    now = dt.datetime.now(dt.UTC)
+    status = observe.initial(session.status, now=now, generation=session.generation)
+    if status.job_id is not None or (status.phase is not None and status.phase.is_terminal):
+        return status
+    try:
+        chosen = plan(session.spec, profiles, sites, session.groups)
+    except InvalidSpec as invalid:
+        SUBMISSION_FAILURES.labels(session.spec.site, invalid.reason).inc()
+        return observe.invalid(status, invalid.reason, invalid.message, now=now, generation=session.generation)
+
+    site = sites[chosen.site]
+    client = rt.client(site.name, site.spec)
+    identity = await rt.identity(site.name, site.spec, session.spec.user)
+    tag = job_name(session.uid)
+
+    existing = await client.queue(identity, names=[tag], users=[session.spec.user])
+    adopted_id = next((entry.job_id for entry in existing if entry.name == tag), None)
+    if adopted_id is None:
+        env = await environment_for(rt, session)
+        script = render_job_script(job_script(rt, session, site, chosen, env))
+        adopted = False
+        job_id = await client.submit(identity, job_spec(session.uid, chosen), script)
+        SUBMISSIONS.labels(site.name).inc()
+        log.info("submitted job %d for session %s/%s at %s", job_id, session.namespace, session.name, site.name)
+    else:
+        adopted, job_id = True, adopted_id
+        log.info("adopted existing job %d for session %s/%s", job_id, session.namespace, session.name)
+    return observe.submitted(
+        status,
+        job_id=job_id,
+        site=site.name,
+        time_limit_minutes=chosen.time_limit_minutes,
+        adopted=adopted,
+        now=now,
+        generation=session.generation,
+    )
+
+
+class JobStillActive(Exception):
+    """scancel was sent but the job has not ended yet."""
+
+
+async def cancel(rt: Runtime, session: SessionRef, sites: Mapping[str, SiteView]) -> int | None:
+    """Cancel the session's job and confirm that it ended. Returns the job id, if there was one.
+
+    Looks the job up by tag when the status never recorded it (crash right after sbatch).
+    Raises JobStillActive or the ssh layer's errors; the caller retries.
+    """
+    site_name = session.status.site or (session.spec.site if session.spec.site != "auto" else None)
+    candidates = [sites[site_name]] if site_name in sites else list(sites.values())
+    tag = job_name(session.uid)
+    for site in candidates:
+        client = rt.client(site.name, site.spec)
+        identity = await rt.identity(site.name, site.spec, session.spec.user)
+        found = await client.queue(identity, names=[tag], users=[session.spec.user])
+        active = [e.job_id for e in found if e.name == tag and not e.state.is_terminal]
+        if not active:
+            continue
+        try:
+            await client.cancel(identity, active)
+        except CommandFailed:
+            pass  # it may have ended between the query and scancel; the query below decides
+        after = await client.queue(identity, job_ids=active)
+        still = [e.job_id for e in after if not e.state.is_terminal]
+        if still:
+            raise JobStillActive(f"job(s) {still} at {site.name} still ending")
+        return active[0]
+    return session.status.job_id

@@ -1,0 +1,252 @@
+"""One poll of one Slurm site: availability, every session's job, orphans. Cost is per site.
+
+Each interval costs a constant number of Slurm commands whatever the number of sessions: one
+sinfo, one squeue over the whole queue (filtered here by our job tag), and one sacct for the
+sessions whose jobs left the queue. A failed command never reads as "job gone".
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from bbp_notebooks.api.models import (
+    Endpoint,
+    NotebookSessionStatus,
+    PartitionStatus,
+    SessionPhase,
+    SlurmSiteStatus,
+    dump,
+)
+from bbp_notebooks.operator import observe
+from bbp_notebooks.operator.conditions import ConditionType, get, set_condition
+from bbp_notebooks.operator.metrics import QUEUE_WAIT, SESSIONS, SITE_POLLS, TIME_TO_READY
+from bbp_notebooks.operator.planning import SiteView, session_uid
+from bbp_notebooks.operator.runtime import Runtime
+from bbp_notebooks.operator.sessions import SessionRef
+from bbp_notebooks.slurm.commands import AccountingEntry, QueueEntry
+from bbp_notebooks.slurm.values import JobState
+from bbp_notebooks.ssh import SshError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PollState:
+    """What a site's poller remembers between polls (only caches; truth is in Slurm and the API)."""
+
+    polls: int = 0
+    version: str | None = None
+    last_phase: dict[str, SessionPhase | None] = field(default_factory=dict)
+
+
+def from_queue(entry: QueueEntry) -> observe.JobObservation:
+    return observe.JobObservation(
+        job_id=entry.job_id,
+        state=entry.state.value,
+        reason=entry.reason,
+        node=entry.nodes,
+        start_time=entry.start_time,
+        time_limit_minutes=entry.time_limit_s // 60 if entry.time_limit_s is not None else None,
+    )
+
+
+def from_accounting(entry: AccountingEntry) -> observe.JobObservation:
+    return observe.JobObservation(
+        job_id=entry.job_id,
+        state=entry.state.value,
+        node=entry.nodes,
+        start_time=entry.start,
+        end_time=entry.end,
+        exit_code=entry.exit_code,
+        signal=entry.signal,
+    )
+
+
+def endpoint_for(rt: Runtime, session: SessionRef) -> Endpoint | None:
+    reported = rt.endpoints.get(session.uid)
+    if reported is not None and reported[0] == session.status.job_id:
+        return reported[1]
+    return session.status.endpoint
+
+
+def vanished(session: SessionRef, now: dt.datetime, grace: dt.timedelta) -> bool:
+    submitted = get(session.status.conditions, ConditionType.SUBMITTED)
+    return submitted is not None and now - submitted.last_transition_time > grace
+
+
+def site_status(
+    previous: SlurmSiteStatus,
+    *,
+    reachable: bool,
+    message: str,
+    now: dt.datetime,
+    generation: int | None,
+    partitions: list[PartitionStatus] | None = None,
+    queue: Iterable[QueueEntry] = (),
+    version: str | None = None,
+) -> SlurmSiteStatus:
+    conditions = set_condition(
+        previous.conditions,
+        ConditionType.REACHABLE,
+        reachable,
+        "Polled" if reachable else "SiteUnavailable",
+        message,
+        now=now,
+        generation=generation,
+    )
+    if not reachable:
+        return previous.model_copy(update={"conditions": conditions, "observed_generation": generation})
+    states = Counter(entry.state for entry in queue)
+    parts = partitions or []
+    return SlurmSiteStatus(
+        conditions=conditions,
+        partitions=parts,
+        idleNodes=sum(p.idle_nodes for p in parts),
+        pendingJobs=states[JobState.PENDING],
+        runningJobs=states[JobState.RUNNING] + states[JobState.COMPLETING],
+        slurmVersion=version or previous.slurm_version,
+        lastPollTime=now,
+        observedGeneration=generation,
+    )
+
+
+async def _write_session(
+    rt: Runtime, state: PollState, session: SessionRef, new: NotebookSessionStatus, site: str
+) -> None:
+    if dump(new) == dump(session.status):
+        return
+    await rt.kube.patch_session_status(session.namespace, session.name, dump(new))
+    old_phase = session.status.phase
+    if new.phase != old_phase:
+        await rt.kube.event(
+            session.involved,
+            reason=(new.phase or SessionPhase.PENDING).value,
+            message=new.message or "",
+            type_="Warning" if new.phase == SessionPhase.FAILED else "Normal",
+        )
+        profile = session.spec.profile
+        if new.phase == SessionPhase.RUNNING or (new.phase == SessionPhase.READY and old_phase != SessionPhase.RUNNING):
+            submitted = get(session.status.conditions, ConditionType.SUBMITTED)
+            if submitted is not None:
+                QUEUE_WAIT.labels(site, profile).observe((dt.datetime.now(dt.UTC) - submitted.last_transition_time).total_seconds())
+        if new.phase == SessionPhase.READY:
+            TIME_TO_READY.labels(site, profile).observe((dt.datetime.now(dt.UTC) - session.created).total_seconds())
+    state.last_phase[session.uid] = new.phase
+
+
+async def poll_once(
+    rt: Runtime,
+    site: SiteView,
+    generation: int | None,
+    sessions: list[SessionRef],
+    state: PollState,
+) -> SlurmSiteStatus:
+    """Poll ``site`` once and write what changed. Returns the site's new status."""
+    now = dt.datetime.now(dt.UTC)
+    client = rt.client(site.name, site.spec)
+    active = [s for s in sessions if s.status.job_id is not None and not (s.status.phase and s.status.phase.is_terminal)]
+    try:
+        identity = await rt.identity(site.name, site.spec, site.spec.monitor_user)
+        availability = await client.partitions(identity)
+        if state.version is None or state.polls % 20 == 0:
+            state.version = await client.version(identity)
+        queue = await client.queue_all(identity)
+        tagged = {uid: e for e in queue if (uid := session_uid(e.name)) is not None}
+        ask_accounting = [
+            s.status.job_id
+            for s in active
+            if s.status.job_id is not None and (s.uid not in tagged or tagged[s.uid].state.is_terminal)
+        ]
+        accounting = {e.job_id: e for e in await client.accounting(identity, ask_accounting)} if ask_accounting else {}
+    except SshError as error:
+        SITE_POLLS.labels(site.name, type(error).__name__).inc()
+        message = str(error)
+        log.warning("site %s unreachable: %s", site.name, message)
+        for session in active:
+            new = observe.site_unreachable(session.status, message, now=now, generation=session.generation)
+            await _write_session(rt, state, session, new, site.name)
+        return site_status(site.status, reachable=False, message=message, now=now, generation=generation)
+
+    SITE_POLLS.labels(site.name, "ok").inc()
+    state.polls += 1
+    grace = dt.timedelta(seconds=max(60, 3 * site.spec.poll_interval_seconds))
+    for session in active:
+        entry = tagged.get(session.uid)
+        job: observe.JobObservation | None
+        if entry is not None and entry.job_id == session.status.job_id and not entry.state.is_terminal:
+            job = from_queue(entry)
+        elif session.status.job_id in accounting:
+            job = from_accounting(accounting[session.status.job_id])  # type: ignore[index]
+        elif entry is not None and entry.job_id == session.status.job_id:
+            job = from_queue(entry)  # ended, not yet in accounting: squeue's final state will do
+        else:
+            job = None
+        new = observe.observed(
+            session.status,
+            job,
+            endpoint=endpoint_for(rt, session),
+            vanished=job is None and vanished(session, now, grace),
+            now=now,
+            generation=session.generation,
+        )
+        await _write_session(rt, state, session, new, site.name)
+
+    if state.polls % rt.settings.orphan_sweep_every_polls == 1 or rt.settings.orphan_sweep_every_polls == 1:
+        await sweep_orphans(rt, site, tagged, {s.uid for s in sessions})
+
+    partitions = [
+        PartitionStatus(
+            name=p.name,
+            idleNodes=p.nodes_idle,
+            totalNodes=p.nodes_total,
+            idleCores=p.cpus_idle,
+            totalCores=p.cpus_total,
+        )
+        for p in availability
+    ]
+    return site_status(
+        site.status,
+        reachable=True,
+        message="",
+        now=now,
+        generation=generation,
+        partitions=partitions,
+        queue=queue,
+        version=state.version,
+    )
+
+
+async def sweep_orphans(
+    rt: Runtime, site: SiteView, tagged: dict[str, QueueEntry], known: set[str]
+) -> list[int]:
+    """Cancel tagged jobs whose session no longer exists. The index only nominates candidates;
+    the API server, read now, decides, so a session created a moment ago is never mistaken."""
+    candidates = {uid: e for uid, e in tagged.items() if uid not in known and not e.state.is_terminal}
+    if not candidates:
+        return []
+    existing = await rt.kube.session_uids()
+    cancelled = []
+    for uid, entry in candidates.items():
+        if uid in existing:
+            continue
+        try:
+            identity = await rt.identity(site.name, site.spec, entry.user)
+            await rt.client(site.name, site.spec).cancel(identity, [entry.job_id])
+            cancelled.append(entry.job_id)
+            log.warning("cancelled orphan job %d (session %s is gone) at %s", entry.job_id, uid, site.name)
+        except SshError as error:
+            log.warning("could not cancel orphan job %d at %s: %s", entry.job_id, site.name, error)
+    return cancelled
+
+
+def publish_session_gauge(sessions: Iterable[SessionRef]) -> None:
+    counts = Counter(
+        (s.status.site or "", s.spec.profile, (s.status.phase or SessionPhase.PENDING).value) for s in sessions
+    )
+    SESSIONS.clear()
+    for (site, profile, phase), count in counts.items():
+        SESSIONS.labels(site, profile, phase).set(count)

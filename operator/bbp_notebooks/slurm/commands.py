@@ -1,0 +1,483 @@
+"""Slurm commands as data: argv builders and parsers for the formats those argv ask for.
+
+Every builder returns a list of strings meant for ``shlex.join``; every option carries its value in
+the same element (``--name=value``) so that a value starting with ``-`` stays a value. Every parser
+reads an explicit ``|``-delimited field list with the one free-text field (the job name) last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import re
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+from bbp_notebooks.api.constants import POSIX_USER_PATTERN
+from bbp_notebooks.slurm.values import (
+    JobState,
+    SlurmOutputError,
+    parse_duration,
+    parse_exit_code,
+    parse_job_id,
+    parse_state,
+    parse_timestamp,
+)
+
+__all__ = [
+    "AccountingEntry",
+    "JobSpec",
+    "PartitionAvailability",
+    "QueueEntry",
+    "SacctSource",
+    "accounts_argv",
+    "parse_accounts",
+    "parse_sacct",
+    "parse_sbatch",
+    "parse_scontrol_show_job",
+    "parse_sinfo",
+    "parse_squeue",
+    "parse_version",
+    "sacct_argv",
+    "sbatch_argv",
+    "scancel_argv",
+    "scontrol_show_job_argv",
+    "sinfo_argv",
+    "squeue_argv",
+    "version_argv",
+]
+
+# Control characters would let a value end an argv line in Slurm's own parsers (and in logs).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Partitions and accounts are admin-chosen identifiers; a comma would split a Slurm list.
+_IDENTIFIER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@+-]{0,127}$")
+_USER = re.compile(POSIX_USER_PATTERN)
+_MAX_TEXT = 1024
+
+
+def _check_text(what: str, value: str, *, forbid: str = "") -> str:
+    if not value:
+        raise ValueError(f"{what} must not be empty")
+    if len(value) > _MAX_TEXT:
+        raise ValueError(f"{what} is longer than {_MAX_TEXT} characters")
+    if _CONTROL.search(value):
+        raise ValueError(f"{what} must not contain control characters: {value!r}")
+    for char in forbid:
+        if char in value:
+            raise ValueError(f"{what} must not contain {char!r}: {value!r}")
+    return value
+
+
+def _check_identifier(what: str, value: str) -> str:
+    if not _IDENTIFIER.match(value):
+        raise ValueError(f"{what} is not a valid Slurm identifier: {value!r}")
+    return value
+
+
+def _check_user(value: str) -> str:
+    if not _USER.match(value):
+        raise ValueError(f"not a POSIX user name: {value!r}")
+    return value
+
+
+def _check_job_ids(job_ids: Iterable[int]) -> list[str]:
+    checked = []
+    for job_id in job_ids:
+        if isinstance(job_id, bool) or not isinstance(job_id, int) or job_id <= 0:
+            raise ValueError(f"not a Slurm job id: {job_id!r}")
+        checked.append(str(job_id))
+    return list(dict.fromkeys(checked))
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSpec:
+    """What we ask sbatch for; every field becomes one ``--option=value`` argv element."""
+
+    name: str
+    partition: str | None
+    account: str | None
+    cpus_per_task: int
+    memory_mb: int
+    time_limit_minutes: int
+    workdir: str | None = None
+    output: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_text("job name", self.name, forbid=",")
+        if self.partition is not None:
+            _check_identifier("partition", self.partition)
+        if self.account is not None:
+            _check_identifier("account", self.account)
+        for what, number in (
+            ("cpus_per_task", self.cpus_per_task),
+            ("memory_mb", self.memory_mb),
+            ("time_limit_minutes", self.time_limit_minutes),
+        ):
+            if isinstance(number, bool) or not isinstance(number, int) or number <= 0:
+                raise ValueError(f"{what} must be a positive integer, not {number!r}")
+        if self.workdir is not None:
+            _check_text("workdir", self.workdir)
+        if self.output is not None:
+            _check_text("output", self.output)
+
+
+def sbatch_argv(spec: JobSpec) -> list[str]:
+    """sbatch with every option on the command line; the batch script goes on stdin.
+
+    Options are never written as ``#SBATCH`` lines, so nothing in the script body can change them.
+    """
+    argv = [
+        "sbatch",
+        "--parsable",
+        f"--job-name={spec.name}",
+        "--nodes=1",
+        "--ntasks=1",
+        f"--cpus-per-task={spec.cpus_per_task}",
+        f"--mem={spec.memory_mb}M",
+        f"--time={spec.time_limit_minutes}",
+    ]
+    if spec.partition is not None:
+        argv.append(f"--partition={spec.partition}")
+    if spec.account is not None:
+        argv.append(f"--account={spec.account}")
+    if spec.workdir is not None:
+        argv.append(f"--chdir={spec.workdir}")
+    if spec.output is not None:
+        argv.append(f"--output={spec.output}")
+    return argv
+
+
+def parse_sbatch(stdout: str) -> int:
+    """The job id from ``sbatch --parsable``: "123" or "123;cluster" on the last line."""
+    lines = [line.strip() for line in stdout.splitlines() if line.strip()]
+    if not lines:
+        raise SlurmOutputError("sbatch printed no job id")
+    return parse_job_id(lines[-1].split(";", 1)[0])
+
+
+# --- squeue -------------------------------------------------------------------------------------
+
+# %A is the plain job id even for array elements; the name (%j) is last because it is free text.
+_SQUEUE_FIELDS = ("%A", "%u", "%T", "%r", "%N", "%S", "%l", "%L", "%P", "%a", "%j")
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueEntry:
+    """One job as squeue shows it while slurmctld still remembers it (up to MinJobAge after end)."""
+
+    job_id: int
+    name: str
+    user: str
+    state: JobState
+    reason: str | None
+    nodes: str | None
+    start_time: dt.datetime | None
+    time_limit_s: int | None
+    time_left_s: int | None
+    partition: str
+    account: str | None
+
+
+def squeue_argv(
+    job_ids: Iterable[int] = (), names: Iterable[str] = (), users: Iterable[str] = ()
+) -> list[str]:
+    """squeue filtered by job ids, names and/or users (ANDed); refuses to ask for every job.
+
+    ``--states=all`` keeps finished jobs visible until MinJobAge, so an ended job is seen as ended
+    rather than as missing.
+    """
+    ids = _check_job_ids(job_ids)
+    name_list = [_check_text("job name", name, forbid=",") for name in names]
+    user_list = [_check_user(user) for user in users]
+    if not (ids or name_list or user_list):
+        raise ValueError("squeue without job ids, names or users would list every job")
+    argv = ["squeue", "--noheader", "--states=all", "--format=" + "|".join(_SQUEUE_FIELDS)]
+    if ids:
+        argv.append("--jobs=" + ",".join(ids))
+    if name_list:
+        argv.append("--name=" + ",".join(dict.fromkeys(name_list)))
+    if user_list:
+        argv.append("--user=" + ",".join(dict.fromkeys(user_list)))
+    return argv
+
+
+def _optional(text: str, *absent: str) -> str | None:
+    value = text.strip()
+    return None if value in ("", "(null)", *absent) else value
+
+
+def _split_rows(stdout: str, fields: int) -> list[list[str]]:
+    """Rows of ``fields`` columns; the last column is free text and may hold '|' or newlines."""
+    rows: list[list[str]] = []
+    for line in stdout.splitlines():
+        if not line.strip():
+            continue
+        columns = line.split("|", fields - 1)
+        if len(columns) < fields:
+            if not rows:
+                raise SlurmOutputError(f"expected {fields} '|'-separated fields: {line!r}")
+            # A job name with a newline in it: the rest of the name continues the last row.
+            rows[-1][-1] += "\n" + line
+            continue
+        rows.append(columns)
+    return rows
+
+
+_Row = TypeVar("_Row")
+
+
+def _parse_rows(stdout: str, fields: int, build: Callable[[list[str]], _Row]) -> list[_Row]:
+    rows = []
+    for columns in _split_rows(stdout, fields):
+        try:
+            rows.append(build(columns))
+        except SlurmOutputError as error:
+            raise SlurmOutputError(f"{error} in row {'|'.join(columns)!r}") from None
+    return rows
+
+
+def _queue_entry(columns: list[str]) -> QueueEntry:
+    job_id, user, state, reason, nodes, start, limit, left, partition, account, name = columns
+    return QueueEntry(
+        job_id=parse_job_id(job_id),
+        name=name,
+        user=user.strip(),
+        state=parse_state(state),
+        reason=_optional(reason, "None"),
+        nodes=_optional(nodes),
+        start_time=parse_timestamp(start),
+        time_limit_s=parse_duration(limit),
+        time_left_s=parse_duration(left),
+        partition=partition.strip(),
+        account=_optional(account),
+    )
+
+
+def parse_squeue(stdout: str) -> list[QueueEntry]:
+    """Entries from the output of :func:`squeue_argv`."""
+    return _parse_rows(stdout, len(_SQUEUE_FIELDS), _queue_entry)
+
+
+# --- sacct --------------------------------------------------------------------------------------
+
+
+class SacctSource(enum.Enum):
+    """Where sacct reads finished jobs from; the only place that chooses sacct's data flags."""
+
+    # accounting_storage/slurmdbd: the normal case.
+    DATABASE = "database"
+    # No slurmdbd, JobCompType=jobcomp/filetxt: read the completion log (``sacct --completion``).
+    JOBCOMP = "jobcomp"
+
+
+_SACCT_SOURCE_FLAGS: dict[SacctSource, tuple[str, ...]] = {
+    SacctSource.DATABASE: ("--allocations",),
+    SacctSource.JOBCOMP: ("--completion",),
+}
+_SACCT_FIELDS = ("JobIDRaw", "User", "State", "ExitCode", "Start", "End", "NodeList", "JobName")
+
+
+@dataclasses.dataclass(frozen=True)
+class AccountingEntry:
+    """How a job ended (or is doing), as sacct records it: the authority once squeue forgets."""
+
+    job_id: int
+    name: str
+    user: str
+    state: JobState
+    exit_code: int
+    signal: int
+    start: dt.datetime | None
+    end: dt.datetime | None
+    nodes: str | None
+
+
+def sacct_argv(job_ids: Iterable[int], *, source: SacctSource = SacctSource.DATABASE) -> list[str]:
+    """sacct for the given jobs only (never "all jobs since midnight")."""
+    ids = _check_job_ids(job_ids)
+    if not ids:
+        raise ValueError("sacct without job ids would list every job")
+    return [
+        "sacct",
+        "--noheader",
+        "--parsable2",
+        *_SACCT_SOURCE_FLAGS[source],
+        "--jobs=" + ",".join(ids),
+        "--format=" + ",".join(_SACCT_FIELDS),
+    ]
+
+
+def _accounting_entry(columns: list[str]) -> AccountingEntry | None:
+    job_id, user, state, exit_code, start, end, nodes, name = columns
+    if "." in job_id:
+        # A job step (batch, extern, 0...) when --allocations is unavailable: not a job.
+        return None
+    status, signal = parse_exit_code(exit_code)
+    return AccountingEntry(
+        job_id=parse_job_id(job_id),
+        name=name,
+        user=user.strip(),
+        state=parse_state(state),
+        exit_code=status,
+        signal=signal,
+        start=parse_timestamp(start),
+        end=parse_timestamp(end),
+        nodes=_optional(nodes, "None assigned"),
+    )
+
+
+def parse_sacct(stdout: str) -> list[AccountingEntry]:
+    """Entries from the output of :func:`sacct_argv`; job steps are dropped."""
+    entries = _parse_rows(stdout, len(_SACCT_FIELDS), _accounting_entry)
+    return [entry for entry in entries if entry is not None]
+
+
+# --- scancel ------------------------------------------------------------------------------------
+
+
+def scancel_argv(job_ids: Iterable[int], *, name: str | None = None) -> list[str]:
+    """scancel for exactly these jobs; refuses an empty list.
+
+    ``name`` additionally restricts the cancel to jobs with that name, so a job id reused after a
+    controller reset cannot cancel somebody else's job.
+    """
+    ids = _check_job_ids(job_ids)
+    if not ids:
+        raise ValueError("scancel without job ids")
+    argv = ["scancel"]
+    if name is not None:
+        argv.append("--name=" + _check_text("job name", name, forbid=","))
+    return [*argv, *ids]
+
+
+# --- sinfo --------------------------------------------------------------------------------------
+
+_SINFO_FIELDS = ("%P", "%a", "%F", "%C")
+
+
+@dataclasses.dataclass(frozen=True)
+class PartitionAvailability:
+    """How much of a partition is free right now (for "Geneva (8 nodes available)")."""
+
+    name: str
+    is_default: bool
+    available: bool
+    nodes_idle: int
+    nodes_total: int
+    cpus_idle: int
+    cpus_total: int
+
+
+def sinfo_argv() -> list[str]:
+    """sinfo summarised per partition: name (``*`` marks the default), up/down, nodes, cpus."""
+    return ["sinfo", "--noheader", "--format=" + "|".join(_SINFO_FIELDS)]
+
+
+def _counts(text: str) -> tuple[int, int]:
+    """(idle, total) from sinfo's "allocated/idle/other/total"."""
+    parts = text.strip().split("/")
+    if len(parts) != 4 or not all(part.isascii() and part.isdigit() for part in parts):
+        raise SlurmOutputError(f"expected allocated/idle/other/total, got {text!r}")
+    return int(parts[1]), int(parts[3])
+
+
+def parse_sinfo(stdout: str) -> list[PartitionAvailability]:
+    """One entry per partition, in sinfo's order, summing lines sinfo printed separately."""
+    merged: dict[str, PartitionAvailability] = {}
+    for columns in _split_rows(stdout, len(_SINFO_FIELDS)):
+        raw_name, avail, nodes, cpus = (column.strip() for column in columns)
+        if not raw_name:
+            raise SlurmOutputError(f"unexpected sinfo row {'|'.join(columns)!r}")
+        name = raw_name.rstrip("*")
+        nodes_idle, nodes_total = _counts(nodes)
+        cpus_idle, cpus_total = _counts(cpus)
+        entry = PartitionAvailability(
+            name=name,
+            is_default=raw_name.endswith("*"),
+            available=avail.lower() == "up",
+            nodes_idle=nodes_idle,
+            nodes_total=nodes_total,
+            cpus_idle=cpus_idle,
+            cpus_total=cpus_total,
+        )
+        previous = merged.get(name)
+        if previous is not None:
+            entry = dataclasses.replace(
+                previous,
+                is_default=previous.is_default or entry.is_default,
+                available=previous.available or entry.available,
+                nodes_idle=previous.nodes_idle + entry.nodes_idle,
+                nodes_total=previous.nodes_total + entry.nodes_total,
+                cpus_idle=previous.cpus_idle + entry.cpus_idle,
+                cpus_total=previous.cpus_total + entry.cpus_total,
+            )
+        merged[name] = entry
+    return list(merged.values())
+
+
+# --- version, accounts, scontrol ----------------------------------------------------------------
+
+
+def version_argv() -> list[str]:
+    return ["sinfo", "--version"]
+
+
+_VERSION = re.compile(r"^slurm(?:-wlm)?\s+(\d+\.\d+\.\d+\S*)$")
+
+
+def parse_version(stdout: str) -> str:
+    """The version, e.g. "22.05.8" from "slurm 22.05.8"."""
+    match = _VERSION.match(stdout.strip())
+    if match is None:
+        raise SlurmOutputError(f"not a Slurm version: {stdout.strip()!r}")
+    return match[1]
+
+
+def accounts_argv(user: str) -> list[str]:
+    """The accounts (Slurm "projects") a user may charge, from the association table."""
+    return [
+        "sacctmgr",
+        "--noheader",
+        "--parsable2",
+        "show",
+        "associations",
+        "where",
+        f"user={_check_user(user)}",
+        "format=Account",
+    ]
+
+
+def parse_accounts(stdout: str) -> list[str]:
+    """Distinct account names in the order sacctmgr printed them."""
+    accounts = [line.strip() for line in stdout.splitlines() if line.strip()]
+    for account in accounts:
+        if not _IDENTIFIER.match(account):
+            raise SlurmOutputError(f"not a Slurm account: {account!r}")
+    return list(dict.fromkeys(accounts))
+
+
+def scontrol_show_job_argv(job_id: int) -> list[str]:
+    (checked,) = _check_job_ids([job_id])
+    return ["scontrol", "--oneliner", "show", "job", checked]
+
+
+# A key is a word followed by "=" at the start of the line or after a space. Values may contain
+# spaces (JobName, WorkDir, Reason), so a value runs until the next " Key=".
+_SCONTROL_KEY = re.compile(r"(?:^|(?<= ))([A-Za-z][A-Za-z0-9_:/]*)=")
+
+
+def parse_scontrol_show_job(stdout: str) -> dict[str, str]:
+    """Key/value pairs of one ``scontrol --oneliner show job`` record."""
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    if len(lines) != 1:
+        raise SlurmOutputError(f"expected one scontrol record, got {len(lines)} lines")
+    line = lines[0].strip()
+    keys = list(_SCONTROL_KEY.finditer(line))
+    if not keys or keys[0].start() != 0:
+        raise SlurmOutputError(f"not an scontrol record: {line[:80]!r}")
+    fields: dict[str, str] = {}
+    for match, following in zip(keys, [*keys[1:], None], strict=True):
+        end = following.start() if following is not None else len(line)
+        fields.setdefault(match[1], line[match.end() : end].rstrip(" "))
+    return fields
