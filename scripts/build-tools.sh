@@ -18,6 +18,9 @@ tools_dir=${BBP_TOOLS_DIR:-$HOME/.cache/bbp-notebooks/tools}
 prefix="$tools_dir/$pin_tag"
 bin="$prefix/bin"
 mkdir -p "$bin"
+# One build at a time per pin set (`make dev` and a test run may both ask).
+exec 9>"$prefix/.lock"
+flock 9
 
 export GOFLAGS=-mod=mod
 export CGO_ENABLED=0
@@ -35,20 +38,6 @@ new_build_dir() {
   mkdir -p "$dir"
   printf 'module bbp-notebooks.local/tools/%s\n\ngo 1.24\n' "$1" >"$dir/go.mod"
   printf '%s\n' "$dir"
-}
-
-# stub_unserved DIR MODULE...: the proxy does not serve some modules that appear in a dependency's
-# go.mod but are never imported by the binary; replace each with a local directory holding only a
-# go.mod so the module graph resolves.
-stub_unserved() {
-  local dir=$1; shift
-  local mod
-  for mod in "$@"; do
-    local stub="$dir/stubs/$mod"
-    mkdir -p "$stub"
-    printf 'module %s\n' "$mod" >"$stub/go.mod"
-    (cd "$dir" && go mod edit -replace="$mod=./stubs/$mod")
-  done
 }
 
 finish() { # finish TOOL VERSION

@@ -462,7 +462,11 @@ class SlurmSiteSpec(Model):
         alias="displayName", min_length=1, max_length=128, description="Name shown in the form."
     )
     frontend: Frontend
-    host_keys: HostKeyTrust = Field(alias="hostKeys", description="Host key trust for frontend.")
+    host_keys: HostKeyTrust = Field(
+        alias="hostKeys",
+        description="How the frontend's host key is verified. Never skipped: give knownHosts "
+        "or certificateAuthorities.",
+    )
     partitions: list[Partition] = Field(
         min_length=1, max_length=64, description="Partitions notebooks may use."
     )

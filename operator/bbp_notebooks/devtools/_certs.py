@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-# Long enough for a `make dev` session that runs for days, short enough to stay obviously throw-away.
+# Long enough for a `make dev` session that runs for days, short enough to stay throw-away.
 VALIDITY = datetime.timedelta(days=30)
 ADMIN_USER = "bbp-notebooks-admin"
 # Members of system:masters bypass RBAC: the cluster-admin of a fresh cluster.
@@ -43,7 +43,9 @@ def write_pki(directory: Path, *, ip_addresses: list[str], dns_names: list[str])
         _builder(ca_name, ca_name, ca_key.public_key(), now)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_key_usage(cert_sign=True), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
         .sign(ca_key, hashes.SHA256())
     )
 

@@ -108,14 +108,13 @@ class _Started:
 
 
 class ControlPlane:
-    """etcd + kube-apiserver on `host`, with every file (PKI, data, logs, kubeconfig) in `workdir`."""
+    """etcd + kube-apiserver on `host`; every file (PKI, data, logs, kubeconfig) is in `workdir`."""
 
     def __init__(self, workdir: Path, host: str = "127.0.0.1", *, bin_dir: Path | None = None):
         self.workdir = workdir.resolve()
         self.host = host
         self._bin_dir = bin_dir
         self._children: dict[int, subprocess.Popen[bytes]] = {}
-        self._pki: PkiFiles | None = None
         self.server: str | None = None
         self.startup_seconds: float | None = None
 
@@ -167,9 +166,7 @@ class ControlPlane:
 
     def _start(self, deadline: float) -> None:
         bin_dir = self.bin_dir
-        pki = self._pki = write_pki(
-            self.workdir / "pki", ip_addresses=[self.host], dns_names=["localhost"]
-        )
+        pki = write_pki(self.workdir / "pki", ip_addresses=[self.host], dns_names=["localhost"])
         etcd_client, etcd_peer, apiserver_port = _free_ports(self.host, 3)
         etcd_url = f"http://{self.host}:{etcd_client}"
         peer_url = f"http://{self.host}:{etcd_peer}"
@@ -180,13 +177,13 @@ class ControlPlane:
             "etcd",
             [
                 str(bin_dir / "etcd"),
-                "--name=default",
+                "--name=bbp-notebooks-dev",
                 f"--data-dir={self.workdir / 'etcd'}",
                 f"--listen-client-urls={etcd_url}",
                 f"--advertise-client-urls={etcd_url}",
                 f"--listen-peer-urls={peer_url}",
                 f"--initial-advertise-peer-urls={peer_url}",
-                f"--initial-cluster=default={peer_url}",
+                f"--initial-cluster=bbp-notebooks-dev={peer_url}",
                 # Durability is worthless for throw-away data; fsync dominates etcd latency.
                 "--unsafe-no-fsync",
                 "--log-level=warn",
@@ -219,15 +216,12 @@ class ControlPlane:
                 "--profiling=false",
             ],
         )
-        self._write_kubeconfig(
-            self.kubeconfig, {"client-certificate": str(pki.admin_cert),
-                              "client-key": str(pki.admin_key)}
-        )
-        self._wait_ready(deadline)
+        self._write_admin_kubeconfig(pki)
+        self._wait_ready(pki, deadline)
         self.ensure_namespace("default")
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """Stop what this control plane (or an earlier `up --detach` on the same workdir) started."""
+        """Stop what this control plane, or an earlier `up --detach` on its workdir, started."""
         records = _read_records(self._pid_file)
         _terminate(records, timeout, self._children)
         self._children.clear()
@@ -263,9 +257,8 @@ class ControlPlane:
         record = _Started(name, process.pid, _start_ticks(process.pid) or 0)
         _write_records(self._pid_file, [*_read_records(self._pid_file), record])
 
-    def _wait_ready(self, deadline: float) -> None:
-        pki = self._pki
-        assert pki is not None and self.server is not None
+    def _wait_ready(self, pki: PkiFiles, deadline: float) -> None:
+        assert self.server is not None
         context = ssl.create_default_context(cafile=str(pki.ca_cert))
         context.load_cert_chain(str(pki.admin_cert), str(pki.admin_key))
         last_error = "no answer yet"
@@ -291,30 +284,32 @@ class ControlPlane:
             + _tail(self.log_file("kube-apiserver"))
         )
 
-    def _write_kubeconfig(self, path: Path, user: dict[str, str]) -> None:
-        assert self._pki is not None and self.server is not None
+    def _write_admin_kubeconfig(self, pki: PkiFiles) -> None:
+        assert self.server is not None
         config = {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [
                 {
                     "name": "bbp-notebooks-dev",
-                    "cluster": {
-                        "server": self.server,
-                        "certificate-authority": str(self._pki.ca_cert),
+                    "cluster": {"server": self.server, "certificate-authority": str(pki.ca_cert)},
+                }
+            ],
+            "users": [
+                {
+                    "name": "user",
+                    "user": {
+                        "client-certificate": str(pki.admin_cert),
+                        "client-key": str(pki.admin_key),
                     },
                 }
             ],
-            "users": [{"name": "user", "user": user}],
             "contexts": [
                 {"name": "dev", "context": {"cluster": "bbp-notebooks-dev", "user": "user"}}
             ],
             "current-context": "dev",
         }
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as stream:
-            os.fchmod(stream.fileno(), 0o600)
-            yaml.safe_dump(config, stream)
+        _write_private_yaml(self.kubeconfig, config)
 
     # -- API helpers -----------------------------------------------------------------------
 
@@ -322,7 +317,8 @@ class ControlPlane:
         """A kubernetes (sync) ApiClient, admin unless another kubeconfig is given. Close it."""
         from kubernetes import config
 
-        return config.new_client_from_config(config_file=str(kubeconfig or self.kubeconfig))
+        path = str(kubeconfig or self.kubeconfig)
+        return config.new_client_from_config(config_file=path)  # type: ignore[no-untyped-call]
 
     @contextlib.contextmanager
     def _core(self) -> Iterator[Any]:
@@ -340,8 +336,9 @@ class ControlPlane:
         from kubernetes import client
 
         with self._core() as core:
-            _create_unless_exists(core.create_namespace, client.V1Namespace(
-                metadata=client.V1ObjectMeta(name=name)))
+            _create_unless_exists(
+                core.create_namespace, client.V1Namespace(metadata=client.V1ObjectMeta(name=name))
+            )
             _create_unless_exists(
                 core.create_namespaced_service_account,
                 name,
@@ -364,15 +361,23 @@ class ControlPlane:
         # Server-side apply: client-side apply stores the whole object in an annotation, which a
         # CRD with a large schema overflows (256 KiB limit).
         self.kubectl(
-            ["apply", "--server-side", "--force-conflicts",
-             *(arg for path in files for arg in ("-f", str(path)))],
+            [
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                *(arg for path in files for arg in ("-f", str(path))),
+            ],
             timeout=max(1.0, deadline - time.monotonic()),
         )
         if names:
             remaining = max(1.0, deadline - time.monotonic())
             self.kubectl(
-                ["wait", "--for=condition=Established", f"--timeout={int(remaining)}s",
-                 *(f"crd/{name}" for name in names)],
+                [
+                    "wait",
+                    "--for=condition=Established",
+                    f"--timeout={int(remaining)}s",
+                    *(f"crd/{name}" for name in names),
+                ],
                 timeout=remaining + 5,
             )
         return names
@@ -408,7 +413,10 @@ class ControlPlane:
         directory = self.workdir / "identities"
         directory.mkdir(exist_ok=True)
         path = directory / f"{namespace}.{service_account}.kubeconfig"
-        self._write_kubeconfig(path, {"token": token})
+        # Same cluster and context as the admin kubeconfig; only the credentials differ.
+        config = yaml.safe_load(self.kubeconfig.read_text())
+        config["users"] = [{"name": "user", "user": {"token": token}}]
+        _write_private_yaml(path, config)
         return path
 
     def kubectl(self, args: Sequence[str], *, timeout: float = 60.0) -> str:
@@ -425,6 +433,14 @@ class ControlPlane:
                 f"kubectl {shlex.join(args)} failed ({result.returncode}): {result.stderr.strip()}"
             )
         return result.stdout
+
+
+def _write_private_yaml(path: Path, document: dict[str, Any]) -> None:
+    """Write a file only its owner can read: kubeconfigs carry credentials."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as stream:
+        os.fchmod(stream.fileno(), 0o600)
+        yaml.safe_dump(document, stream)
 
 
 def _create_unless_exists(create: Any, *args: Any) -> None:
@@ -488,34 +504,41 @@ def _write_records(path: Path, records: list[_Started]) -> None:
 def _terminate(
     records: list[_Started], timeout: float, children: dict[int, subprocess.Popen[bytes]]
 ) -> None:
-    """SIGTERM, newest first (the API server before its etcd), then SIGKILL what is left at the
-    deadline. Only signals a PID whose start time still matches the record."""
+    """Stop each process newest first (the API server before its etcd): SIGTERM, then SIGKILL if
+    it outlives its share of the deadline. Only a PID whose start time matches the record is
+    signalled, so a reused PID is never hit."""
 
-    def running() -> list[_Started]:
-        for process in children.values():
-            process.poll()  # reap our own children so they do not linger as zombies
-        return _alive(records)
+    def running(record: _Started) -> bool:
+        # Our own child is asked directly, which also reaps it (else it lingers as a zombie).
+        if (child := children.get(record.pid)) is not None:
+            return child.poll() is None
+        return _is_running(record)
 
-    def wait_gone(deadline: float) -> list[_Started]:
-        while (left := running()) and time.monotonic() < deadline:
+    def wait_gone(record: _Started, deadline: float) -> bool:
+        while running(record):
+            if time.monotonic() >= deadline:
+                return False
             time.sleep(0.05)
-        return left
+        return True
 
     deadline = time.monotonic() + timeout
-    for record in reversed(running()):
+    stubborn = []
+    for index, record in enumerate(reversed(records)):
+        if not running(record):
+            continue
+        share = max(0.0, deadline - time.monotonic()) / (len(records) - index)
         with contextlib.suppress(ProcessLookupError):
             os.kill(record.pid, signal.SIGTERM)
-        # Give the API server its own share of the deadline so it closes its etcd connections
-        # before etcd goes away.
-        if record.name == "kube-apiserver":
-            wait_gone(min(deadline, time.monotonic() + timeout / 2))
-    left = wait_gone(deadline)
-    for record in left:
+        if wait_gone(record, time.monotonic() + share):
+            continue
         with contextlib.suppress(ProcessLookupError):
             os.kill(record.pid, signal.SIGKILL)
-    left = wait_gone(time.monotonic() + 5.0)
-    if left:
-        raise ControlPlaneError(f"could not stop {', '.join(f'{r.name}[{r.pid}]' for r in left)}")
+        if not wait_gone(record, time.monotonic() + 5.0):
+            stubborn.append(record)
+    if stubborn:
+        raise ControlPlaneError(
+            f"could not stop {', '.join(f'{r.name}[{r.pid}]' for r in stubborn)}"
+        )
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -537,21 +560,35 @@ def _default_workdir() -> Path:
 def _env_lines(plane: ControlPlane) -> list[str]:
     return [
         f"export KUBECONFIG={shlex.quote(str(plane.kubeconfig))}",
-        f"export PATH={shlex.quote(str(plane.bin_dir))}:\"$PATH\"",
+        f'export PATH={shlex.quote(str(plane.bin_dir))}:"$PATH"',
     ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bbp-notebooks-controlplane", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", type=Path, default=_default_workdir(),
-                        help=f"state directory (default ${WORKDIR_ENV} or ~/.cache/...)")
+    parser = argparse.ArgumentParser(
+        prog="bbp-notebooks-controlplane",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=_default_workdir(),
+        help=f"state directory (default ${WORKDIR_ENV} or ~/.cache/...)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="start etcd + kube-apiserver and install the CRDs")
-    up.add_argument("--detach", action="store_true",
-                    help="return once ready and leave it running (stop with `down`)")
-    up.add_argument("--crds", type=Path, default=None,
-                    help="directory of CRD YAML to install (default: the repository's crds/)")
+    up.add_argument(
+        "--detach",
+        action="store_true",
+        help="return once ready and leave it running (stop with `down`)",
+    )
+    up.add_argument(
+        "--crds",
+        type=Path,
+        default=None,
+        help="directory of CRD YAML to install (default: the repository's crds/)",
+    )
     commands.add_parser("down", help="stop what `up --detach` started")
     commands.add_parser("env", help="print shell exports (KUBECONFIG, PATH) for eval")
     args = parser.parse_args(argv)
@@ -577,7 +614,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException:
         plane.stop()
         raise
-    print(f"control plane ready in {plane.startup_seconds:.1f} s at {plane.server}", file=sys.stderr)
+    print(
+        f"control plane ready in {plane.startup_seconds:.1f} s at {plane.server}", file=sys.stderr
+    )
     print(f"installed {len(installed)} CRDs from {crd_dir}", file=sys.stderr)
     print("\n".join(_env_lines(plane)))
     sys.stdout.flush()
@@ -587,8 +626,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         while not stop_requested.wait(1.0):
             if len(_alive(plane.processes())) < len(plane.processes()):
-                print("a control-plane process exited; see the logs in "
-                      f"{plane.workdir}", file=sys.stderr)
+                print(
+                    f"a control-plane process exited; see the logs in {plane.workdir}",
+                    file=sys.stderr,
+                )
                 return 1
         return 0
     finally:

@@ -34,7 +34,11 @@ from pathlib import Path
 from typing import Any
 
 STATE_FILE = "state.json"
+# MariaDB listens here.
 SHARED_ADDRESS = "127.0.0.10"
+# With CommunicationParameters=NoInAddrAny, slurmctld/slurmd/slurmdbd bind to the address this
+# machine's hostname resolves to instead of 0.0.0.0; `up` checks that it is on loopback.
+SLURM_ADDRESS = "127.0.0.1"
 MARIADB_PORT = 3306
 SLURMDBD_PORT = 6819
 SSH_PORT = 2222
@@ -62,7 +66,7 @@ class ClusterSpec:
 
     name: str
     node_name: str
-    address: str  # 127.0.0.x: sshd, slurmctld and slurmd listen here
+    address: str  # 127.0.0.x: the frontend sshd listens here
     slurmctld_port: int
     slurmd_port: int
     first_job_id: int
@@ -192,16 +196,18 @@ def slurm_conf(
     logs = shared.logs
     lines = [
         f"ClusterName={cluster.name}",
-        f"SlurmctldHost={hostname}({cluster.address})",
+        f"SlurmctldHost={hostname}({SLURM_ADDRESS})",
         f"SlurmctldPort={cluster.slurmctld_port}",
         f"SlurmdPort={cluster.slurmd_port}",
         # Bind to the cluster's own loopback address instead of 0.0.0.0.
-        "CommunicationParameters=NoInAddrAny",
+        "CommunicationParameters=NoInAddrAny,NoCtldInAddrAny",
         "SlurmUser=root",
         "SlurmdUser=root",
         "AuthType=auth/munge",
         "CredType=cred/munge",
         f"AuthInfo=socket={shared.munge_socket}",
+        # Connections to slurmdbd take their munge socket from here, not from AuthInfo.
+        f"AccountingStoragePass=socket={shared.munge_socket}",
         f"StateSaveLocation={paths.state_save}",
         f"SlurmdSpoolDir={paths.spool}/slurmd-%n",
         f"SlurmctldPidFile={paths.root}/slurmctld.pid",
@@ -209,6 +215,7 @@ def slurm_conf(
         f"SlurmctldLogFile={logs}/{cluster.name}-slurmctld.log",
         f"SlurmdLogFile={logs}/{cluster.name}-slurmd-%n.log",
         "SlurmctldDebug=info",
+        "MailProg=/bin/true",
         "SlurmdDebug=info",
         "ProctrackType=proctrack/linuxproc",
         "TaskPlugin=task/none",
@@ -231,12 +238,12 @@ def slurm_conf(
         "KillWait=5",
         "Waittime=0",
         "AccountingStorageType=accounting_storage/slurmdbd",
-        f"AccountingStorageHost={SHARED_ADDRESS}",
+        f"AccountingStorageHost={SLURM_ADDRESS}",
         f"AccountingStoragePort={SLURMDBD_PORT}",
         "AccountingStorageEnforce=associations",
         "JobCompType=jobcomp/none",
         (
-            f"NodeName={cluster.node_name} NodeHostname={hostname} NodeAddr={cluster.address}"
+            f"NodeName={cluster.node_name} NodeHostname={hostname} NodeAddr={SLURM_ADDRESS}"
             f" CPUs={cluster.cpus} RealMemory={cluster.real_memory_mb} State=UNKNOWN"
         ),
     ]
@@ -257,7 +264,8 @@ def slurmdbd_conf(shared: SharedPaths, *, hostname: str, db_password: str) -> st
                 "AuthType=auth/munge",
                 f"AuthInfo=socket={shared.munge_socket}",
                 f"DbdHost={hostname}",
-                f"DbdAddr={SHARED_ADDRESS}",
+                f"DbdAddr={SLURM_ADDRESS}",
+                "CommunicationParameters=NoInAddrAny,NoCtldInAddrAny",
                 f"DbdPort={SLURMDBD_PORT}",
                 "SlurmUser=root",
                 "DebugLevel=info",
@@ -493,6 +501,7 @@ def _require_root_and_tools() -> None:
 
 
 def _make_ca(key: Path) -> None:
+    key.parent.mkdir(mode=0o700, exist_ok=True)
     _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", key.name, "-f", str(key)])
 
 
@@ -642,7 +651,7 @@ def _up(
     for cluster in clusters:
         paths = _cluster_paths(shared.root, cluster)
         paths.state_save.mkdir(parents=True, exist_ok=True)
-        paths.spool.mkdir(parents=True, exist_ok=True)
+        (paths.spool / f"slurmd-{cluster.node_name}").mkdir(parents=True, exist_ok=True)
         paths.root.chmod(0o755)
         _write(
             paths.slurm_conf,
@@ -701,7 +710,9 @@ def _up(
 
         def node_idle(c: ClusterSpec = cluster, e: dict[str, str] = env) -> bool:
             out = _run(["sinfo", "-h", "-N", "-n", c.node_name, "-o", "%t"], env=e).stdout
-            return out.strip() in {"idle", "mix"}
+            # one line per partition the node is in
+            states = set(out.split())
+            return bool(states) and states <= {"idle", "mix"}
 
         _wait_until(f"{cluster.name} node {cluster.node_name} idle", node_idle, timeout)
         deployment.sites.append(

@@ -44,6 +44,7 @@ __all__ = [
     "scancel_argv",
     "scontrol_show_job_argv",
     "sinfo_argv",
+    "squeue_all_argv",
     "squeue_argv",
     "version_argv",
 ]
@@ -200,6 +201,14 @@ def squeue_argv(
     if user_list:
         argv.append("--user=" + ",".join(dict.fromkeys(user_list)))
     return argv
+
+
+def squeue_all_argv() -> list[str]:
+    """squeue for every job the caller may see: one RPC per site poll, filtered by tag afterwards.
+
+    A separate builder on purpose: no combination of empty filters can produce it.
+    """
+    return ["squeue", "--noheader", "--states=all", "--format=" + "|".join(_SQUEUE_FIELDS)]
 
 
 def _optional(text: str, *absent: str) -> str | None:

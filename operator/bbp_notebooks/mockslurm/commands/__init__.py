@@ -1,0 +1,66 @@
+"""The Slurm commands a login node offers, and the shell-less dispatcher that runs them.
+
+A command line is split with shlex (never handed to a shell); its first word picks a handler.
+Anything else is answered the way bash would: "command not found", exit 127.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+
+from bbp_notebooks.mockslurm.commands import (
+    sacct,
+    sacctmgr,
+    sbatch,
+    scancel,
+    scontrol,
+    sinfo,
+    squeue,
+)
+from bbp_notebooks.mockslurm.commands.base import CommandResult, Context, Handler
+
+HANDLERS: dict[str, Handler] = {
+    "sbatch": sbatch.main,
+    "squeue": squeue.main,
+    "sacct": sacct.main,
+    "scancel": scancel.main,
+    "sinfo": sinfo.main,
+    "scontrol": scontrol.main,
+    "sacctmgr": sacctmgr.main,
+}
+SEARCH_PATH = ("/usr/local/bin", "/usr/bin", "/bin", "/usr/local/sbin", "/usr/sbin", "/sbin")
+
+
+def resolve(word: str) -> str | None:
+    """Like bash's PATH lookup, restricted to the Slurm commands this node has."""
+    if "/" not in word:
+        return word if word in HANDLERS else None
+    directory, _, name = word.rpartition("/")
+    if name in HANDLERS and os.path.normpath(directory or "/") in SEARCH_PATH:
+        return name
+    return None
+
+
+async def execute(context: Context, command_line: str) -> CommandResult:
+    try:
+        argv = shlex.split(command_line)
+    except ValueError:
+        quote = "'" if command_line.count("'") % 2 else '"'
+        return CommandResult(
+            2,
+            "",
+            f"bash: -c: line 1: unexpected EOF while looking for matching `{quote}'\n",
+        )
+    if not argv:
+        return CommandResult(0)
+    name = resolve(argv[0])
+    if name is None:
+        context.cluster.command_counts["<not found>"] += 1
+        return CommandResult(127, "", f"bash: {argv[0]}: command not found\n")
+    context.cluster.command_counts[name] += 1
+    status = await HANDLERS[name](context, argv[1:])
+    return context.result(status)
+
+
+__all__ = ["HANDLERS", "CommandResult", "Context", "execute", "resolve"]

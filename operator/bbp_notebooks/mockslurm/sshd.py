@@ -1,0 +1,113 @@
+"""The login node: an asyncssh server that runs Slurm commands and nothing else.
+
+Authentication mirrors an sshd with TrustedUserCAKeys (the certificate's principals must name
+the login user, its validity window is honoured) plus per-user authorized keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import asyncssh
+
+from bbp_notebooks.mockslurm.commands import Context, execute
+from bbp_notebooks.mockslurm.config import POSIX_USER
+
+if TYPE_CHECKING:
+    from bbp_notebooks.mockslurm.site import MockSite
+
+log = logging.getLogger(__name__)
+
+NO_SHELL = "This account is restricted to Slurm commands; interactive shells are disabled.\n"
+
+
+class LoginServer(asyncssh.SSHServer):
+    """One instance per connection."""
+
+    def __init__(self, site: MockSite):
+        self.site = site
+        self._conn: asyncssh.SSHServerConnection | None = None
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._conn = conn
+
+    def begin_auth(self, username: str) -> bool:
+        assert self._conn is not None
+        lines: list[str] = []
+        if not self.site.cluster.faults.ssh_refused and POSIX_USER.match(username):
+            for ca_key in self.site.config.ca_public_keys():
+                lines.append(f'cert-authority,principals="{username}" {ca_key}')
+            user = self.site.config.user(username)
+            if user is not None:
+                lines.extend(key.strip() for key in user.authorized_keys if key.strip())
+        self._conn.set_authorized_keys(asyncssh.import_authorized_keys("\n".join(lines) + "\n"))
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+
+async def handle_process(site: MockSite, process: asyncssh.SSHServerProcess[str]) -> None:
+    command = process.command
+    username = process.get_extra_info("username") or ""
+    try:
+        if command is None:
+            process.stderr.write(NO_SHELL)
+            process.exit(1)
+            return
+        user = site.cluster.identity(username)
+        env = _login_environment(user.name, user.home, process.env)
+
+        async def read_stdin() -> str:
+            return await process.stdin.read()
+
+        context = Context(
+            cluster=site.cluster,
+            user=user,
+            environment=env,
+            read_stdin=read_stdin,
+            cwd=user.home,
+        )
+        result = await execute(context, command)
+        if result.stdout:
+            process.stdout.write(result.stdout)
+        if result.stderr:
+            process.stderr.write(result.stderr)
+        await process.stdout.drain()
+        await process.stderr.drain()
+        process.exit(result.exit_status)
+    except (asyncssh.Error, BrokenPipeError, ConnectionError):
+        log.debug("client went away during %r", command)
+        process.close()
+    except asyncio.CancelledError:
+        process.close()
+        raise
+    except Exception:
+        log.exception("command %r failed", command)
+        try:
+            process.stderr.write("internal error in the Slurm emulator\n")
+            process.exit(255)
+        except Exception:
+            process.close()
+
+
+def _login_environment(user: str, home: str, client_env: object) -> dict[str, str]:
+    """What a login shell would hand to sbatch: a base environment plus what the client sent."""
+    env = {
+        "HOME": home,
+        "USER": user,
+        "LOGNAME": user,
+        "SHELL": "/bin/bash",
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+    }
+    if isinstance(client_env, dict):
+        for key, value in client_env.items():
+            if isinstance(key, str) and isinstance(value, str):
+                env[key] = value
+    return env

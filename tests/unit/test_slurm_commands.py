@@ -1,0 +1,414 @@
+"""Golden argv for every Slurm command builder, and parsers on Slurm 22.05-shaped output."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shlex
+
+import pytest
+
+from bbp_notebooks.slurm.commands import (
+    AccountingEntry,
+    JobSpec,
+    PartitionAvailability,
+    QueueEntry,
+    SacctSource,
+    accounts_argv,
+    parse_accounts,
+    parse_sacct,
+    parse_sbatch,
+    parse_scontrol_show_job,
+    parse_sinfo,
+    parse_squeue,
+    parse_version,
+    sacct_argv,
+    sbatch_argv,
+    scancel_argv,
+    scontrol_show_job_argv,
+    sinfo_argv,
+    squeue_all_argv,
+    squeue_argv,
+    version_argv,
+)
+from bbp_notebooks.slurm.values import JobState, SlurmOutputError
+
+SPEC = JobSpec(
+    name="bbpnb-0b3c5d1e-7f00-4a8e-9d2b-1c2d3e4f5a6b",
+    partition="prod",
+    account="proj42",
+    cpus_per_task=4,
+    memory_mb=8192,
+    time_limit_minutes=480,
+    workdir="/home/alice",
+    output="/home/alice/.bbp-notebooks/0b3c5d1e/slurm-%j.out",
+)
+SQUEUE_FORMAT = "--format=%A|%u|%T|%r|%N|%S|%l|%L|%P|%a|%j"
+SACCT_FORMAT = "--format=JobIDRaw,User,State,ExitCode,Start,End,NodeList,JobName"
+
+
+# --- builders: golden argv ----------------------------------------------------------------------
+
+
+def test_sbatch_puts_every_option_on_the_command_line() -> None:
+    assert sbatch_argv(SPEC) == [
+        "sbatch",
+        "--parsable",
+        "--job-name=bbpnb-0b3c5d1e-7f00-4a8e-9d2b-1c2d3e4f5a6b",
+        "--nodes=1",
+        "--ntasks=1",
+        "--cpus-per-task=4",
+        "--mem=8192M",
+        "--time=480",
+        "--partition=prod",
+        "--account=proj42",
+        "--chdir=/home/alice",
+        "--output=/home/alice/.bbp-notebooks/0b3c5d1e/slurm-%j.out",
+    ]
+
+
+def test_sbatch_leaves_out_options_that_are_not_set() -> None:
+    spec = JobSpec("bbpnb-x", None, None, cpus_per_task=1, memory_mb=512, time_limit_minutes=30)
+    assert sbatch_argv(spec) == [
+        "sbatch",
+        "--parsable",
+        "--job-name=bbpnb-x",
+        "--nodes=1",
+        "--ntasks=1",
+        "--cpus-per-task=1",
+        "--mem=512M",
+        "--time=30",
+    ]
+
+
+def test_a_workdir_with_shell_syntax_stays_one_quoted_word() -> None:
+    spec = JobSpec("bbpnb-x", None, None, 1, 512, 30, workdir="/home/a b/$(touch x)/`id`")
+    assert shlex.split(shlex.join(sbatch_argv(spec)))[-1] == "--chdir=/home/a b/$(touch x)/`id`"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"name": ""},
+        {"name": "a\nb"},
+        {"name": "a,b"},
+        {"name": "x" * 2000},
+        {"partition": "prod,debug"},
+        {"partition": "prod --account=other"},
+        {"account": "-rf"},
+        {"cpus_per_task": 0},
+        {"memory_mb": -1},
+        {"time_limit_minutes": True},
+        {"workdir": "/home/a\n#SBATCH --uid=0"},
+        {"output": "/tmp/\x00"},
+    ],
+)
+def test_a_job_spec_with_unsafe_values_is_rejected(change: dict[str, object]) -> None:
+    fields: dict[str, object] = {
+        "name": "bbpnb-x",
+        "partition": None,
+        "account": None,
+        "cpus_per_task": 1,
+        "memory_mb": 1,
+        "time_limit_minutes": 1,
+        **change,
+    }
+    with pytest.raises(ValueError):
+        JobSpec(**fields)  # type: ignore[arg-type]
+
+
+def test_squeue_by_job_ids() -> None:
+    assert squeue_argv(job_ids=[1000001, 1000002, 1000001]) == [
+        "squeue",
+        "--noheader",
+        "--states=all",
+        SQUEUE_FORMAT,
+        "--jobs=1000001,1000002",
+    ]
+
+
+def test_squeue_by_names_and_users() -> None:
+    assert squeue_argv(names=["bbpnb-a", "bbpnb-b"], users=["alice"]) == [
+        "squeue",
+        "--noheader",
+        "--states=all",
+        SQUEUE_FORMAT,
+        "--name=bbpnb-a,bbpnb-b",
+        "--user=alice",
+    ]
+
+
+def test_squeue_refuses_a_query_that_would_match_every_job() -> None:
+    with pytest.raises(ValueError, match="every job"):
+        squeue_argv()
+    with pytest.raises(ValueError, match="every job"):
+        squeue_argv(job_ids=[], names=(), users=iter([]))
+
+
+def test_listing_every_job_needs_its_own_builder() -> None:
+    assert squeue_all_argv() == ["squeue", "--noheader", "--states=all", SQUEUE_FORMAT]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"job_ids": [0]},
+        {"job_ids": [-5]},
+        {"job_ids": ["123"]},
+        {"job_ids": [True]},
+        {"names": ["a,b"]},
+        {"names": [""]},
+        {"users": ["alice,bob"]},
+        {"users": ["Alice"]},
+        {"users": ["-u"]},
+    ],
+)
+def test_squeue_rejects_filters_slurm_would_misread(kwargs: dict[str, list[object]]) -> None:
+    with pytest.raises(ValueError):
+        squeue_argv(**kwargs)  # type: ignore[arg-type]
+
+
+def test_sacct_reads_the_accounting_database_by_default() -> None:
+    assert sacct_argv([1000001, 1000002]) == [
+        "sacct",
+        "--noheader",
+        "--parsable2",
+        "--allocations",
+        "--jobs=1000001,1000002",
+        SACCT_FORMAT,
+    ]
+
+
+def test_sacct_reads_the_completion_log_on_sites_without_slurmdbd() -> None:
+    assert sacct_argv([7], source=SacctSource.JOBCOMP) == [
+        "sacct",
+        "--noheader",
+        "--parsable2",
+        "--completion",
+        "--jobs=7",
+        SACCT_FORMAT,
+    ]
+
+
+def test_sacct_refuses_an_empty_job_list() -> None:
+    with pytest.raises(ValueError):
+        sacct_argv([])
+
+
+def test_scancel_names_exactly_the_jobs() -> None:
+    assert scancel_argv([1000001, 1000002]) == ["scancel", "1000001", "1000002"]
+
+
+def test_scancel_can_also_require_the_job_name() -> None:
+    assert scancel_argv([1000001], name="bbpnb-x") == ["scancel", "--name=bbpnb-x", "1000001"]
+
+
+@pytest.mark.parametrize("job_ids", [[], (), iter([])])
+def test_scancel_refuses_an_empty_job_list(job_ids: list[int]) -> None:
+    with pytest.raises(ValueError):
+        scancel_argv(job_ids)
+
+
+def test_other_builders() -> None:
+    assert sinfo_argv() == ["sinfo", "--noheader", "--format=%P|%a|%F|%C"]
+    assert version_argv() == ["sinfo", "--version"]
+    assert accounts_argv("alice") == [
+        "sacctmgr",
+        "--noheader",
+        "--parsable2",
+        "show",
+        "associations",
+        "where",
+        "user=alice",
+        "format=Account",
+    ]
+    assert scontrol_show_job_argv(1000001) == ["scontrol", "--oneliner", "show", "job", "1000001"]
+    with pytest.raises(ValueError):
+        accounts_argv("alice format=User")
+    with pytest.raises(ValueError):
+        scontrol_show_job_argv(0)
+
+
+# --- parsers ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stdout", "job_id"),
+    [("1000001\n", 1000001), ("2000003;lugano\n", 2000003), ("\n42\n\n", 42)],
+)
+def test_sbatch_output_gives_the_job_id(stdout: str, job_id: int) -> None:
+    assert parse_sbatch(stdout) == job_id
+
+
+@pytest.mark.parametrize("stdout", ["", "\n", "Submitted batch job 12\n", "12.0\n", "-3\n", "١٢\n"])
+def test_sbatch_output_without_an_integer_job_id_is_an_error(stdout: str) -> None:
+    with pytest.raises(SlurmOutputError):
+        parse_sbatch(stdout)
+
+
+SQUEUE_OUTPUT = (
+    "1000000|alice|RUNNING|None|node01|2026-11-25T10:00:00|8:00:00|7:59:58|prod|proj42|bbpnb-a\n"
+    "1000001|bob|PENDING|Priority||N/A|30:00|30:00|prod|(null)|bbpnb-b\n"
+    "1000002|alice|COMPLETED|None|node02|2026-11-25T09:00:00|1-00:00:00|INVALID|debug|(null)|x\n"
+    "1000003|alice|PENDING|Resources||2026-11-26T01:00:00|UNLIMITED|UNLIMITED|debug||a|b c|d\n"
+    "1000004|bob|RUNNING|None|node03|2026-11-25T10:00:00|5:00|4:01|debug||ünï cødé ✓\n"
+)
+
+
+def test_squeue_output_becomes_typed_entries() -> None:
+    entries = parse_squeue(SQUEUE_OUTPUT)
+    assert entries[0] == QueueEntry(
+        job_id=1000000,
+        name="bbpnb-a",
+        user="alice",
+        state=JobState.RUNNING,
+        reason=None,
+        nodes="node01",
+        start_time=dt.datetime(2026, 11, 25, 10, 0, 0),
+        time_limit_s=8 * 3600,
+        time_left_s=7 * 3600 + 59 * 60 + 58,
+        partition="prod",
+        account="proj42",
+    )
+    pending = entries[1]
+    assert (pending.state, pending.reason, pending.nodes, pending.start_time) == (
+        JobState.PENDING,
+        "Priority",
+        None,
+        None,
+    )
+    assert (pending.time_limit_s, pending.account) == (1800, None)
+    assert (entries[2].time_limit_s, entries[2].time_left_s) == (86400, None)
+    assert entries[2].state.is_terminal
+
+
+def test_squeue_job_names_may_hold_pipes_spaces_and_unicode() -> None:
+    entries = parse_squeue(SQUEUE_OUTPUT)
+    assert entries[3].name == "a|b c|d"
+    assert entries[3].time_limit_s is None
+    assert entries[4].name == "ünï cødé ✓"
+
+
+def test_a_job_name_with_a_newline_continues_its_row() -> None:
+    stdout = (
+        "7|alice|RUNNING|None|n1|N/A|5:00|4:00|debug||first\n"
+        "second\n"
+        "8|bob|PENDING|None||N/A|5:00|5:00|debug||z\n"
+    )
+    entries = parse_squeue(stdout)
+    assert [(e.job_id, e.name) for e in entries] == [(7, "first\nsecond"), (8, "z")]
+
+
+@pytest.mark.parametrize(
+    "stdout",
+    [
+        "abc|alice|RUNNING|None|n1|N/A|5:00|4:00|debug||x\n",
+        "123_4|alice|RUNNING|None|n1|N/A|5:00|4:00|debug||x\n",
+        "7|alice|WEIRD|None|n1|N/A|5:00|4:00|debug||x\n",
+        "7|alice|RUNNING|None|n1|yesterday|5:00|4:00|debug||x\n",
+        "7|alice|RUNNING|None|n1|N/A|five|4:00|debug||x\n",
+        "7|alice|RUNNING\n",
+    ],
+)
+def test_unreadable_squeue_output_is_an_error_not_a_guess(stdout: str) -> None:
+    with pytest.raises(SlurmOutputError):
+        parse_squeue(stdout)
+
+
+def test_empty_squeue_output_is_no_jobs() -> None:
+    assert parse_squeue("") == []
+    assert parse_squeue("\n") == []
+
+
+SACCT_OUTPUT = (
+    "1000000|alice|COMPLETED|0:0|2026-11-25T10:00:00|2026-11-25T10:30:00|node01|bbpnb-a\n"
+    "1000001|alice|CANCELLED by 1000|0:15|2026-11-25T10:00:00|2026-11-25T10:05:00|node01|bbpnb-b\n"
+    "1000002|bob|FAILED|2:0|2026-11-25T10:00:00|2026-11-25T10:00:03|node02|x|y\n"
+    "1000003|bob|PENDING|0:0|Unknown|Unknown|None assigned|bbpnb-d\n"
+    "1000004|bob|OUT_OF_MEMORY|0:125|2026-11-25T10:00:00|2026-11-25T10:01:00|node02|bbpnb-e\n"
+    "1000004.batch|bob|OUT_OF_MEMORY|0:125|2026-11-25T10:00:00|2026-11-25T10:01:00|node02|batch\n"
+)
+
+
+def test_sacct_output_becomes_typed_entries() -> None:
+    entries = parse_sacct(SACCT_OUTPUT)
+    assert entries[1] == AccountingEntry(
+        job_id=1000001,
+        name="bbpnb-b",
+        user="alice",
+        state=JobState.CANCELLED,
+        exit_code=0,
+        signal=15,
+        start=dt.datetime(2026, 11, 25, 10, 0),
+        end=dt.datetime(2026, 11, 25, 10, 5),
+        nodes="node01",
+    )
+    assert (entries[2].state, entries[2].exit_code, entries[2].name) == (JobState.FAILED, 2, "x|y")
+    assert (entries[3].start, entries[3].end, entries[3].nodes) == (None, None, None)
+    assert entries[4].state is JobState.OUT_OF_MEMORY
+
+
+def test_sacct_job_steps_are_not_jobs() -> None:
+    assert [e.job_id for e in parse_sacct(SACCT_OUTPUT)] == [
+        1000000,
+        1000001,
+        1000002,
+        1000003,
+        1000004,
+    ]
+
+
+def test_sacct_with_a_bad_exit_code_is_an_error() -> None:
+    with pytest.raises(SlurmOutputError):
+        parse_sacct("1|alice|FAILED|two|N/A|N/A|n1|x\n")
+
+
+def test_sinfo_output_gives_free_nodes_and_cores_per_partition() -> None:
+    stdout = (
+        "prod*|up|3/2/1/6|96/64/32/192\ndebug|down|0/2/0/2|0/16/0/16\nprod*|up|0/1/0/1|0/8/0/8\n"
+    )
+    assert parse_sinfo(stdout) == [
+        PartitionAvailability("prod", True, True, 3, 7, 72, 200),
+        PartitionAvailability("debug", False, False, 2, 2, 16, 16),
+    ]
+
+
+@pytest.mark.parametrize("stdout", ["prod|up|1/2/3|1/2/3/4\n", "prod|up|a/b/c/d|1/2/3/4\n"])
+def test_unreadable_sinfo_output_is_an_error(stdout: str) -> None:
+    with pytest.raises(SlurmOutputError):
+        parse_sinfo(stdout)
+
+
+def test_version_and_accounts() -> None:
+    assert parse_version("slurm 22.05.8\n") == "22.05.8"
+    assert parse_version("slurm-wlm 22.05.8\n") == "22.05.8"
+    with pytest.raises(SlurmOutputError):
+        parse_version("sinfo: error: something\n")
+    assert parse_accounts("proj42\nproj7\nproj42\n\n") == ["proj42", "proj7"]
+    with pytest.raises(SlurmOutputError):
+        parse_accounts("proj 42\n")
+
+
+SCONTROL_OUTPUT = (
+    "JobId=1000000 JobName=my job name UserId=alice(1000) GroupId=alice(1000) MCS_label=N/A "
+    "Priority=4294901759 Nice=0 Account=(null) QOS=(null) JobState=RUNNING Reason=None "
+    "Dependency=(null) Requeue=1 Restarts=0 BatchFlag=1 Reboot=0 ExitCode=0:0 RunTime=00:00:05 "
+    "TimeLimit=01:00:00 TimeMin=N/A SubmitTime=2026-11-25T10:00:00 NodeList=node01 "
+    "BatchHost=node01 NumNodes=1 NumCPUs=4 TRES=cpu=4,mem=8G,node=1,billing=4 "
+    "Command=(null) WorkDir=/home/alice/my dir StdOut=/home/alice/slurm-1000000.out Power=\n"
+)
+
+
+def test_scontrol_show_job_becomes_a_dict_with_spaces_kept_in_values() -> None:
+    fields = parse_scontrol_show_job(SCONTROL_OUTPUT)
+    assert fields["JobId"] == "1000000"
+    assert fields["JobName"] == "my job name"
+    assert fields["JobState"] == "RUNNING"
+    assert fields["TRES"] == "cpu=4,mem=8G,node=1,billing=4"
+    assert fields["WorkDir"] == "/home/alice/my dir"
+    assert fields["Power"] == ""
+
+
+@pytest.mark.parametrize("stdout", ["", "not a record\n", "JobId=1\nJobId=2\n"])
+def test_unreadable_scontrol_output_is_an_error(stdout: str) -> None:
+    with pytest.raises(SlurmOutputError):
+        parse_scontrol_show_job(stdout)
