@@ -48,7 +48,18 @@ def test_sessions_list_with_their_printer_columns(applied: Any) -> None:
     result = kubectl(applied, "get", "notebooksessions", "-A")
     assert result.returncode == 0, result.stderr
     header = result.stdout.splitlines()[0].split()
-    assert header == ["NAMESPACE", "NAME", "USER", "PROFILE", "SITE", "PHASE", "JOBID", "NODE", "URL", "AGE"]
+    assert header == [
+        "NAMESPACE",
+        "NAME",
+        "USER",
+        "PROFILE",
+        "SITE",
+        "PHASE",
+        "JOBID",
+        "NODE",
+        "URL",
+        "AGE",
+    ]
     assert "alice-default" in result.stdout and "bluepy" in result.stdout
     short = kubectl(applied, "get", "nbs", "-A")
     assert short.returncode == 0 and "alice-default" in short.stdout
@@ -56,11 +67,25 @@ def test_sessions_list_with_their_printer_columns(applied: Any) -> None:
 
 def test_profiles_and_sites_have_their_columns(applied: Any) -> None:
     profiles = kubectl(applied, "get", "notebookprofiles")
-    assert profiles.stdout.splitlines()[0].split() == ["NAME", "CORES", "MEMORY", "TIME", "SITES", "AGE"]
+    assert profiles.stdout.splitlines()[0].split() == [
+        "NAME",
+        "CORES",
+        "MEMORY",
+        "TIME",
+        "SITES",
+        "AGE",
+    ]
     assert "synthesis" in profiles.stdout and '["geneva"]' in profiles.stdout
     sites = kubectl(applied, "get", "slurmsites")
     assert sites.returncode == 0, sites.stderr
-    assert sites.stdout.splitlines()[0].split() == ["NAME", "REACHABLE", "IDLE", "NODES", "PENDING", "AGE"]
+    assert sites.stdout.splitlines()[0].split() == [
+        "NAME",
+        "REACHABLE",
+        "IDLE",
+        "NODES",
+        "PENDING",
+        "AGE",
+    ]
     assert "geneva" in sites.stdout and "lugano" in sites.stdout
 
 
@@ -97,7 +122,10 @@ def test_the_api_server_refuses_invalid_sessions(
 
 
 def test_a_session_spec_is_immutable(applied: Any) -> None:
-    assert kubectl(applied, "apply", "-f", "-", stdin=session("immutable", site="geneva")).returncode == 0
+    assert (
+        kubectl(applied, "apply", "-f", "-", stdin=session("immutable", site="geneva")).returncode
+        == 0
+    )
     result = kubectl(applied, "apply", "-f", "-", stdin=session("immutable", site="lugano"))
     assert result.returncode != 0
     assert "immutable" in result.stderr

@@ -72,7 +72,11 @@ def settings_schema(model: type[BaseSettings] = OperatorSettings) -> dict[str, A
 
 def values_block(model: type[BaseSettings] = OperatorSettings) -> str:
     """The ``operator.settings`` section of values.yaml, with each description as its comment."""
-    lines = [BEGIN_MARKER, "  # Operator settings; each becomes BBP_<SETTING> in the pod.", "  settings:"]
+    lines = [
+        BEGIN_MARKER,
+        "  # Operator settings; each becomes BBP_<SETTING> in the pod.",
+        "  settings:",
+    ]
     for name, default in chart_settings(model).items():
         description = model.model_fields[name].description or ""
         lines.append(f"    # {' '.join(description.split())}")

@@ -1,9 +1,10 @@
 """Real Slurm (Debian 12 slurm-wlm 22.05) as two clusters, geneva and lugano, on loopback.
 
-Each cluster has its own slurmctld and slurmd and sits behind its own OpenSSH sshd on a
-127.0.0.x address, with a host certificate signed by a host CA and user certificates trusted
-from a user CA, as the operator meets a production site. One munged, one MariaDB and one
-slurmdbd (shared by both clusters, as a site federation would) make sacct and sacctmgr work.
+Each cluster has its own slurmctld, slurmd and slurmdbd (so sacct and `sacctmgr show assoc`
+behave as on a production site) and sits behind its own OpenSSH sshd on a 127.0.0.x address,
+with a host certificate signed by a host CA and user certificates trusted from a user CA, as
+the operator meets a production site. One munged and one MariaDB (a database per cluster) serve
+both clusters.
 
 Config text comes from pure builders; `up` writes it under a directory, starts every daemon
 and records their PIDs in `state.json`; `down` stops exactly those PIDs.
@@ -40,7 +41,6 @@ SHARED_ADDRESS = "127.0.0.10"
 # machine's hostname resolves to instead of 0.0.0.0; `up` checks that it is on loopback.
 SLURM_ADDRESS = "127.0.0.1"
 MARIADB_PORT = 3306
-SLURMDBD_PORT = 6819
 SSH_PORT = 2222
 TEST_USERS = ("alice", "bob")
 DEFAULT_MIN_JOB_AGE_S = 10
@@ -69,6 +69,7 @@ class ClusterSpec:
     address: str  # 127.0.0.x: the frontend sshd listens here
     slurmctld_port: int
     slurmd_port: int
+    slurmdbd_port: int
     first_job_id: int
     partitions: tuple[PartitionSpec, ...]
     # user -> accounts; the first one is the user's default account
@@ -84,6 +85,7 @@ GENEVA = ClusterSpec(
     address="127.0.0.11",
     slurmctld_port=6817,
     slurmd_port=6818,
+    slurmdbd_port=6819,
     first_job_id=1_000_000,
     partitions=(
         PartitionSpec("prod", "1-00:00:00", default=True),
@@ -97,6 +99,7 @@ LUGANO = ClusterSpec(
     address="127.0.0.12",
     slurmctld_port=6827,
     slurmd_port=6828,
+    slurmdbd_port=6829,
     first_job_id=2_000_000,
     partitions=(PartitionSpec("prod", "1-00:00:00", default=True),),
     accounts={"alice": ("proj16", "proj42"), "bob": ("proj42",)},
@@ -106,7 +109,7 @@ DEFAULT_CLUSTERS = (GENEVA, LUGANO)
 
 @dataclass(frozen=True)
 class SharedPaths:
-    """Files shared by both clusters (munge, database, slurmdbd, the two CAs)."""
+    """Files shared by both clusters (munge, database, the two CAs, logs)."""
 
     root: Path
 
@@ -125,14 +128,6 @@ class SharedPaths:
     @property
     def db_socket(self) -> Path:
         return self.root / "mariadb.sock"
-
-    @property
-    def slurmdbd_dir(self) -> Path:
-        return self.root / "slurmdbd"
-
-    @property
-    def slurmdbd_conf(self) -> Path:
-        return self.slurmdbd_dir / "slurmdbd.conf"
 
     @property
     def host_ca_key(self) -> Path:
@@ -156,6 +151,11 @@ class ClusterPaths:
         return self.root / "slurm.conf"
 
     @property
+    def slurmdbd_conf(self) -> Path:
+        # slurmdbd reads slurmdbd.conf from the directory of $SLURM_CONF
+        return self.root / "slurmdbd.conf"
+
+    @property
     def state_save(self) -> Path:
         return self.root / "state"
 
@@ -172,7 +172,11 @@ class ClusterPaths:
         return self.root / "ssh_host_ed25519_key-cert.pub"
 
     @property
-    def sshd_config(self) -> Path:
+    def database_name(cluster: ClusterSpec) -> str:
+    return f"slurm_acct_db_{cluster.name}"
+
+
+def sshd_config(self) -> Path:
         return self.root / "sshd_config"
 
 
@@ -239,7 +243,7 @@ def slurm_conf(
         "Waittime=0",
         "AccountingStorageType=accounting_storage/slurmdbd",
         f"AccountingStorageHost={SLURM_ADDRESS}",
-        f"AccountingStoragePort={SLURMDBD_PORT}",
+        f"AccountingStoragePort={cluster.slurmdbd_port}",
         "AccountingStorageEnforce=associations",
         "JobCompType=jobcomp/none",
         (
@@ -256,8 +260,15 @@ def slurm_conf(
     return "\n".join(lines) + "\n"
 
 
-def slurmdbd_conf(shared: SharedPaths, *, hostname: str, db_password: str) -> str:
-    """slurmdbd.conf (holds the database password: written 0600)."""
+def slurmdbd_conf(
+    cluster: ClusterSpec,
+    paths: ClusterPaths,
+    shared: SharedPaths,
+    *,
+    hostname: str,
+    db_password: str,
+) -> str:
+    """slurmdbd.conf for one cluster (holds the database password: written 0600)."""
     return (
         "\n".join(
             [
@@ -266,21 +277,25 @@ def slurmdbd_conf(shared: SharedPaths, *, hostname: str, db_password: str) -> st
                 f"DbdHost={hostname}",
                 f"DbdAddr={SLURM_ADDRESS}",
                 "CommunicationParameters=NoInAddrAny,NoCtldInAddrAny",
-                f"DbdPort={SLURMDBD_PORT}",
+                f"DbdPort={cluster.slurmdbd_port}",
                 "SlurmUser=root",
                 "DebugLevel=info",
-                f"LogFile={shared.logs}/slurmdbd.log",
-                f"PidFile={shared.slurmdbd_dir}/slurmdbd.pid",
+                f"LogFile={shared.logs}/{cluster.name}-slurmdbd.log",
+                f"PidFile={paths.root}/slurmdbd.pid",
                 "StorageType=accounting_storage/mysql",
                 f"StorageHost={SHARED_ADDRESS}",
                 f"StoragePort={MARIADB_PORT}",
                 "StorageUser=slurm",
                 f"StoragePass={db_password}",
-                "StorageLoc=slurm_acct_db",
+                f"StorageLoc={database_name(cluster)}",
             ]
         )
         + "\n"
     )
+
+
+def database_name(cluster: ClusterSpec) -> str:
+    return f"slurm_acct_db_{cluster.name}"
 
 
 def sshd_config(cluster: ClusterSpec, paths: ClusterPaths, shared: SharedPaths) -> str:
@@ -320,25 +335,22 @@ def known_hosts_line(cluster: ClusterSpec, host_ca_public_key: str) -> str:
     return f"@cert-authority {patterns} {host_ca_public_key.strip()}\n"
 
 
-def sacctmgr_setup_commands(clusters: Sequence[ClusterSpec]) -> list[list[str]]:
-    """sacctmgr argvs that register the clusters, their accounts and user associations."""
-    commands: list[list[str]] = [
-        ["sacctmgr", "-i", "add", "cluster", *(c.name for c in clusters)],
-    ]
-    for cluster in clusters:
-        account_names = sorted({a for accounts in cluster.accounts.values() for a in accounts})
+def sacctmgr_setup_commands(cluster: ClusterSpec) -> list[list[str]]:
+    """sacctmgr argvs that register a cluster, its accounts and user associations."""
+    commands: list[list[str]] = [["sacctmgr", "-i", "add", "cluster", cluster.name]]
+    account_names = sorted({a for accounts in cluster.accounts.values() for a in accounts})
+    commands.append(
+        ["sacctmgr", "-i", "add", "account", *account_names, f"cluster={cluster.name}"]
+    )
+    for user, accounts in sorted(cluster.accounts.items()):
         commands.append(
-            ["sacctmgr", "-i", "add", "account", *account_names, f"cluster={cluster.name}"]
-        )
-        for user, accounts in sorted(cluster.accounts.items()):
-            commands.append(
-                [
-                    "sacctmgr", "-i", "add", "user", user,
-                    f"account={','.join(accounts)}",
-                    f"defaultaccount={accounts[0]}",
-                    f"cluster={cluster.name}",
-                ]
-            )  # fmt: skip
+            [
+                "sacctmgr", "-i", "add", "user", user,
+                f"account={','.join(accounts)}",
+                f"defaultaccount={accounts[0]}",
+                f"cluster={cluster.name}",
+            ]
+        )  # fmt: skip
     return commands
 
 
@@ -605,51 +617,16 @@ def _up(
 
     _wait_until("mariadbd", db_ready, timeout)
     # The password travels on stdin, never in argv.
-    _run(
-        mariadb,
-        stdin=(
-            f"CREATE USER 'slurm'@'127.%' IDENTIFIED BY '{db_password}';\n"
-            f"GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.%';\n"
-        ),
+    grants = "".join(
+        f"GRANT ALL ON {database_name(c)}.* TO 'slurm'@'127.%';\n" for c in clusters
     )
+    _run(mariadb, stdin=f"CREATE USER 'slurm'@'127.%' IDENTIFIED BY '{db_password}';\n{grants}")
     mark("mariadbd")
 
-    # slurmdbd (reads slurmdbd.conf beside $SLURM_CONF)
-    _write(shared.slurmdbd_conf, slurmdbd_conf(shared, hostname=hostname, db_password=db_password),
-           0o600)  # fmt: skip
-    # slurmdbd reads slurmdbd.conf from the directory of $SLURM_CONF; the first cluster's
-    # slurm.conf is only used by sacctmgr below to find slurmdbd.
-    dbd_slurm_conf = shared.slurmdbd_dir / "slurm.conf"
-    first = clusters[0]
-    _write(
-        dbd_slurm_conf,
-        slurm_conf(first, _cluster_paths(shared.root, first), shared, hostname=hostname,
-                   min_job_age_s=min_job_age_s),
-    )  # fmt: skip
-    slurmdbd = starter.start(
-        "slurmdbd", ["/usr/sbin/slurmdbd", "-D"], _daemon_env(dbd_slurm_conf)
-    )
-    dbd_env = _daemon_env(dbd_slurm_conf)
-
-    def dbd_ready() -> bool:
-        starter.check_alive(slurmdbd, "slurmdbd")
-        _run(["sacctmgr", "-n", "show", "cluster"], env=dbd_env, timeout=10)
-        return True
-
-    _wait_until("slurmdbd", dbd_ready, timeout)
-    for argv in sacctmgr_setup_commands(clusters):
-        _run(argv, env=dbd_env)
-    mark("slurmdbd")
-
-    # CAs
-    _make_ca(shared.host_ca_key)
-    _make_ca(shared.user_ca_key)
-    host_ca_public = Path(f"{shared.host_ca_key}.pub").read_text()
-
-    # Clusters
-    controllers: list[tuple[ClusterSpec, ClusterPaths, subprocess.Popen[bytes]]] = []
-    for cluster in clusters:
-        paths = _cluster_paths(shared.root, cluster)
+    # slurmdbd per cluster (reads slurmdbd.conf beside $SLURM_CONF), started together
+    cluster_paths = [_cluster_paths(shared.root, c) for c in clusters]
+    dbds: list[tuple[ClusterSpec, dict[str, str], subprocess.Popen[bytes]]] = []
+    for cluster, paths in zip(clusters, cluster_paths, strict=True):
         paths.state_save.mkdir(parents=True, exist_ok=True)
         (paths.spool / f"slurmd-{cluster.node_name}").mkdir(parents=True, exist_ok=True)
         paths.root.chmod(0o755)
@@ -657,9 +634,39 @@ def _up(
             paths.slurm_conf,
             slurm_conf(cluster, paths, shared, hostname=hostname, min_job_age_s=min_job_age_s),
         )
+        _write(
+            paths.slurmdbd_conf,
+            slurmdbd_conf(cluster, paths, shared, hostname=hostname, db_password=db_password),
+            0o600,
+        )
         env = _daemon_env(paths.slurm_conf)
+        dbd = starter.start(f"{cluster.name}-slurmdbd", ["/usr/sbin/slurmdbd", "-D"], env)
+        dbds.append((cluster, env, dbd))
+    for cluster, env, dbd in dbds:
+
+        def dbd_ready(p: subprocess.Popen[bytes] = dbd, c: ClusterSpec = cluster,
+                      e: dict[str, str] = env) -> bool:  # fmt: skip
+            starter.check_alive(p, f"{c.name}-slurmdbd")
+            _run(["sacctmgr", "-n", "show", "cluster"], env=e, timeout=10)
+            return True
+
+        _wait_until(f"{cluster.name} slurmdbd", dbd_ready, timeout)
+        for argv in sacctmgr_setup_commands(cluster):
+            _run(argv, env=env)
+    mark("slurmdbd")
+
+    # CAs
+    _make_ca(shared.host_ca_key)
+    _make_ca(shared.user_ca_key)
+    host_ca_public = Path(f"{shared.host_ca_key}.pub").read_text()
+
+    # Controllers, then nodes
+    controllers: list[tuple[ClusterSpec, ClusterPaths, subprocess.Popen[bytes]]] = []
+    for cluster, paths in zip(clusters, cluster_paths, strict=True):
         slurmctld = starter.start(
-            f"{cluster.name}-slurmctld", ["/usr/sbin/slurmctld", "-D", "-i"], env
+            f"{cluster.name}-slurmctld",
+            ["/usr/sbin/slurmctld", "-D", "-i"],
+            _daemon_env(paths.slurm_conf),
         )
         controllers.append((cluster, paths, slurmctld))
     for cluster, paths, slurmctld in controllers:

@@ -40,7 +40,9 @@ async def api_client(kubeconfig: str | None = None) -> k8s.ApiClient:
         configuration = k8s.Configuration()
         if kubeconfig is None:
             try:
-                k8s_config.load_incluster_config(client_configuration=configuration)
+                k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]
+                    client_configuration=configuration
+                )
             except k8s_config.ConfigException:
                 await k8s_config.load_kube_config(client_configuration=configuration)
         else:

@@ -9,7 +9,7 @@ from bbp_notebooks.api.constants import ANNOTATION_PREFIX, LABEL_PREFIX
 
 # The Secret is named after the session plus this suffix, and environmentSecretRef.name is a DNS
 # label (at most 63 characters): session names leave room for it.
-SECRET_SUFFIX = "-env"
+SECRET_SUFFIX = "-env"  # noqa: S105 (a name suffix, not a password)
 MAX_SESSION_NAME = 63 - len(SECRET_SUFFIX)
 _HASH_CHARS = 8
 

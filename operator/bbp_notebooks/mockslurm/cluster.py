@@ -263,9 +263,7 @@ class Cluster:
             self.partitions[spec.name] = Partition(
                 spec.name, members, spec.default, spec.max_minutes, spec.default_minutes
             )
-        self.default_partition = next(
-            (p.name for p in self.partitions.values() if p.default), None
-        )
+        self.default_partition = next((p.name for p in self.partitions.values() if p.default), None)
         self.jobs: dict[int, Job] = {}  # what slurmctld holds (squeue, scontrol)
         self.accounting: dict[int, Job] = {}  # what slurmdbd holds (sacct)
         self.pending: list[Job] = []
@@ -362,7 +360,9 @@ class Cluster:
         if num_nodes > len(part.nodes):
             raise SubmitError("Node count specification invalid")
         capable = [
-            n for n in part.nodes if self.nodes[n].cpus >= cpus and self.nodes[n].memory_mb >= memory
+            n
+            for n in part.nodes
+            if self.nodes[n].cpus >= cpus and self.nodes[n].memory_mb >= memory
         ]
         if len(capable) < num_nodes:
             if memory and not any(self.nodes[n].memory_mb >= memory for n in part.nodes):
@@ -432,7 +432,9 @@ class Cluster:
         job.reason = {JobState.TIMEOUT: "TimeLimit", JobState.NODE_FAIL: "NodeDown"}.get(
             state, "None"
         )
-        job.kill_deadline = self.clock() + (0 if signum == signal.SIGKILL else self.config.kill_wait)
+        job.kill_deadline = self.clock() + (
+            0 if signum == signal.SIGKILL else self.config.kill_wait
+        )
         if job.pid is None or not self.runner.signal(job, signum):
             # Nothing left to signal (the launch is still under way or already gone).
             pass

@@ -94,8 +94,9 @@ class SiteConfig(_Model):
         None, description="SSH host private key; generated (ed25519) if absent."
     )
     host_certificate_path: Path | None = Field(
-        None, description="OpenSSH host certificate for the host key (loaded, or written when "
-        "host_ca_key_path is set)."
+        None,
+        description="OpenSSH host certificate for the host key (loaded, or written when "
+        "host_ca_key_path is set).",
     )
     host_ca_key_path: Path | None = Field(
         None, description="Host CA private key that signs a host certificate at start."

@@ -217,7 +217,7 @@ def compress_hostlist(names: list[str]) -> str:
 
 
 def fit(value: str, width: int, right: bool, cut: bool = True) -> str:
-    """squeue/sinfo _print_str: "%<w>s" (right, cut only if asked) or "%.<w>s" (left, always cut)."""
+    """squeue/sinfo _print_str: "%<w>s" right (cut only if asked), "%.<w>s" left (always cut)."""
     if width == 0:
         return value
     if right:

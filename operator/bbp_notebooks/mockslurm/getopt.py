@@ -44,13 +44,13 @@ def parse(
     positional: list[str] = []
     index = 0
     while index < len(argv):
-        token = argv[index]
+        word = argv[index]
         index += 1
-        if token == "--":
+        if word == "--":
             positional.extend(argv[index:])
             break
-        if token.startswith("--"):
-            name, has_value, value = token[2:].partition("=")
+        if word.startswith("--"):
+            name, has_value, value = word[2:].partition("=")
             option = _match_long(prog, name, longs)
             if option.arg is Arg.NONE:
                 if has_value:
@@ -67,10 +67,10 @@ def parse(
             else:
                 parsed.append((option.key, value if has_value else None))
             continue
-        if token.startswith("-") and token != "-":
+        if word.startswith("-") and word != "-":
             position = 1
-            while position < len(token):
-                letter = token[position]
+            while position < len(word):
+                letter = word[position]
                 position += 1
                 short = shorts.get(letter)
                 if short is None:
@@ -78,7 +78,7 @@ def parse(
                 if short.arg is Arg.NONE:
                     parsed.append((short.key, None))
                     continue
-                rest = token[position:]
+                rest = word[position:]
                 if rest:
                     parsed.append((short.key, rest))
                 elif short.arg is Arg.REQUIRED:
@@ -90,7 +90,7 @@ def parse(
                     parsed.append((short.key, None))
                 break
             continue
-        positional.append(token)
+        positional.append(word)
         if stop_at_first_positional:
             positional.extend(argv[index:])
             break

@@ -67,42 +67,17 @@ class ProcessRunner:
 
     async def _execute(self, cluster: Cluster, job: Job) -> int:
         switch = self._switch_user(job)
-        uid, gid = job.user.uid, job.user.gid
-        spool = self.spool_dir / f"job{job.job_id:05d}"
-        spool.mkdir(parents=True, exist_ok=True)
-        os.chmod(spool, 0o700)
-        script_path = spool / "slurm_script"
-        with open(script_path, "w") as handle:
-            handle.write(job.script)
-        os.chmod(script_path, 0o700)
-        if switch:
-            os.chown(spool, uid, gid)
-            os.chown(script_path, uid, gid)
-        first_node = job.nodes[0] if job.nodes else "localhost"
-        notes: list[str] = []
-        cwd = job.workdir
-        if not os.path.isdir(cwd):
-            notes.append(
-                f"slurmstepd: error: couldn't chdir to `{cwd}': No such file or directory: "
-                "going to /tmp instead\n"
-            )
-            cwd = "/tmp"
-        stdout_path = job.stdout_path.replace("%N", first_node)
-        stderr_path = job.stderr_path.replace("%N", first_node)
-        stdout_fd = self._open_output(stdout_path, job, switch)
-        stderr_fd = stdout_fd if stderr_path == stdout_path else self._open_output(
-            stderr_path, job, switch
-        )
+        script_path, cwd, stdout_fd, stderr_fd, notes = self._prepare(job, switch)
         try:
             for note in notes:
                 os.write(stderr_fd, note.encode())
-            env = self._environment(cluster, job, first_node)
+            env = self._environment(cluster, job, job.nodes[0] if job.nodes else "localhost")
             extra: dict[str, object] = {}
             if switch:
                 extra = {
-                    "user": uid,
-                    "group": gid,
-                    "extra_groups": os.getgrouplist(job.user.name, gid),
+                    "user": job.user.uid,
+                    "group": job.user.gid,
+                    "extra_groups": os.getgrouplist(job.user.name, job.user.gid),
                 }
             process = await asyncio.create_subprocess_exec(
                 str(script_path),
@@ -126,6 +101,36 @@ class ProcessRunner:
         except (ProcessLookupError, PermissionError):
             pass
         return returncode
+
+    def _prepare(self, job: Job, switch: bool) -> tuple[Path, str, int, int, list[str]]:
+        """Spool the script and open the output files (blocking file work, done up front)."""
+        uid, gid = job.user.uid, job.user.gid
+        spool = self.spool_dir / f"job{job.job_id:05d}"
+        spool.mkdir(parents=True, exist_ok=True)
+        os.chmod(spool, 0o700)
+        script_path = spool / "slurm_script"
+        with open(script_path, "w", encoding="utf-8", errors="surrogateescape") as handle:
+            handle.write(job.script)
+        os.chmod(script_path, 0o700)
+        if switch:
+            os.chown(spool, uid, gid)
+            os.chown(script_path, uid, gid)
+        first_node = job.nodes[0] if job.nodes else "localhost"
+        notes: list[str] = []
+        cwd = job.workdir
+        if not os.path.isdir(cwd):
+            notes.append(
+                f"slurmstepd: error: couldn't chdir to `{cwd}': No such file or directory: "
+                "going to /tmp instead\n"
+            )
+            cwd = "/tmp"
+        stdout_path = job.stdout_path.replace("%N", first_node)
+        stderr_path = job.stderr_path.replace("%N", first_node)
+        stdout_fd = self._open_output(stdout_path, job, switch)
+        stderr_fd = (
+            stdout_fd if stderr_path == stdout_path else self._open_output(stderr_path, job, switch)
+        )
+        return script_path, cwd, stdout_fd, stderr_fd, notes
 
     def _open_output(self, path: str, job: Job, switch: bool) -> int:
         """Open an output file the way the job's user could: refuse what they could not write."""

@@ -52,8 +52,8 @@ def set_condition(
         status=status,
         reason=reason,
         message=message,
-        lastTransitionTime=now if changed or previous is None else previous.last_transition_time,
-        observedGeneration=generation,
+        last_transition_time=now if changed or previous is None else previous.last_transition_time,
+        observed_generation=generation,
     )
     result = [c for c in conditions if c.type != type_]
     result.append(updated)

@@ -60,7 +60,9 @@ def profile_index(name: str, spec: kopf.Spec, **_: Any) -> dict[str, NotebookPro
 
 
 @kopf.index(GROUP, VERSION, SITE_PLURAL)
-def site_index(name: str, spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[str, SiteView] | None:
+def site_index(
+    name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
+) -> dict[str, SiteView] | None:
     try:
         return {
             name: SiteView(
@@ -110,11 +112,15 @@ def _values(index: kopf.Index[str, Any]) -> Iterator[Any]:
 # Lifecycle -----------------------------------------------------------------------------------
 
 
-@kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, session_index: kopf.Index[str, Any], **_: Any) -> None:
+@kopf.on.startup()  # type: ignore[arg-type]  # index kwargs
+async def configure(
+    settings: kopf.OperatorSettings, memo: kopf.Memo, session_index: kopf.Index[str, Any], **_: Any
+) -> None:
     config = OperatorSettings()
     settings.persistence.finalizer = FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=ANNOTATION_PREFIX
+    )
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
     )
@@ -125,7 +131,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, session_in
     settings.execution.max_workers = 8
 
     try:
-        k8s_config.load_incluster_config()
+        k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
     except k8s_config.ConfigException:
         await k8s_config.load_kube_config()
     api_client = ApiClient()
@@ -159,16 +165,30 @@ async def record_endpoint(
         return False
     session: sessions.SessionRef = next(iter(store))
     if session.status.job_id is not None and session.status.job_id != report.job_id:
-        log.warning("session %s: endpoint from job %d, expected %d", uid, report.job_id, session.status.job_id)
+        log.warning(
+            "session %s: endpoint from job %d, expected %d",
+            uid,
+            report.job_id,
+            session.status.job_id,
+        )
         return False
-    endpoint = Endpoint(host=report.host, port=report.port, url=f"http://{report.host}:{report.port}")
+    endpoint = Endpoint(
+        host=report.host, port=report.port, url=f"http://{report.host}:{report.port}"
+    )
     rt.endpoints[uid] = (report.job_id, endpoint)
     if session.status.job_id is None or (session.status.phase and session.status.phase.is_terminal):
         return True  # the poller writes it once the job id is recorded
     now = dt.datetime.now(dt.UTC)
-    running = observe.JobObservation(job_id=report.job_id, state="RUNNING", node=session.status.node)
+    running = observe.JobObservation(
+        job_id=report.job_id, state="RUNNING", node=session.status.node
+    )
     new = observe.observed(
-        session.status, running, endpoint=endpoint, vanished=False, now=now, generation=session.generation
+        session.status,
+        running,
+        endpoint=endpoint,
+        vanished=False,
+        now=now,
+        generation=session.generation,
     )
     await rt.kube.patch_session_status(session.namespace, session.name, dump(new))
     if new.phase != session.status.phase:
@@ -180,7 +200,7 @@ async def record_endpoint(
 
 
 @kopf.on.resume(GROUP, VERSION, SESSION_PLURAL)
-@kopf.on.create(GROUP, VERSION, SESSION_PLURAL)
+@kopf.on.create(GROUP, VERSION, SESSION_PLURAL)  # type: ignore[arg-type]  # index kwargs
 async def submit(
     body: kopf.Body,
     patch: kopf.Patch,
@@ -192,11 +212,15 @@ async def submit(
     rt: Runtime = memo["runtime"]
     session = session_ref(body)
     try:
-        new = await sessions.ensure_submitted(rt, session, _single(profile_index), _single(site_index))
+        new = await sessions.ensure_submitted(
+            rt, session, _single(profile_index), _single(site_index)
+        )
     except (SshError, NoSiteAvailable) as error:
         RECONCILE_ERRORS.labels("submit", type(error).__name__).inc()
         now = dt.datetime.now(dt.UTC)
-        waiting = observe.site_unreachable(session.status, str(error), now=now, generation=session.generation)
+        waiting = observe.site_unreachable(
+            session.status, str(error), now=now, generation=session.generation
+        )
         patch.status.update(dump(waiting))
         raise kopf.TemporaryError(f"cannot submit yet: {error}", delay=15) from error
     patch.status.update(dump(new))
@@ -210,8 +234,10 @@ async def submit(
         )
 
 
-@kopf.on.delete(GROUP, VERSION, SESSION_PLURAL)
-async def cancel(body: kopf.Body, memo: kopf.Memo, site_index: kopf.Index[str, SiteView], **_: Any) -> None:
+@kopf.on.delete(GROUP, VERSION, SESSION_PLURAL)  # type: ignore[arg-type]  # index kwargs
+async def cancel(
+    body: kopf.Body, memo: kopf.Memo, site_index: kopf.Index[str, SiteView], **_: Any
+) -> None:
     rt: Runtime = memo["runtime"]
     session = session_ref(body)
     rt.endpoints.pop(session.uid, None)
@@ -227,7 +253,7 @@ async def cancel(body: kopf.Body, memo: kopf.Memo, site_index: kopf.Index[str, S
 # SlurmSite -----------------------------------------------------------------------------------
 
 
-@kopf.daemon(GROUP, VERSION, SITE_PLURAL, cancellation_timeout=10)
+@kopf.daemon(GROUP, VERSION, SITE_PLURAL, cancellation_timeout=10)  # type: ignore[arg-type]  # index kwargs
 async def poll_site(
     name: str,
     body: kopf.Body,
@@ -240,7 +266,11 @@ async def poll_site(
     state = sites.PollState()
     while not stopped:
         spec = SlurmSiteSpec.model_validate(dict(body["spec"]))
-        view = SiteView(name=name, spec=spec, status=SlurmSiteStatus.model_validate(dict(body.get("status", {}))))
+        view = SiteView(
+            name=name,
+            spec=spec,
+            status=SlurmSiteStatus.model_validate(dict(body.get("status", {}))),
+        )
         refs = list(_values(session_index))
         here = [s for s in refs if s.status.site == name]
         try:

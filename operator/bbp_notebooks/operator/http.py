@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 class EndpointReport(BaseModel):
     """What a job posts once its notebook server listens."""
 
-    host: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
+    host: str = Field(
+        min_length=1, max_length=253, pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$"
+    )
     port: int = Field(ge=1, le=65535)
     job_id: int = Field(alias="jobId", ge=1)
 
@@ -41,11 +43,19 @@ def build_app(token_key: bytes, on_endpoint: EndpointSink) -> web.Application:
             return web.json_response({"error": f"invalid report: {error}"}, status=400)
         if not await on_endpoint(uid, report):
             return web.json_response({"error": "no such session"}, status=404)
-        log.info("session %s reported endpoint %s:%d (job %d)", uid, report.host, report.port, report.job_id)
+        log.info(
+            "session %s reported endpoint %s:%d (job %d)",
+            uid,
+            report.host,
+            report.port,
+            report.job_id,
+        )
         return web.json_response({"ok": True})
 
     async def metrics(_: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(
+            body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok")

@@ -22,16 +22,15 @@ class Kube:
         self.custom = k8s.CustomObjectsApi(api_client)
         self.core = k8s.CoreV1Api(api_client)
 
+    # The client sends a dict body as a JSON merge patch.
     async def patch_session_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         await self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, SESSION_PLURAL, name, {"status": status},
-            _content_type="application/merge-patch+json",
+            GROUP, VERSION, namespace, SESSION_PLURAL, name, {"status": status}
         )
 
     async def patch_site_status(self, name: str, status: dict[str, Any]) -> None:
         await self.custom.patch_cluster_custom_object_status(
-            GROUP, VERSION, SITE_PLURAL, name, {"status": status},
-            _content_type="application/merge-patch+json",
+            GROUP, VERSION, SITE_PLURAL, name, {"status": status}
         )
 
     async def session_uids(self) -> set[str]:

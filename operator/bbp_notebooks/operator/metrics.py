@@ -55,9 +55,7 @@ SLURM_COMMAND_ERRORS = Counter(
 SSH_CONNECTIONS = Gauge(
     "bbp_notebooks_ssh_connections", "Open pooled ssh connections.", registry=REGISTRY
 )
-SSH_CHANNELS = Gauge(
-    "bbp_notebooks_ssh_channels_in_use", "ssh channels in use.", registry=REGISTRY
-)
+SSH_CHANNELS = Gauge("bbp_notebooks_ssh_channels_in_use", "ssh channels in use.", registry=REGISTRY)
 RECONCILE_ERRORS = Counter(
     "bbp_notebooks_reconcile_errors_total",
     "Errors in reconciliation, by handler and kind.",
@@ -65,7 +63,10 @@ RECONCILE_ERRORS = Counter(
     registry=REGISTRY,
 )
 SITE_POLLS = Counter(
-    "bbp_notebooks_site_polls_total", "Site polls, by outcome.", ["site", "outcome"], registry=REGISTRY
+    "bbp_notebooks_site_polls_total",
+    "Site polls, by outcome.",
+    ["site", "outcome"],
+    registry=REGISTRY,
 )
 
 

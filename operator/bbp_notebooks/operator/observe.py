@@ -180,15 +180,9 @@ def observed(
     update: dict[str, object] = {"conditions": conditions}
 
     def cond(type_: str, value: ConditionStatus | bool, reason: str, message: str = "") -> None:
-        update["conditions"] = _set(
-            update["conditions"],
-            type_,
-            value,
-            reason,
-            message,
-            now=now,
-            generation=generation,  # type: ignore[arg-type]
-        )
+        nonlocal conditions
+        conditions = _set(conditions, type_, value, reason, message, now=now, generation=generation)
+        update["conditions"] = conditions
 
     if job is None:
         if vanished:
@@ -206,7 +200,7 @@ def observed(
         cond(ConditionType.READY, False, "JobPending", "")
         update.update(
             phase=SessionPhase.QUEUED,
-            queue=QueueInfo(reason=reason, estimatedStart=job.start_time),
+            queue=QueueInfo(reason=reason, estimated_start=job.start_time),
             message=f"queued: {reason}",
         )
     elif job.state in RUNNING_STATES:

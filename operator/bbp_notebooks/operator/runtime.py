@@ -22,13 +22,18 @@ def known_hosts_text(spec: SlurmSiteSpec) -> str:
     host = spec.frontend.host
     pattern = host if spec.frontend.port == 22 else f"[{host}]:{spec.frontend.port}"
     lines = list(spec.host_keys.known_hosts)
-    lines += [f"@cert-authority {pattern} {key.strip()}" for key in spec.host_keys.certificate_authorities]
+    lines += [
+        f"@cert-authority {pattern} {key.strip()}" for key in spec.host_keys.certificate_authorities
+    ]
     return "\n".join(lines) + "\n"
 
 
 def site_endpoint(name: str, spec: SlurmSiteSpec) -> SiteEndpoint:
     return SiteEndpoint(
-        name=name, host=spec.frontend.host, port=spec.frontend.port, known_hosts=known_hosts_text(spec)
+        name=name,
+        host=spec.frontend.host,
+        port=spec.frontend.port,
+        known_hosts=known_hosts_text(spec),
     )
 
 
@@ -62,7 +67,9 @@ class Runtime:
 
     def client(self, name: str, spec: SlurmSiteSpec) -> SlurmClient:
         return SlurmClient(
-            self.pool, site_endpoint(name, spec), timeout=float(self.settings.command_timeout_seconds)
+            self.pool,
+            site_endpoint(name, spec),
+            timeout=float(self.settings.command_timeout_seconds),
         )
 
     async def identity(self, site: str, spec: SlurmSiteSpec, user: str) -> Identity:

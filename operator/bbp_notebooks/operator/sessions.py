@@ -18,8 +18,8 @@ from bbp_notebooks.operator.planning import InvalidSpec, Plan, SiteView, job_nam
 from bbp_notebooks.operator.runtime import Runtime
 from bbp_notebooks.operator.tokens import session_token
 from bbp_notebooks.slurm.commands import JobSpec
-from bbp_notebooks.ssh import CommandFailed
 from bbp_notebooks.slurm.jobscript import Callback, JobScript, render_job_script
+from bbp_notebooks.ssh import CommandFailed
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,9 @@ async def ensure_submitted(
         chosen = plan(session.spec, profiles, sites, session.groups)
     except InvalidSpec as invalid:
         SUBMISSION_FAILURES.labels(session.spec.site, invalid.reason).inc()
-        return observe.invalid(status, invalid.reason, invalid.message, now=now, generation=session.generation)
+        return observe.invalid(
+            status, invalid.reason, invalid.message, now=now, generation=session.generation
+        )
 
     site = sites[chosen.site]
     client = rt.client(site.name, site.spec)
@@ -130,10 +132,18 @@ async def ensure_submitted(
         adopted = False
         job_id = await client.submit(identity, job_spec(session.uid, chosen), script)
         SUBMISSIONS.labels(site.name).inc()
-        log.info("submitted job %d for session %s/%s at %s", job_id, session.namespace, session.name, site.name)
+        log.info(
+            "submitted job %d for session %s/%s at %s",
+            job_id,
+            session.namespace,
+            session.name,
+            site.name,
+        )
     else:
         adopted, job_id = True, adopted_id
-        log.info("adopted existing job %d for session %s/%s", job_id, session.namespace, session.name)
+        log.info(
+            "adopted existing job %d for session %s/%s", job_id, session.namespace, session.name
+        )
     return observe.submitted(
         status,
         job_id=job_id,
@@ -156,7 +166,7 @@ async def cancel(rt: Runtime, session: SessionRef, sites: Mapping[str, SiteView]
     Raises JobStillActive or the ssh layer's errors; the caller retries.
     """
     site_name = session.status.site or (session.spec.site if session.spec.site != "auto" else None)
-    candidates = [sites[site_name]] if site_name in sites else list(sites.values())
+    candidates = [sites[site_name]] if site_name and site_name in sites else list(sites.values())
     tag = job_name(session.uid)
     for site in candidates:
         client = rt.client(site.name, site.spec)

@@ -99,18 +99,20 @@ def site_status(
         generation=generation,
     )
     if not reachable:
-        return previous.model_copy(update={"conditions": conditions, "observed_generation": generation})
+        return previous.model_copy(
+            update={"conditions": conditions, "observed_generation": generation}
+        )
     states = Counter(entry.state for entry in queue)
     parts = partitions or []
     return SlurmSiteStatus(
         conditions=conditions,
         partitions=parts,
-        idleNodes=sum(p.idle_nodes for p in parts),
-        pendingJobs=states[JobState.PENDING],
-        runningJobs=states[JobState.RUNNING] + states[JobState.COMPLETING],
-        slurmVersion=version or previous.slurm_version,
-        lastPollTime=now,
-        observedGeneration=generation,
+        idle_nodes=sum(p.idle_nodes for p in parts),
+        pending_jobs=states[JobState.PENDING],
+        running_jobs=states[JobState.RUNNING] + states[JobState.COMPLETING],
+        slurm_version=version or previous.slurm_version,
+        last_poll_time=now,
+        observed_generation=generation,
     )
 
 
@@ -129,12 +131,18 @@ async def _write_session(
             type_="Warning" if new.phase == SessionPhase.FAILED else "Normal",
         )
         profile = session.spec.profile
-        if new.phase == SessionPhase.RUNNING or (new.phase == SessionPhase.READY and old_phase != SessionPhase.RUNNING):
+        if new.phase == SessionPhase.RUNNING or (
+            new.phase == SessionPhase.READY and old_phase != SessionPhase.RUNNING
+        ):
             submitted = get(session.status.conditions, ConditionType.SUBMITTED)
             if submitted is not None:
-                QUEUE_WAIT.labels(site, profile).observe((dt.datetime.now(dt.UTC) - submitted.last_transition_time).total_seconds())
+                QUEUE_WAIT.labels(site, profile).observe(
+                    (dt.datetime.now(dt.UTC) - submitted.last_transition_time).total_seconds()
+                )
         if new.phase == SessionPhase.READY:
-            TIME_TO_READY.labels(site, profile).observe((dt.datetime.now(dt.UTC) - session.created).total_seconds())
+            TIME_TO_READY.labels(site, profile).observe(
+                (dt.datetime.now(dt.UTC) - session.created).total_seconds()
+            )
     state.last_phase[session.uid] = new.phase
 
 
@@ -148,7 +156,11 @@ async def poll_once(
     """Poll ``site`` once and write what changed. Returns the site's new status."""
     now = dt.datetime.now(dt.UTC)
     client = rt.client(site.name, site.spec)
-    active = [s for s in sessions if s.status.job_id is not None and not (s.status.phase and s.status.phase.is_terminal)]
+    active = [
+        s
+        for s in sessions
+        if s.status.job_id is not None and not (s.status.phase and s.status.phase.is_terminal)
+    ]
     try:
         identity = await rt.identity(site.name, site.spec, site.spec.monitor_user)
         availability = await client.partitions(identity)
@@ -159,17 +171,26 @@ async def poll_once(
         ask_accounting = [
             s.status.job_id
             for s in active
-            if s.status.job_id is not None and (s.uid not in tagged or tagged[s.uid].state.is_terminal)
+            if s.status.job_id is not None
+            and (s.uid not in tagged or tagged[s.uid].state.is_terminal)
         ]
-        accounting = {e.job_id: e for e in await client.accounting(identity, ask_accounting)} if ask_accounting else {}
+        accounting = (
+            {e.job_id: e for e in await client.accounting(identity, ask_accounting)}
+            if ask_accounting
+            else {}
+        )
     except SshError as error:
         SITE_POLLS.labels(site.name, type(error).__name__).inc()
         message = str(error)
         log.warning("site %s unreachable: %s", site.name, message)
         for session in active:
-            new = observe.site_unreachable(session.status, message, now=now, generation=session.generation)
+            new = observe.site_unreachable(
+                session.status, message, now=now, generation=session.generation
+            )
             await _write_session(rt, state, session, new, site.name)
-        return site_status(site.status, reachable=False, message=message, now=now, generation=generation)
+        return site_status(
+            site.status, reachable=False, message=message, now=now, generation=generation
+        )
 
     SITE_POLLS.labels(site.name, "ok").inc()
     state.polls += 1
@@ -177,10 +198,14 @@ async def poll_once(
     for session in active:
         entry = tagged.get(session.uid)
         job: observe.JobObservation | None
-        if entry is not None and entry.job_id == session.status.job_id and not entry.state.is_terminal:
+        if (
+            entry is not None
+            and entry.job_id == session.status.job_id
+            and not entry.state.is_terminal
+        ):
             job = from_queue(entry)
         elif session.status.job_id in accounting:
-            job = from_accounting(accounting[session.status.job_id])  # type: ignore[index]
+            job = from_accounting(accounting[session.status.job_id])
         elif entry is not None and entry.job_id == session.status.job_id:
             job = from_queue(entry)  # ended, not yet in accounting: squeue's final state will do
         else:
@@ -195,16 +220,19 @@ async def poll_once(
         )
         await _write_session(rt, state, session, new, site.name)
 
-    if state.polls % rt.settings.orphan_sweep_every_polls == 1 or rt.settings.orphan_sweep_every_polls == 1:
+    if (
+        state.polls % rt.settings.orphan_sweep_every_polls == 1
+        or rt.settings.orphan_sweep_every_polls == 1
+    ):
         await sweep_orphans(rt, site, tagged, {s.uid for s in sessions})
 
     partitions = [
         PartitionStatus(
             name=p.name,
-            idleNodes=p.nodes_idle,
-            totalNodes=p.nodes_total,
-            idleCores=p.cpus_idle,
-            totalCores=p.cpus_total,
+            idle_nodes=p.nodes_idle,
+            total_nodes=p.nodes_total,
+            idle_cores=p.cpus_idle,
+            total_cores=p.cpus_total,
         )
         for p in availability
     ]
@@ -225,7 +253,9 @@ async def sweep_orphans(
 ) -> list[int]:
     """Cancel tagged jobs whose session no longer exists. The index only nominates candidates;
     the API server, read now, decides, so a session created a moment ago is never mistaken."""
-    candidates = {uid: e for uid, e in tagged.items() if uid not in known and not e.state.is_terminal}
+    candidates = {
+        uid: e for uid, e in tagged.items() if uid not in known and not e.state.is_terminal
+    }
     if not candidates:
         return []
     existing = await rt.kube.session_uids()
@@ -237,7 +267,9 @@ async def sweep_orphans(
             identity = await rt.identity(site.name, site.spec, entry.user)
             await rt.client(site.name, site.spec).cancel(identity, [entry.job_id])
             cancelled.append(entry.job_id)
-            log.warning("cancelled orphan job %d (session %s is gone) at %s", entry.job_id, uid, site.name)
+            log.warning(
+                "cancelled orphan job %d (session %s is gone) at %s", entry.job_id, uid, site.name
+            )
         except SshError as error:
             log.warning("could not cancel orphan job %d at %s: %s", entry.job_id, site.name, error)
     return cancelled
@@ -245,7 +277,8 @@ async def sweep_orphans(
 
 def publish_session_gauge(sessions: Iterable[SessionRef]) -> None:
     counts = Counter(
-        (s.status.site or "", s.spec.profile, (s.status.phase or SessionPhase.PENDING).value) for s in sessions
+        (s.status.site or "", s.spec.profile, (s.status.phase or SessionPhase.PENDING).value)
+        for s in sessions
     )
     SESSIONS.clear()
     for (site, profile, phase), count in counts.items():

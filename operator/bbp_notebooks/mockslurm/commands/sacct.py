@@ -135,8 +135,11 @@ FIELDS: dict[str, tuple[int, FieldFn]] = {
     "Timelimit": (10, lambda r: "" if r.is_step else slurm_limit(r.job.time_limit)),
     "TimelimitRaw": (
         12,
-        lambda r: "" if r.is_step else ("UNLIMITED" if r.job.time_limit is None
-                                        else str(r.job.time_limit)),
+        lambda r: (
+            ""
+            if r.is_step
+            else ("UNLIMITED" if r.job.time_limit is None else str(r.job.time_limit))
+        ),
     ),
     "UID": (6, lambda r: "" if r.is_step else str(r.job.user.uid)),
     "User": (9, lambda r: "" if r.is_step else r.job.user.name),
@@ -175,7 +178,7 @@ async def main(ctx: Context, argv: list[str]) -> int:
     try:
         options, positional = parse("sacct", argv, OPTIONS)
     except GetoptError as error:
-        ctx.err(f"{error}\nTry \"sacct --help\" for more information\n")
+        ctx.err(f'{error}\nTry "sacct --help" for more information\n')
         return 1
     settings: dict[str, str | None] = {}
     for key, value in options:
@@ -245,7 +248,8 @@ async def main(ctx: Context, argv: list[str]) -> int:
     rows: list[Row] = []
     source = ctx.cluster.accounting
     candidates = (
-        [source[i] for i in sorted(job_ids) if i in source] if job_ids is not None
+        [source[i] for i in sorted(job_ids) if i in source]
+        if job_ids is not None
         else list(source.values())
     )
     for job in candidates:
@@ -281,8 +285,9 @@ async def main(ctx: Context, argv: list[str]) -> int:
         if parsable:
             lines.append(delimiter.join(values) + trailing)
         else:
-            lines.append(" ".join(_cell(v, c.width) for v, c in zip(values, columns, strict=True))
-                         + " ")
+            lines.append(
+                " ".join(_cell(v, c.width) for v, c in zip(values, columns, strict=True)) + " "
+            )
     if lines:
         ctx.out("\n".join(lines) + "\n")
     return 0

@@ -47,7 +47,7 @@ async def main(ctx: Context, argv: list[str]) -> int:
     try:
         options, positional = parse("sacctmgr", argv, OPTIONS)
     except GetoptError as error:
-        ctx.err(f"{error}\nTry \"sacctmgr --help\" for more information\n")
+        ctx.err(f'{error}\nTry "sacctmgr --help" for more information\n')
         return 1
     keys = {key for key, _ in options}
     if "version" in keys:
@@ -93,9 +93,19 @@ async def main(ctx: Context, argv: list[str]) -> int:
                 if "account" in conditions and account not in conditions["account"]:
                     continue
                 rows.append(
-                    {"cluster": site, "account": account, "user": user.name, "partition": "",
-                     "share": "1", "qos": "normal", "defaultqos": "", "grptres": "",
-                     "maxjobs": "", "maxwall": "", "parentname": ""}  # fmt: skip
+                    {
+                        "cluster": site,
+                        "account": account,
+                        "user": user.name,
+                        "partition": "",
+                        "share": "1",
+                        "qos": "normal",
+                        "defaultqos": "",
+                        "grptres": "",
+                        "maxjobs": "",
+                        "maxwall": "",
+                        "parentname": "",
+                    }  # fmt: skip
                 )
         if "cluster" in conditions and site not in conditions["cluster"]:
             rows = []

@@ -99,7 +99,7 @@ async def main(ctx: Context, argv: list[str]) -> int:
     try:
         options, positional = parse("sbatch", argv, OPTIONS, stop_at_first_positional=True)
     except GetoptError as error:
-        ctx.err(f"{error}\nTry \"sbatch --help\" for more information\n")
+        ctx.err(f'{error}\nTry "sbatch --help" for more information\n')
         return 1
     keys = {key for key, _ in options}
     if "version" in keys:
@@ -121,8 +121,7 @@ async def main(ctx: Context, argv: list[str]) -> int:
         path = positional[0]
         full = path if os.path.isabs(path) else os.path.join(cwd, path)
         try:
-            with open(full, encoding="utf-8", errors="surrogateescape") as handle:
-                script = handle.read()
+            script = _read_script(full)
         except OSError:
             ctx.err(f"sbatch: error: Unable to open file {path}\n")
             return 1
@@ -192,6 +191,11 @@ async def main(ctx: Context, argv: list[str]) -> int:
     else:
         ctx.out(f"Submitted batch job {job.job_id}\n")
     return 0
+
+
+def _read_script(path: str) -> str:
+    with open(path, encoding="utf-8", errors="surrogateescape") as handle:
+        return handle.read()
 
 
 class _Request:

@@ -49,7 +49,7 @@ async def main(ctx: Context, argv: list[str]) -> int:
     try:
         options, positional = parse("scancel", argv, OPTIONS)
     except GetoptError as error:
-        ctx.err(f"{error}\nTry \"scancel --help\" for more information\n")
+        ctx.err(f'{error}\nTry "scancel --help" for more information\n')
         return 1
     settings: dict[str, str | None] = {}
     for key, value in options:
@@ -133,7 +133,9 @@ async def main(ctx: Context, argv: list[str]) -> int:
         explicit = False
     for job_id, job in targets:
         if job is None:
-            ctx.err(f"scancel: error: Kill job error on job id {job_id}: Invalid job id specified\n")
+            ctx.err(
+                f"scancel: error: Kill job error on job id {job_id}: Invalid job id specified\n"
+            )
             status = 1
             continue
         if explicit and not wanted(job):
@@ -153,8 +155,7 @@ async def main(ctx: Context, argv: list[str]) -> int:
             continue
         if signum != signals.SIGKILL and job.state is JobState.PENDING:
             ctx.err(
-                f"scancel: error: Kill job error on job id {job_id}: "
-                "Job is pending execution\n"
+                f"scancel: error: Kill job error on job id {job_id}: Job is pending execution\n"
             )
             status = 1
             continue

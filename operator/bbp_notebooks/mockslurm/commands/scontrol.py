@@ -82,7 +82,7 @@ async def main(ctx: Context, argv: list[str]) -> int:
     try:
         options, positional = parse("scontrol", argv, OPTIONS)
     except GetoptError as error:
-        ctx.err(f"{error}\nTry \"scontrol --help\" for more information\n")
+        ctx.err(f'{error}\nTry "scontrol --help" for more information\n')
         return 1
     keys = {key for key, _ in options}
     if "version" in keys or (positional and positional[0].lower() == "version"):
@@ -140,8 +140,10 @@ async def _update(ctx: Context, args: list[str]) -> int:
         return 1
     limit_text = fields.pop("timelimit", None)
     if fields:
-        ctx.err(f"Update of this parameter is not supported: {next(iter(fields))}=...\n"
-                "Request aborted\n")
+        ctx.err(
+            f"Update of this parameter is not supported: {next(iter(fields))}=...\n"
+            "Request aborted\n"
+        )
         return 1
     if limit_text is None:
         return 0

@@ -82,8 +82,14 @@ FIELDS: dict[str, tuple[str, Callable[[Group], str]]] = {
     "F": ("NODES(A/I/O/T)", _counts),
     "G": ("GRES", lambda g: "(null)"),
     "l": ("TIMELIMIT", lambda g: sinfo_time_limit(g.partition.max_time)),
-    "L": ("DEFAULTTIME", lambda g: "n/a" if g.partition.default_time == g.partition.max_time
-          else sinfo_time_limit(g.partition.default_time)),
+    "L": (
+        "DEFAULTTIME",
+        lambda g: (
+            "n/a"
+            if g.partition.default_time == g.partition.max_time
+            else sinfo_time_limit(g.partition.default_time)
+        ),
+    ),
     "m": ("MEMORY", lambda g: _range([n.memory_mb for n in g.nodes])),
     "N": ("NODELIST", lambda g: compress_hostlist([n.name for n in g.nodes])),
     "P": ("PARTITION", lambda g: g.partition.name + ("*" if g.default else "")),
@@ -133,7 +139,7 @@ async def main(ctx: Context, argv: list[str]) -> int:
     try:
         options, positional = parse("sinfo", argv, OPTIONS)
     except GetoptError as error:
-        ctx.err(f"{error}\nTry \"sinfo --help\" for more information\n")
+        ctx.err(f'{error}\nTry "sinfo --help" for more information\n')
         return 1
     settings: dict[str, str | None] = {}
     for key, value in options:

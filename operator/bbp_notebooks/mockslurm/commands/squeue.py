@@ -136,9 +136,7 @@ def _time_left(job: Job, view: View) -> str:
 
 def _reason_list(job: Job, view: View) -> tuple[str, bool]:
     """%R: "(reason)" while pending or after a failure or timeout, else the node list."""
-    if not job.completing and (
-        job.state in (JobState.PENDING, JobState.TIMEOUT, JobState.FAILED)
-    ):
+    if not job.completing and (job.state in (JobState.PENDING, JobState.TIMEOUT, JobState.FAILED)):
         return f"({job.reason})", True
     return compress_hostlist(job.nodes), False
 
@@ -284,7 +282,7 @@ async def main(ctx: Context, argv: list[str]) -> int:
     try:
         options, positional = parse("squeue", argv, OPTIONS)
     except GetoptError as error:
-        ctx.err(f"{error}\nTry \"squeue --help\" for more information\n")
+        ctx.err(f'{error}\nTry "squeue --help" for more information\n')
         return 1
     fmt: str | None = None
     job_flag = False
