@@ -26,7 +26,7 @@ from bbp_notebooks.slurm.values import SlurmOutputError
 
 GOLDEN = pathlib.Path(__file__).parent / "golden" / "slurm_jobscript.sh"
 UID = "0b3c5d1e-7f00-4a8e-9d2b-1c2d3e4f5a6b"
-TOKEN = "cb-token-that-must-stay-out-of-argv"
+TOKEN = "cb-token-that-must-stay-out-of-argv"  # noqa: S105 - a test value
 
 BASIC = JobScript(
     session_uid=UID,
@@ -125,9 +125,7 @@ def test_placeholders_become_quoted_variables_and_everything_else_literal() -> N
             notebook_argv=("my notebook", "--ip={host}", "{port}", "{other} $(x)"),
         )
     )
-    assert (
-        "'my notebook' --ip=\"${BBPNB_BIND_HOST}\" \"${BBPNB_PORT}\" '{other} $(x)' &" in script
-    )
+    assert "'my notebook' --ip=\"${BBPNB_BIND_HOST}\" \"${BBPNB_PORT}\" '{other} $(x)' &" in script
 
 
 def test_a_hostile_script_is_still_valid_bash(tmp_path: pathlib.Path) -> None:
@@ -177,7 +175,7 @@ def hostile_job(
             "EOF\n"
             "BBPNB_KERNEL_SETUP\n"
             f'[ "$0" = /dev/fd/3 ] || touch {canary}\n'
-            "printf '%s' \"kernel ran with $# args\" > \"$HOME/kernel-ran\"\n"
+            'printf \'%s\' "kernel ran with $# args" > "$HOME/kernel-ran"\n'
         ),
         environment={f"HOSTILE_{i}": value for i, value in enumerate(values)},
         notebook_argv=(sys.executable, "-c", NOTEBOOK, "{host}", "{port}", *values),
@@ -205,10 +203,10 @@ async def callback_server() -> AsyncIterator[tuple[str, list[tuple[dict[str, str
     await runner.cleanup()
 
 
-async def wait_for(predicate: object, timeout: float) -> None:
+async def wait_until(predicate: object, within: float) -> None:
     assert callable(predicate)
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while not predicate():
         if loop.time() > deadline:
             raise AssertionError("condition not met in time")
@@ -243,7 +241,7 @@ async def test_running_a_hostile_script_keeps_every_value_inert_and_reports_the_
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        await wait_for(lambda: received or process.returncode is not None, timeout=60)
+        await wait_until(lambda: received or process.returncode is not None, within=60)
         assert process.returncode is None, await process.stderr.read()  # type: ignore[union-attr]
     finally:
         if process.returncode is None:

@@ -91,23 +91,37 @@ async def test_thirty_concurrent_commands_share_one_connection_within_the_channe
     assert pool.connections_open == 1
 
 
-async def test_a_channel_limit_above_the_servers_maxsessions_surfaces_as_site_unavailable(
+async def test_channels_sshd_refuses_are_retried_on_the_same_connection(
     user_ca: CertificateAuthority,
 ) -> None:
     async with ThrowawaySshd(user_ca=user_ca, max_sessions=2) as sshd:
         pool = SshPool(max_channels_per_connection=4)
         try:
-            outcomes = await asyncio.gather(
+            results = await asyncio.gather(
                 *(
-                    pool.run(sshd.endpoint(), user_ca.mint("alice"), ["sleep", "0.2"])
+                    pool.run(sshd.endpoint(), user_ca.mint("alice"), ["sleep", "0.1"])
                     for _ in range(4)
-                ),
-                return_exceptions=True,
+                )
             )
         finally:
             await pool.close()
-    assert sum(isinstance(o, SiteUnavailable) for o in outcomes) == 2
-    assert sshd.counters.sessions_refused == 2
+    assert [r.stdout for r in results] == ["slept\n"] * 4
+    assert sshd.counters.sessions_refused >= 2
+    assert pool.channel_refusals == sshd.counters.sessions_refused
+    assert sshd.counters.connections == 1
+
+
+async def test_a_frontend_that_keeps_refusing_channels_is_site_unavailable(
+    user_ca: CertificateAuthority,
+) -> None:
+    async with ThrowawaySshd(user_ca=user_ca, max_sessions=0) as sshd:
+        pool = SshPool()
+        try:
+            with pytest.raises(SiteUnavailable, match="channel refused"):
+                await pool.run(sshd.endpoint(), user_ca.mint("alice"), ["echo-argv"], timeout=2)
+        finally:
+            await pool.close()
+    assert sshd.counters.connections == 1
 
 
 async def test_each_user_gets_their_own_connection(
@@ -444,3 +458,17 @@ async def test_every_ssh_error_carries_the_site_name(
             await pool.run(sshd.endpoint("lugano"), user_ca.mint("alice"), ["sinfo"])
     assert raised.value.site == "lugano"
     assert str(raised.value).startswith("lugano: ")
+
+
+async def test_a_connection_dropped_while_idle_is_replaced_without_losing_the_command(
+    sshd: ThrowawaySshd, pool: SshPool, user_ca: CertificateAuthority
+) -> None:
+    identity = user_ca.mint("alice")
+    await pool.run(sshd.endpoint(), identity, ["echo-argv", "one"])
+    await sshd.drop_connections()  # no pause: the client may not have noticed yet
+    result = await pool.run(sshd.endpoint(), identity, ["echo-argv", "two"])
+    assert json.loads(result.stdout) == ["two"]
+    assert [c.argv for c in sshd.counters.calls] == [
+        ["echo-argv", "one"],
+        ["echo-argv", "two"],
+    ]

@@ -35,6 +35,8 @@ from types import TracebackType
 from typing import Any
 
 import yaml
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 
 from bbp_notebooks.devtools._certs import PkiFiles, write_pki
 
@@ -286,7 +288,7 @@ class ControlPlane:
 
     def _write_admin_kubeconfig(self, pki: PkiFiles) -> None:
         assert self.server is not None
-        config = {
+        kubeconfig = {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [
@@ -309,21 +311,17 @@ class ControlPlane:
             ],
             "current-context": "dev",
         }
-        _write_private_yaml(self.kubeconfig, config)
+        _write_private_yaml(self.kubeconfig, kubeconfig)
 
     # -- API helpers -----------------------------------------------------------------------
 
     def api_client(self, kubeconfig: Path | None = None) -> Any:
         """A kubernetes (sync) ApiClient, admin unless another kubeconfig is given. Close it."""
-        from kubernetes import config
-
         path = str(kubeconfig or self.kubeconfig)
         return config.new_client_from_config(config_file=path)  # type: ignore[no-untyped-call]
 
     @contextlib.contextmanager
     def _core(self) -> Iterator[Any]:
-        from kubernetes import client
-
         api = self.api_client()
         try:
             yield client.CoreV1Api(api)
@@ -333,8 +331,6 @@ class ControlPlane:
     def ensure_namespace(self, name: str) -> None:
         """Create namespace `name` if missing, with the `default` ServiceAccount that a controller
         manager would add (ServiceAccount admission refuses pods without it)."""
-        from kubernetes import client
-
         with self._core() as core:
             _create_unless_exists(
                 core.create_namespace, client.V1Namespace(metadata=client.V1ObjectMeta(name=name))
@@ -392,8 +388,6 @@ class ControlPlane:
         """Create `service_account` in `namespace` (and the namespace) and return the path of a
         kubeconfig that authenticates as it with a TokenRequest token. It has no rights beyond
         what RBAC grants a service account: bind Roles to it to give it some."""
-        from kubernetes import client
-
         self.ensure_namespace(namespace)
         with self._core() as core:
             _create_unless_exists(
@@ -414,9 +408,9 @@ class ControlPlane:
         directory.mkdir(exist_ok=True)
         path = directory / f"{namespace}.{service_account}.kubeconfig"
         # Same cluster and context as the admin kubeconfig; only the credentials differ.
-        config = yaml.safe_load(self.kubeconfig.read_text())
-        config["users"] = [{"name": "user", "user": {"token": token}}]
-        _write_private_yaml(path, config)
+        kubeconfig = yaml.safe_load(self.kubeconfig.read_text())
+        kubeconfig["users"] = [{"name": "user", "user": {"token": token}}]
+        _write_private_yaml(path, kubeconfig)
         return path
 
     def kubectl(self, args: Sequence[str], *, timeout: float = 60.0) -> str:
@@ -444,8 +438,6 @@ def _write_private_yaml(path: Path, document: dict[str, Any]) -> None:
 
 
 def _create_unless_exists(create: Any, *args: Any) -> None:
-    from kubernetes.client.exceptions import ApiException
-
     try:
         create(*args)
     except ApiException as error:

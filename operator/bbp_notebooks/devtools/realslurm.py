@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import json
 import os
+import pwd
 import secrets
 import shlex
 import shutil
@@ -172,11 +173,7 @@ class ClusterPaths:
         return self.root / "ssh_host_ed25519_key-cert.pub"
 
     @property
-    def database_name(cluster: ClusterSpec) -> str:
-    return f"slurm_acct_db_{cluster.name}"
-
-
-def sshd_config(self) -> Path:
+    def sshd_config(self) -> Path:
         return self.root / "sshd_config"
 
 
@@ -781,17 +778,364 @@ def _reap(pid: int, *, block: bool = False) -> None:
         os.waitpid(pid, 0 if block else os.WNOHANG)
 
 
+# ---------------------------------------------------------------------------------------------
+# Golden samples: real output of the Slurm client commands, captured from a running deployment
+
+
+SQUEUE_FORMAT = "%i|%j|%u|%T|%r|%N|%S|%l|%L|%P|%a"
+SINFO_FORMAT = "%P|%a|%F|%C"
+SACCT_ARGV = [
+    "sacct", "-X", "-n", "-P",
+    "-o", "JobID,JobName,User,State,ExitCode,Start,End,NodeList",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Capture:
+    name: str
+    user: str
+    site: str
+    argv: tuple[str, ...]
+    exit_status: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+class SampleRecorder:
+    """Runs client commands as a test user against a site and keeps what they printed."""
+
+    def __init__(self, deployment: Deployment) -> None:
+        self.deployment = deployment
+        self.captures: list[Capture] = []
+        self.notes: list[str] = []
+
+    def run(
+        self,
+        site: str,
+        user: str,
+        argv: Sequence[str],
+        *,
+        stdin: str | None = None,
+        name: str | None = None,
+        timeout: float = 60.0,
+    ) -> Capture:
+        info = self.deployment.site(site)
+        home = Path(pwd.getpwnam(user).pw_dir)
+        env_argv = [
+            "env", "-i", f"PATH={DAEMON_PATH}", "LANG=C.UTF-8", f"HOME={home}", f"USER={user}",
+            f"SLURM_CONF={info.slurm_conf}",
+        ]  # fmt: skip
+        started = time.monotonic()
+        result = subprocess.run(
+            ["runuser", "-u", user, "--", *env_argv, *argv],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=home,
+            check=False,
+        )
+        capture = Capture(
+            name=name or "",
+            user=user,
+            site=site,
+            argv=tuple(argv),
+            exit_status=result.returncode,
+            stdout=result.stdout,
+            stderr=result.stderr,
+            seconds=round(time.monotonic() - started, 3),
+        )
+        if name:
+            self.captures.append(capture)
+        return capture
+
+    def write(self, out_dir: Path, note: str) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        index = [
+            "# Real Slurm output samples",
+            "",
+            "Captured from OUR local runs of Debian 12 slurm-wlm "
+            f"({_slurm_version()}) started by bbp_notebooks.devtools.realslurm",
+            "(`python -m bbp_notebooks.devtools.realslurm samples --dir DIR --out DIR`).",
+            "Each NAME.stdout.txt / NAME.stderr.txt is exactly what the command printed;",
+            "job ids and times differ between runs. " + note,
+            "",
+            *(f"- {n}" for n in self.notes),
+            "",
+            "| name | site | user | command | exit | seconds |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for c in self.captures:
+            (out_dir / f"{c.name}.stdout.txt").write_text(c.stdout)
+            stderr_path = out_dir / f"{c.name}.stderr.txt"
+            if c.stderr:
+                stderr_path.write_text(c.stderr)
+            elif stderr_path.exists():
+                stderr_path.unlink()
+            command = shlex.join(c.argv).replace("|", "\\|")
+            index.append(
+                f"| {c.name} | {c.site} | {c.user} | `{command}` | {c.exit_status} | {c.seconds} |"
+            )
+        (out_dir / "INDEX.md").write_text("\n".join(index) + "\n")
+
+
+def _slurm_version() -> str:
+    return subprocess.run(
+        ["dpkg-query", "-W", "-f=${Version}", "slurm-client"],
+        capture_output=True, text=True, check=False,
+    ).stdout.strip() or "unknown"  # fmt: skip
+
+
+def _script(body: str) -> str:
+    return "#!/bin/bash\n" + body + "\n"
+
+
+def _wait_state(rec: SampleRecorder, site: str, job_id: str, states: set[str],
+                timeout: float = 30.0) -> str:  # fmt: skip
+    deadline = time.monotonic() + timeout
+    state = ""
+    while time.monotonic() < deadline:
+        state = rec.run(site, "root", ["squeue", "-h", "-j", job_id, "-o", "%T"]).stdout.strip()
+        if state in states or not state:
+            return state
+        time.sleep(0.1)
+    raise RealSlurmError(f"job {job_id} still {state!r} after {timeout}s, wanted {states}")
+
+
+def _wait_sacct(rec: SampleRecorder, site: str, job_id: str, timeout: float = 30.0) -> None:
+    """Wait until slurmdbd has the job's end (accounting is asynchronous)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = rec.run(site, "root", ["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "End"]).stdout
+        if out.strip() and "Unknown" not in out:
+            return
+        time.sleep(0.2)
+    raise RealSlurmError(f"sacct has no end for {job_id} after {timeout}s")
+
+
+def capture_samples(deployment: Deployment, out_dir: Path) -> list[Capture]:
+    """Exercise both sites as alice and bob and write every output under out_dir."""
+    rec = SampleRecorder(deployment)
+    gva, lug = "geneva", "lugano"
+    rec.run(gva, "alice", ["sinfo", "-V"], name="sinfo_version")
+    rec.run(gva, "alice", ["sinfo", "-h", "-o", SINFO_FORMAT], name="sinfo_geneva_idle")
+    rec.run(lug, "alice", ["sinfo", "-h", "-o", SINFO_FORMAT], name="sinfo_lugano_idle")
+    rec.run(gva, "alice", ["sinfo"], name="sinfo_default_format_geneva")
+    for site in (gva, lug):
+        rec.run(site, "alice",
+                ["sacctmgr", "-n", "-P", "show", "assoc", "where", "user=alice",
+                 "format=Cluster,Account,User"],
+                name=f"sacctmgr_assoc_alice_{site}")  # fmt: skip
+        rec.run(site, "alice",
+                ["sacctmgr", "-n", "-P", "show", "user", "alice", "format=User,DefaultAccount"],
+                name=f"sacctmgr_user_alice_{site}")  # fmt: skip
+    rec.run(lug, "bob",
+            ["sacctmgr", "-n", "-P", "show", "assoc", "where", "user=bob", "format=Account"],
+            name="sacctmgr_assoc_bob_lugano_accounts_only")  # fmt: skip
+
+    # A job that will hit its 1-minute limit (checked at the end)
+    timeout_job = rec.run(gva, "alice", ["sbatch", "--parsable", "-J", "bbpnb-sample-timeout",
+                                         "-t", "1"], stdin=_script("sleep 600")).stdout.strip()
+    # Submissions
+    long_job = _script("id -un; hostname; echo $SLURM_CLUSTER_NAME $SLURMD_NODENAME; sleep 300")
+    sub = rec.run(gva, "alice", ["sbatch", "--parsable", "-J", "bbpnb-sample-run", "-t", "30",
+                                 "-c", "2", "--mem=1000"],
+                  stdin=long_job, name="sbatch_parsable_ok")  # fmt: skip
+    running = sub.stdout.strip()
+    _wait_state(rec, gva, running, {"RUNNING"})
+    rec.run(gva, "alice", ["sbatch", "-J", "bbpnb-sample-plain", "-t", "5"],
+            stdin=_script("sleep 1"), name="sbatch_not_parsable_ok")  # fmt: skip
+    # Fill the 8 CPUs so the next job pends on Resources.
+    filler = rec.run(gva, "bob", ["sbatch", "--parsable", "-J", "bbpnb-sample-filler",
+                                  "-t", "30", "-c", "6"], stdin=long_job).stdout.strip()  # fmt: skip
+    _wait_state(rec, gva, filler, {"RUNNING"})
+    pending = rec.run(gva, "alice", ["sbatch", "--parsable", "-J", "bbpnb-sample-pending",
+                                     "-p", "debug", "-t", "60", "-c", "4"],
+                      stdin=long_job).stdout.strip()  # fmt: skip
+    dependent = rec.run(gva, "alice", ["sbatch", "--parsable", "-J", "bbpnb-sample-dep",
+                                       f"--dependency=afterok:{running}", "-t", "1-00:00:00"],
+                        stdin=long_job).stdout.strip()  # fmt: skip
+    held = rec.run(gva, "alice", ["sbatch", "--parsable", "-H", "-J", "bbpnb-sample-held",
+                                  "-t", "10"], stdin=long_job).stdout.strip()  # fmt: skip
+    time.sleep(1.5)
+    rec.run(gva, "alice", ["squeue", "-h", "-o", SQUEUE_FORMAT], name="squeue_all_mixed_states")
+    rec.run(gva, "alice", ["squeue", "-h", "-o", SQUEUE_FORMAT, "-j",
+                           ",".join([running, pending, dependent, held])],
+            name="squeue_by_job_ids")  # fmt: skip
+    rec.run(gva, "alice", ["squeue", "-h", "-o", SQUEUE_FORMAT, "-u", "alice"],
+            name="squeue_by_user")
+    rec.run(gva, "alice", ["squeue", "-h", "-o", SQUEUE_FORMAT, "-n", "bbpnb-sample-run"],
+            name="squeue_by_name")
+    rec.run(gva, "alice", ["squeue", "-h", "-o", SQUEUE_FORMAT, "-n", "no-such-name"],
+            name="squeue_by_name_no_match")
+    rec.run(gva, "alice", ["squeue", "-h", "-o", SQUEUE_FORMAT, "-j", "999"],
+            name="squeue_unknown_job_id")
+    rec.run(gva, "alice", ["squeue", "-h", "-o", SQUEUE_FORMAT, "-j", f"{running},999"],
+            name="squeue_known_and_unknown_job_ids")
+    rec.run(gva, "alice", ["squeue", "-h", "-o", SQUEUE_FORMAT, "-j", "abc"],
+            name="squeue_invalid_job_id")
+    rec.run(gva, "alice", ["sinfo", "-h", "-o", SINFO_FORMAT], name="sinfo_geneva_busy")
+    rec.run(gva, "alice", ["scontrol", "show", "job", running], name="scontrol_show_job_running")
+    rec.run(gva, "alice", ["scontrol", "show", "job", pending], name="scontrol_show_job_pending")
+    rec.run(gva, "alice", ["scontrol", "show", "job", "999"], name="scontrol_show_job_unknown")
+    rec.run(gva, "alice", [*SACCT_ARGV, "-j", f"{running},{pending}"],
+            name="sacct_running_and_pending")
+
+    # Submission errors
+    rec.run(gva, "alice", ["sbatch", "--parsable", "-A", "proj16", "-t", "5"],
+            stdin=_script("true"), name="sbatch_invalid_account")  # fmt: skip
+    rec.run(gva, "alice", ["sbatch", "--parsable", "-p", "nosuch", "-t", "5"],
+            stdin=_script("true"), name="sbatch_invalid_partition")  # fmt: skip
+    over_limit = rec.run(gva, "alice", ["sbatch", "--parsable", "-p", "debug", "-t", "02:00:00"],
+            stdin=_script("true"), name="sbatch_time_limit_over_partition_max")  # fmt: skip
+    too_big = rec.run(gva, "alice", ["sbatch", "--parsable", "-t", "5", "-c", "64"],
+            stdin=_script("true"), name="sbatch_more_cpus_than_node")  # fmt: skip
+    rec.run(gva, "alice", ["sbatch", "--parsable", "-t", "5"],
+            stdin="echo no shebang\n", name="sbatch_script_without_shebang")
+    rec.run(lug, "bob", ["sbatch", "--parsable", "-A", "proj16", "-t", "5"],
+            stdin=_script("true"), name="sbatch_lugano_bob_not_in_account")  # fmt: skip
+    time.sleep(1.0)
+    rec.run(gva, "alice", ["squeue", "-h", "-o", SQUEUE_FORMAT, "-j",
+                           f"{over_limit.stdout.strip()},{too_big.stdout.strip()}"],
+            name="squeue_unsatisfiable_jobs")  # fmt: skip
+    rec.run(gva, "alice", ["scancel", over_limit.stdout.strip(), too_big.stdout.strip()])
+    lug_sub = rec.run(lug, "alice", ["sbatch", "--parsable", "-A", "proj42", "-t", "5"],
+                      stdin=_script("id -un; sleep 2"), name="sbatch_lugano_with_account")
+    rec.run(lug, "alice", ["sbatch", "--parsable", "-M", "lugano", "-t", "5"],
+            stdin=_script("true"), name="sbatch_parsable_with_cluster_option")  # fmt: skip
+
+    # Cancel
+    rec.run(gva, "bob", ["scancel", running], name="scancel_other_users_job")
+    rec.run(gva, "alice", ["scancel", "999"], name="scancel_unknown_job_id")
+    rec.run(gva, "alice", ["scancel", "-v", "999"], name="scancel_verbose_unknown_job_id")
+    rec.run(gva, "alice", ["scancel", held], name="scancel_own_pending_job")
+    rec.run(gva, "alice", ["scancel", running], name="scancel_own_running_job")
+    time.sleep(0.5)
+    rec.run(gva, "alice", ["scancel", running], name="scancel_already_cancelled_job")
+    rec.run(gva, "alice", ["squeue", "-h", "-o", SQUEUE_FORMAT, "-j", f"{running},{held}"],
+            name="squeue_recently_cancelled_jobs")
+
+    # Ends of life for sacct: success, failure, signal, cancel
+    ok = rec.run(gva, "alice", ["sbatch", "--parsable", "-J", "bbpnb-sample-ok", "-t", "5"],
+                 stdin=_script("exit 0")).stdout.strip()  # fmt: skip
+    failed = rec.run(gva, "alice", ["sbatch", "--parsable", "-J", "bbpnb-sample-fail", "-t", "5"],
+                     stdin=_script("exit 3")).stdout.strip()  # fmt: skip
+    killed = rec.run(gva, "alice", ["sbatch", "--parsable", "-J", "bbpnb-sample-sig", "-t", "5"],
+                     stdin=_script("kill -9 $$")).stdout.strip()  # fmt: skip
+    for job in (ok, failed, killed, running, held):
+        _wait_sacct(rec, gva, job)
+    time.sleep(0.5)
+    rec.run(gva, "alice", ["squeue", "-h", "-o", SQUEUE_FORMAT, "-j", f"{ok},{failed},{killed}"],
+            name="squeue_just_finished_jobs")  # fmt: skip
+    ids = ",".join([ok, failed, killed, running, held, pending])
+    rec.run(gva, "alice", [*SACCT_ARGV, "-j", ids], name="sacct_ends_of_life")
+    rec.run(gva, "alice", ["sacct", "-n", "-P", "-o",
+                           "JobID,JobName,User,State,ExitCode,Start,End,NodeList", "-j", ids],
+            name="sacct_with_steps")  # fmt: skip
+    rec.run(gva, "bob", [*SACCT_ARGV, "-j", ids], name="sacct_other_users_jobs")
+    rec.run(gva, "alice", [*SACCT_ARGV, "-j", "999"], name="sacct_unknown_job_id")
+    rec.run(gva, "alice", [*SACCT_ARGV, "-j", lug_sub.stdout.strip()],
+            name="sacct_geneva_asked_for_lugano_id")
+    rec.run(gva, "alice", ["sacct", "-X", "-n", "-P", "-c", "-j", ok],
+            name="sacct_completion_flag_without_jobcomp")
+
+    # Clean up the long jobs before the controller goes away
+    rec.run(gva, "root", ["scancel", filler, pending, dependent])
+
+    # Leaving squeue: right after the end, then after MinJobAge
+    short = rec.run(gva, "alice", ["sbatch", "--parsable", "-J", "bbpnb-sample-short", "-t", "5"],
+                    stdin=_script("sleep 2")).stdout.strip()  # fmt: skip
+    _wait_state(rec, gva, short, {"RUNNING"})
+    _wait_state(rec, gva, short, set(), timeout=30)  # default states: gone once not RUNNING
+    ended = time.monotonic()
+    rec.run(gva, "alice", ["squeue", "-h", "-o", SQUEUE_FORMAT, "-j", short],
+            name="squeue_default_states_just_finished")
+    rec.run(gva, "alice", ["squeue", "-h", "-o", SQUEUE_FORMAT, "-t", "all", "-j", short],
+            name="squeue_all_states_just_finished")
+    rec.run(gva, "alice", ["scontrol", "show", "job", short],
+            name="scontrol_show_job_just_finished")
+    deadline = ended + 180
+    while time.monotonic() < deadline:
+        probe = rec.run(gva, "alice", ["squeue", "-h", "-t", "all", "-j", short, "-o", "%T"])
+        if probe.exit_status != 0:
+            break
+        time.sleep(1)
+    rec.notes.append(
+        f"A finished job left `squeue -t all -j` {time.monotonic() - ended:.0f}s after it ended"
+        f" (MinJobAge={_min_job_age(deployment, gva)}s; slurmctld purges on a timer)."
+    )
+    rec.run(gva, "alice", ["squeue", "-h", "-o", SQUEUE_FORMAT, "-t", "all", "-j", short],
+            name="squeue_purged_job")
+    rec.run(gva, "alice", [*SACCT_ARGV, "-j", short], name="sacct_purged_job")
+
+    # The 1-minute job has timed out by now or soon
+    _wait_state(rec, gva, timeout_job, set(), timeout=150)
+    _wait_sacct(rec, gva, timeout_job)
+    rec.run(gva, "alice", [*SACCT_ARGV, "-j", timeout_job], name="sacct_timeout")
+
+    # Controller down: stop geneva's slurmctld, then ask
+    ctld = next(d for d in deployment.daemons if d.name == "geneva-slurmctld")
+    os.kill(ctld.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while _is_ours(ctld) and time.monotonic() < deadline:
+        _reap(ctld.pid)
+        time.sleep(0.05)
+    rec.run(gva, "alice", ["squeue", "-h", "-o", SQUEUE_FORMAT, "-u", "alice"],
+            name="controller_down_squeue")
+    rec.run(gva, "alice", ["sbatch", "--parsable", "-t", "5"], stdin=_script("true"),
+            name="controller_down_sbatch")
+    rec.run(gva, "alice", ["scancel", ok], name="controller_down_scancel")
+    rec.run(gva, "alice", ["sinfo", "-h", "-o", SINFO_FORMAT], name="controller_down_sinfo")
+    rec.run(gva, "alice", [*SACCT_ARGV, "-j", ok], name="controller_down_sacct")
+    rec.run(gva, "alice", ["sinfo", "-V"], name="controller_down_sinfo_version")
+    restart_slurmctld(deployment, "geneva")
+    rec.write(out_dir, "The controller_down_* samples were taken with geneva's slurmctld stopped.")
+    return rec.captures
+
+
+def _min_job_age(deployment: Deployment, site: str) -> str:
+    for line in Path(deployment.site(site).slurm_conf).read_text().splitlines():
+        if line.startswith("MinJobAge="):
+            return line.removeprefix("MinJobAge=")
+    return "?"
+
+
+def restart_slurmctld(deployment: Deployment, site: str, timeout: float = START_TIMEOUT_S) -> None:
+    """Start a stopped slurmctld again (recovering its state) and wait until it answers."""
+    info = deployment.site(site)
+    name = f"{site}-slurmctld"
+    deployment.daemons = [d for d in deployment.daemons if d.name != name]
+    starter = _Starter(deployment, SharedPaths(Path(deployment.root)).logs)
+    env = _daemon_env(Path(info.slurm_conf))
+    process = starter.start(name, ["/usr/sbin/slurmctld", "-D"], env)
+
+    def ready() -> bool:
+        starter.check_alive(process, name)
+        return "UP" in _run(["scontrol", "ping"], env=env, timeout=10).stdout
+
+    _wait_until(f"{site} slurmctld", ready, timeout)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bbp_notebooks.devtools.realslurm")
-    parser.add_argument("action", choices=["up", "down"])
+    parser.add_argument("action", choices=["up", "down", "samples"])
     parser.add_argument("--dir", required=True, type=Path, help="where configs/state/logs go")
     parser.add_argument("--min-job-age", type=int, default=DEFAULT_MIN_JOB_AGE_S)
+    parser.add_argument("--out", type=Path, help="samples: where the captured outputs go")
     args = parser.parse_args(argv)
     try:
         if args.action == "up":
             deployment = up(args.dir, min_job_age_s=args.min_job_age)
             json.dump(asdict(deployment), sys.stdout, indent=2)
             sys.stdout.write("\n")
+        elif args.action == "samples":
+            if args.out is None:
+                parser.error("samples needs --out")
+            deployment = Deployment.load(args.dir.resolve())
+            for capture in capture_samples(deployment, args.out):
+                print(f"{capture.name}: exit {capture.exit_status} in {capture.seconds}s")
+            deployment.save()
         else:
             for name in down(args.dir):
                 print(f"stopped {name}")

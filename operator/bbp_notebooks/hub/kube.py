@@ -178,11 +178,27 @@ class HubKube:
             raise
         return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
 
-    async def delete_secret(self, namespace: str, name: str) -> bool:
+    async def delete_secret(
+        self, namespace: str, name: str, *, owner_uid: str | None = None
+    ) -> bool:
+        """Delete the Secret; with ``owner_uid``, only if that session owns it (a Secret of the
+        same name may already belong to a newer session of the same server)."""
+        body = None
+        if owner_uid is not None:
+            try:
+                secret = await self.core.read_namespaced_secret(name, namespace)
+            except ApiException as error:
+                if is_not_found(error):
+                    return False
+                raise
+            owners = secret.metadata.owner_references or []
+            if not any(owner.uid == owner_uid for owner in owners):
+                return False
+            body = k8s.V1DeleteOptions(preconditions=k8s.V1Preconditions(uid=secret.metadata.uid))
         try:
-            await self.core.delete_namespaced_secret(name, namespace)
+            await self.core.delete_namespaced_secret(name, namespace, body=body)
         except ApiException as error:
-            if is_not_found(error):
+            if is_not_found(error) or is_conflict(error):
                 return False
             raise
         return True

@@ -403,7 +403,11 @@ class NotebookSessionSpawner(Spawner):  # type: ignore[misc]
         try:
             await self._delete_and_wait(kube, ref.namespace, ref.name, ref.uid)
         finally:
-            await kube.delete_secret(ref.namespace, naming.secret_name(ref.name))
+            # The garbage collector would delete it once the session is gone; control planes
+            # without a controller manager have none, and the token should not outlive the server.
+            await kube.delete_secret(
+                ref.namespace, naming.secret_name(ref.name), owner_uid=ref.uid
+            )
         self.log.info("%s: NotebookSession %s/%s is gone", self._log_name, ref.namespace, ref.name)
 
     async def _delete_and_wait(

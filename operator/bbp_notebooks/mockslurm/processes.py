@@ -108,6 +108,8 @@ class ProcessRunner:
         spool = self.spool_dir / f"job{job.job_id:05d}"
         spool.mkdir(parents=True, exist_ok=True)
         os.chmod(spool, 0o700)
+        if switch:
+            os.chmod(self.spool_dir, 0o711)
         script_path = spool / "slurm_script"
         with open(script_path, "w", encoding="utf-8", errors="surrogateescape") as handle:
             handle.write(job.script)

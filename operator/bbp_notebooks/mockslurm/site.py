@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
+import stat
+import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -31,13 +34,37 @@ def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
     return key
 
 
+def _spool_dir(config: SiteConfig) -> tuple[Path, bool]:
+    """Where job scripts live. Jobs running as other users must reach it (like slurmd's
+    /var/spool/slurmd), so when the state directory is private, use a fresh one under /tmp."""
+    spool = config.state_dir / "spool"
+    if os.geteuid() != 0 or not config.run_as_users or _traversable(config.state_dir):
+        spool.mkdir(parents=True, exist_ok=True)
+        return spool, False
+    private = Path(tempfile.mkdtemp(prefix=f"mockslurm-{config.name}-spool-"))
+    os.chmod(private, 0o711)
+    return private, True
+
+
+def _traversable(path: Path) -> bool:
+    current = path.resolve()
+    for directory in [current, *current.parents]:
+        try:
+            if not os.stat(directory).st_mode & stat.S_IXOTH:
+                return False
+        except OSError:
+            return False
+    return True
+
+
 class MockSite:
     """Run with `await site.start()` / `await site.stop()` (or `async with site`)."""
 
     def __init__(self, config: SiteConfig):
         self.config = config
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        self.runner = ProcessRunner(config.state_dir / "spool", config.run_as_users)
+        self.spool_dir, self._own_spool = _spool_dir(config)
+        self.runner = ProcessRunner(self.spool_dir, config.run_as_users)
         self.cluster = Cluster(config, self.runner)
         self.host_key = load_or_create_host_key(
             config.host_key_path or config.state_dir / "ssh_host_ed25519_key"
@@ -94,6 +121,8 @@ class MockSite:
                 pass
             self._scheduler = None
         await self.runner.shutdown(self.cluster)
+        if self._own_spool:
+            shutil.rmtree(self.spool_dir, ignore_errors=True)
 
     async def __aenter__(self) -> MockSite:
         await self.start()

@@ -40,6 +40,9 @@ Observer = Callable[[str, str, float, str], None]
 Renewer = Callable[[Identity], Identity | Awaitable[Identity]]
 
 _CLOSE_TIMEOUT = 5.0
+# sshd refuses a channel when it still counts a just-closed session against MaxSessions.
+_REFUSAL_BACKOFF = 0.05
+_MAX_REFUSALS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +59,7 @@ class _Pooled:
     slots: asyncio.Semaphore
     in_use: int = 0
     waiting: int = 0
+    retired: bool = False
 
     @property
     def closed(self) -> bool:
@@ -63,6 +67,15 @@ class _Pooled:
 
 
 _Key = tuple[str, str, int, str]
+
+
+def _connection_is_gone(pooled: _Pooled, error: Exception) -> bool:
+    """Did opening a channel fail because the connection died (rather than sshd saying no)?"""
+    if pooled.closed or not isinstance(error, asyncssh.ChannelOpenError):
+        return True
+    # asyncssh fails pending opens with this reason when the transport goes away; sshd's own
+    # refusal says "open failed" (OpenSSH) or names the reason.
+    return error.reason == "SSH connection closed"
 
 
 class SshPool:
@@ -99,6 +112,7 @@ class SshPool:
         self._handshakes: dict[tuple[str, int], asyncio.Semaphore] = {}
         self._closed = False
         self.connects = 0  # connections opened so far (tests and debugging)
+        self.channel_refusals = 0  # channels sshd refused (MaxSessions) and we retried
 
     # --- gauges ---------------------------------------------------------------------------------
 
@@ -172,7 +186,9 @@ class SshPool:
         loop = asyncio.get_running_loop()
         start = loop.time()
         command = shlex.join(argv)
-        for attempt in (1, 2):
+        reconnected = False
+        refusals = 0
+        while True:
             pooled = await self._acquire(endpoint, identity, argv[0], deadline)
             try:
                 try:
@@ -185,21 +201,31 @@ class SshPool:
                         endpoint.name, argv[0], deadline - start, started=False
                     ) from None
                 except (asyncssh.Error, OSError) as error:
-                    # The channel never opened, so the command never ran: a connection that died
-                    # while idle is replaced once.
-                    if pooled.closed:
-                        self._discard(pooled)
-                        if attempt == 1:
-                            log.info("ssh %s: reconnecting after %s", endpoint.name, error)
-                            continue
-                    raise SiteUnavailable(
-                        endpoint.name, f"cannot open a channel: {error}"
-                    ) from None
-                return await self._communicate(endpoint, argv, process, stdin, start, deadline)
+                    failure: Exception = error
+                else:
+                    return await self._communicate(endpoint, argv, process, stdin, start, deadline)
             finally:
                 pooled.in_use -= 1
                 pooled.slots.release()
-        raise AssertionError("unreachable")  # pragma: no cover
+                if pooled.retired and pooled.in_use == 0:
+                    pooled.connection.close()
+            # The channel never opened, so the command never ran and may be tried again.
+            if _connection_is_gone(pooled, failure):
+                # Closed, or closing before we noticed: once more on a fresh connection.
+                self._retire(pooled)
+                if reconnected:
+                    raise SiteUnavailable(endpoint.name, f"cannot open a channel: {failure}")
+                reconnected = True
+                log.info("ssh %s: reconnecting after %s", endpoint.name, failure)
+                continue
+            # sshd refused the channel ("open failed"): MaxSessions. Its session count lags
+            # behind channel closes, so this happens below the limit too; back off and retry.
+            self.channel_refusals += 1
+            refusals += 1
+            delay = _REFUSAL_BACKOFF * 2 ** min(refusals - 1, 5)
+            if refusals > _MAX_REFUSALS or loop.time() + delay >= deadline:
+                raise SiteUnavailable(endpoint.name, f"channel refused by sshd: {failure}")
+            await asyncio.sleep(delay)
 
     async def _communicate(
         self,
@@ -266,7 +292,7 @@ class SshPool:
             if pooled is not None and not pooled.closed:
                 return pooled
             if pooled is not None:
-                self._discard(pooled)
+                self._retire(pooled)
             fresh = await self._fresh(identity)
             handshakes = self._handshakes.setdefault(
                 (endpoint.host, endpoint.port), asyncio.Semaphore(self._max_handshakes)
@@ -341,11 +367,14 @@ class SshPool:
                 site, f"cannot reach {endpoint.host}:{endpoint.port}: {reason}"
             ) from None
 
-    def _discard(self, pooled: _Pooled) -> None:
+    def _retire(self, pooled: _Pooled) -> None:
+        """No new commands on this connection; it closes when its last command ends."""
+        pooled.retired = True
         for key, value in list(self._pooled.items()):
             if value is pooled:
                 del self._pooled[key]
-        pooled.connection.close()
+        if pooled.in_use == 0:
+            pooled.connection.close()
 
     def _observe(self, site: str, command: str, seconds: float, outcome: str) -> None:
         if self._observer is None:

@@ -173,6 +173,7 @@ FIELDS: dict[str, tuple[str, FieldFn, bool]] = {
     "q": ("QOS", lambda j, v: "normal", True),
     "Q": ("PRIORITY", lambda j, v: str(j.priority), True),
     "r": ("REASON", lambda j, v: j.reason, True),
+    "R": ("NODELIST(REASON)", lambda j, v: _reason_list(j, v)[0], False),
     "S": ("START_TIME", lambda j, v: slurm_time(_start_time(j, v)), True),
     "t": ("ST", lambda j, v: j.state_compact(), True),
     "T": ("STATE", lambda j, v: j.state_name(), True),

@@ -1,0 +1,242 @@
+"""The chart as helm renders it: lint, values schema, peering, settings, labels, secrets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bbp_notebooks.api.settings import OperatorSettings
+from bbp_notebooks.mockslurm.config import MockSlurmConfig
+from chart.helmchart import (
+    CHART,
+    combinations,
+    documents,
+    find,
+    run,
+    template,
+    template_text,
+    tool_env,
+    write_values,
+)
+
+STANDARD_LABELS = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/managed-by",
+    "app.kubernetes.io/part-of",
+    "app.kubernetes.io/component",
+    "helm.sh/chart",
+)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return tool_env(home=tmp_path_factory.mktemp("helm-home"))
+
+
+@pytest.fixture(scope="module")
+def combos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    return combinations(tmp_path_factory.mktemp("keys"))
+
+
+def render(env: dict[str, str], values: dict[str, Any], **kwargs: Any) -> list[dict[str, Any]]:
+    return documents(template_text(values, env=env, **kwargs))
+
+
+def operator_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (statefulset,) = find(docs, "StatefulSet")
+    container: dict[str, Any] = statefulset["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {item["name"]: item.get("value", item.get("valueFrom")) for item in container["env"]}
+
+
+@pytest.mark.parametrize(
+    "combo",
+    ["defaults", "high-availability", "namespaced", "kind-with-mock-slurm", "oauth-hub",
+     "operator-only"],
+)
+def test_the_chart_lints_strictly_with_each_values_combination(
+    env: dict[str, str], combos: dict[str, dict[str, Any]], combo: str, tmp_path: Path
+) -> None:
+    values = write_values(tmp_path, combo, combos[combo])
+    result = run(["helm", "lint", "--strict", str(CHART), "--values", str(values)], env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"operator": {"replicas": 0}}, "replicas"),
+        ({"operator": {"settings": {"gpus": 1}}}, "gpus"),
+        ({"operator": {"settings": {"maxChannelsPerConnection": 11}}}, "maxChannelsPerConnection"),
+        ({"hub": {"authenticator": {"type": "ldap"}}}, "type"),
+        ({"slurmSites": [{"name": "Geneva!", "spec": {}}]}, "name"),
+        ({"operatorr": {}}, "operatorr"),
+    ],
+    ids=["no-replicas", "unknown-setting", "too-many-channels", "unknown-authenticator",
+         "bad-site-name", "misspelt-section"],
+)
+def test_the_values_schema_refuses_what_the_operator_would_refuse(
+    env: dict[str, str], values: dict[str, Any], complaint: str
+) -> None:
+    result = template(values, env=env)
+    assert result.returncode != 0
+    assert "schema" in result.stderr and complaint in result.stderr, result.stderr
+
+
+def test_one_replica_runs_standalone_without_peering_objects(env: dict[str, str]) -> None:
+    docs = render(env, {})
+    variables = env_of(operator_container(docs))
+    assert variables["BBP_PEERING"] == "false"
+    assert "BBP_PRIORITY" not in variables
+    assert not find(docs, "ClusterKopfPeering") and not find(docs, "KopfPeering")
+    rules = find(docs, "ClusterRole", "bbp-bbp-notebooks-operator")[0]["rules"]
+    assert all("kopf.dev" not in rule["apiGroups"] for rule in rules)
+
+
+def test_several_replicas_peer_with_a_distinct_priority_per_pod(env: dict[str, str]) -> None:
+    docs = render(env, {"operator": {"replicas": 3}})
+    (statefulset,) = find(docs, "StatefulSet")
+    assert statefulset["spec"]["replicas"] == 3
+    variables = env_of(operator_container(docs))
+    assert variables["BBP_PEERING"] == "true"
+    # The pod index is unique per StatefulSet pod, and so then is the priority.
+    assert variables["BBP_PRIORITY"] == {
+        "fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}
+    }
+    (peering,) = find(docs, "ClusterKopfPeering")
+    assert peering["metadata"]["name"] == variables["BBP_PEERING_NAME"] == "bbp-notebooks"
+    rules = find(docs, "ClusterRole", "bbp-bbp-notebooks-operator")[0]["rules"]
+    assert {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings"],
+            "verbs": ["get", "list", "watch", "patch"]} in rules
+
+
+def test_watching_namespaces_peers_in_each_of_them(env: dict[str, str]) -> None:
+    docs = render(env, {"operator": {"replicas": 2,
+                                     "settings": {"watchNamespaces": ["team-a", "team-b"]}}})
+    assert sorted(p["metadata"]["namespace"] for p in find(docs, "KopfPeering")) == [
+        "team-a", "team-b"]
+    assert not find(docs, "ClusterKopfPeering")
+    peering_roles = [r for r in find(docs, "Role") if r["metadata"]["name"].endswith("-peering")]
+    assert sorted(r["metadata"]["namespace"] for r in peering_roles) == ["team-a", "team-b"]
+
+
+def test_the_operator_environment_is_the_settings_asked_for(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked = {"watchNamespaces": ["team-a", "team-b"], "commandTimeoutSeconds": 45,
+             "notebookCommand": ["python3", "-m", "http.server", "--bind", "{host}", "{port}"],
+             "orphanGraceSeconds": 600}
+    docs = render(env, {"operator": {"settings": asked, "httpPort": 9000}}, namespace="hpc")
+    variables = env_of(operator_container(docs))
+    assert set(variables) <= {f"BBP_{name.upper()}" for name in OperatorSettings.model_fields}
+    for name, value in variables.items():
+        if isinstance(value, str):
+            monkeypatch.setenv(name, value)
+    monkeypatch.setenv("BBP_TOKEN_KEY", "from-the-secret")
+    monkeypatch.delenv("BBP_SETTINGS_FILE", raising=False)
+    settings = OperatorSettings()
+    assert settings.watch_namespaces == ["team-a", "team-b"]
+    assert settings.command_timeout_seconds == 45
+    assert settings.notebook_command == asked["notebookCommand"]
+    assert settings.orphan_grace_seconds == 600
+    assert settings.http_port == 9000
+    assert settings.callback_url == "http://bbp-bbp-notebooks-operator.hpc.svc:9000"
+    assert variables["BBP_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert variables["BBP_HTTP_HOST"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+
+
+@pytest.mark.parametrize("combo", ["defaults", "high-availability", "kind-with-mock-slurm",
+                                   "oauth-hub"])
+def test_every_object_carries_the_standard_labels(
+    env: dict[str, str], combos: dict[str, dict[str, Any]], combo: str
+) -> None:
+    for doc in render(env, combos[combo]):
+        labels = doc["metadata"].get("labels", {})
+        missing = [label for label in STANDARD_LABELS if label not in labels]
+        assert missing == [], f"{doc['kind']}/{doc['metadata']['name']} lacks {missing}"
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+
+
+def test_secret_values_reach_containers_only_through_secret_references(
+    env: dict[str, str], combos: dict[str, dict[str, Any]]
+) -> None:
+    words = ("TOKEN", "SECRET", "PASSWORD", "KEY", "SEED")
+    docs = render(env, combos["kind-with-mock-slurm"]) + render(env, combos["oauth-hub"])
+    for doc in docs:
+        if doc["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        for container in doc["spec"]["template"]["spec"]["containers"]:
+            argv = " ".join(container.get("command", []) + container.get("args", []))
+            assert not any(word.lower() in argv.lower() for word in ("token=", "secret=")), argv
+            for item in container.get("env", []):
+                if any(word in item["name"] for word in words):
+                    assert "secretKeyRef" in item.get("valueFrom", {}), item["name"]
+
+
+def test_the_hub_never_shares_a_namespace_with_the_operator_ca(env: dict[str, str]) -> None:
+    result = template({"sessions": {"namespace": "bbp"}}, namespace="bbp", env=env)
+    assert result.returncode != 0
+    assert "must differ from the release namespace" in result.stderr
+
+
+def test_the_operator_reads_session_secrets_only_where_sessions_live(env: dict[str, str]) -> None:
+    docs = render(env, {"operator": {"settings": {"watchNamespaces": ["team-a"]}},
+                        "rbac": {"sessionSecretNamespaces": ["team-c"]}})
+    bindings = [b for b in find(docs, "RoleBinding")
+                if b["roleRef"]["name"].endswith("-session-secrets")]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == [
+        "bbp-sessions", "team-a", "team-c"]
+    (reader,) = [r for r in find(docs, "ClusterRole") if r["metadata"]["name"].endswith(
+        "-session-secrets")]
+    assert reader["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
+    # No ClusterRole of the chart grants any Secret access cluster-wide through a binding.
+    for binding in find(docs, "ClusterRoleBinding"):
+        role = find(docs, "ClusterRole", binding["roleRef"]["name"])[0]
+        assert all("secrets" not in rule["resources"] for rule in role["rules"])
+
+
+def test_mock_slurm_config_is_accepted_by_the_mock_and_sites_point_at_it(
+    env: dict[str, str], combos: dict[str, dict[str, Any]]
+) -> None:
+    values = combos["kind-with-mock-slurm"]
+    docs = render(env, values)
+    (config_map,) = [c for c in find(docs, "ConfigMap") if c["metadata"]["name"].endswith(
+        "-mockslurm")]
+    config = MockSlurmConfig.model_validate(yaml.safe_load(config_map["data"]["config.yaml"]))
+    assert [(s.name, s.port, s.first_job_id, s.require_account) for s in config.sites] == [
+        ("geneva", 2222, 1000000, False), ("lugano", 2223, 2000000, True)]
+    assert config.control is None
+    geneva = next(s for s in config.sites if s.name == "geneva")
+    assert [p.name for p in geneva.partitions] == ["prod", "debug"]
+    assert geneva.user_ca_keys == [values["mockSlurm"]["userCaPublicKey"]]
+    site = find(docs, "SlurmSite", "geneva")[0]["spec"]
+    assert site["frontend"] == {"host": "bbp-bbp-notebooks-mockslurm.bbp.svc", "port": 2222}
+    assert site["hostKeys"] == {"certificateAuthorities": [values["mockSlurm"]["hostCaPublicKey"]]}
+    (deployment,) = [d for d in find(docs, "Deployment") if d["metadata"]["name"].endswith(
+        "-mockslurm")]
+    command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[:2] == ["bbp-notebooks-mockslurm", "--config"]
+
+
+def test_every_pod_runs_as_non_root_with_a_read_only_root(
+    env: dict[str, str], combos: dict[str, dict[str, Any]]
+) -> None:
+    for doc in render(env, combos["kind-with-mock-slurm"]):
+        if doc["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        pod = doc["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        for container in pod["containers"]:
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["capabilities"]["drop"] == ["ALL"]
