@@ -48,17 +48,32 @@ def tool_env(control_plane: ControlPlane | None = None, home: Path | None = None
         env["PATH"] = os.pathsep.join([str(tools_bin()), env.get("PATH", os.defpath)])
         env.pop("KUBECONFIG", None)
     base = home or Path(os.environ.get("TMPDIR", "/tmp")) / "bbp-notebooks-helm"
-    for var, sub in (("HELM_CACHE_HOME", "cache"), ("HELM_CONFIG_HOME", "config"),
-                     ("HELM_DATA_HOME", "data")):
+    for var, sub in (
+        ("HELM_CACHE_HOME", "cache"),
+        ("HELM_CONFIG_HOME", "config"),
+        ("HELM_DATA_HOME", "data"),
+    ):
         env[var] = str(base / sub)
     return env
 
 
-def run(argv: list[str], env: Mapping[str, str], *, stdin: str | None = None,
-        timeout: float = HELM_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+def run(
+    argv: list[str],
+    env: Mapping[str, str],
+    *,
+    stdin: str | None = None,
+    timeout: float = HELM_TIMEOUT_S,
+) -> subprocess.CompletedProcess[str]:
     """Run helm or kubectl; the caller decides what a non-zero exit means."""
-    return subprocess.run(argv, input=stdin, env=dict(env), capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        argv,
+        input=stdin,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def checked(argv: list[str], env: Mapping[str, str], **kwargs: Any) -> str:
@@ -77,24 +92,52 @@ def write_values(directory: Path, name: str, values: Mapping[str, Any]) -> Path:
     return path
 
 
-def template_text(values: Mapping[str, Any], *, release: str = "bbp", namespace: str = "bbp",
-                  include_crds: bool = False, env: Mapping[str, str] | None = None,
-                  workdir: Path | None = None) -> str:
+def template_text(
+    values: Mapping[str, Any],
+    *,
+    release: str = "bbp",
+    namespace: str = "bbp",
+    include_crds: bool = False,
+    env: Mapping[str, str] | None = None,
+    workdir: Path | None = None,
+) -> str:
     """`helm template` output. Fails the test if rendering fails."""
-    result = template(values, release=release, namespace=namespace, include_crds=include_crds,
-                      env=env, workdir=workdir)
+    result = template(
+        values,
+        release=release,
+        namespace=namespace,
+        include_crds=include_crds,
+        env=env,
+        workdir=workdir,
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
 
-def template(values: Mapping[str, Any], *, release: str = "bbp", namespace: str = "bbp",
-             include_crds: bool = False, env: Mapping[str, str] | None = None,
-             workdir: Path | None = None) -> subprocess.CompletedProcess[str]:
+def template(
+    values: Mapping[str, Any],
+    *,
+    release: str = "bbp",
+    namespace: str = "bbp",
+    include_crds: bool = False,
+    env: Mapping[str, str] | None = None,
+    workdir: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
     env = env or tool_env()
     directory = workdir or Path(env["HELM_CACHE_HOME"]).parent / "values"
     path = write_values(directory, f"{release}-{namespace}", values)
-    argv = ["helm", "template", release, str(CHART), "--namespace", namespace,
-            "--kube-version", KUBE_VERSION, "--values", str(path)]
+    argv = [
+        "helm",
+        "template",
+        release,
+        str(CHART),
+        "--namespace",
+        namespace,
+        "--kube-version",
+        KUBE_VERSION,
+        "--values",
+        str(path),
+    ]
     if include_crds:
         argv.append("--include-crds")
     return run(argv, env)
@@ -104,9 +147,12 @@ def documents(text: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
-def find(docs: Iterable[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:
-    return [d for d in docs
-            if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+def find(
+    docs: Iterable[dict[str, Any]], kind: str, name: str | None = None
+) -> list[dict[str, Any]]:
+    return [
+        d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
+    ]
 
 
 @dataclass
@@ -158,13 +204,21 @@ class Release:
             source = item["valueFrom"]
             if "fieldRef" in source:
                 path = source["fieldRef"]["fieldPath"]
-                env[item["name"]] = {"metadata.namespace": self.namespace,
-                                     "status.podIP": "127.0.0.1"}.get(path, "0")
+                env[item["name"]] = {
+                    "metadata.namespace": self.namespace,
+                    "status.podIP": "127.0.0.1",
+                }.get(path, "0")
             else:
                 ref = source["secretKeyRef"]
                 env[item["name"]] = self.kubectl(
-                    "get", "secret", ref["name"], "-n", self.namespace,
-                    "-o", f"go-template={{{{index .data \"{ref['key']}\" | base64decode}}}}")
+                    "get",
+                    "secret",
+                    ref["name"],
+                    "-n",
+                    self.namespace,
+                    "-o",
+                    f'go-template={{{{index .data "{ref["key"]}" | base64decode}}}}',
+                )
         return env
 
     def manifest(self) -> list[dict[str, Any]]:
@@ -178,15 +232,20 @@ class Release:
 
     def upgrade(self, values: Mapping[str, Any]) -> None:
         path = write_values(self.workdir, f"{self.name}-upgrade", values)
-        self.helm("upgrade", self.name, str(CHART), "--values", str(path))
+        self.helm("upgrade", self.name, str(CHART), "--take-ownership", "--values", str(path))
         self.values = dict(values)
 
     def uninstall(self) -> None:
         self.helm("uninstall", self.name, "--wait", "--timeout", "60s")
 
 
-def install(control_plane: ControlPlane, name: str, *, namespace: str | None = None,
-            values: Mapping[str, Any] | None = None) -> Release:
+def install(
+    control_plane: ControlPlane,
+    name: str,
+    *,
+    namespace: str | None = None,
+    values: Mapping[str, Any] | None = None,
+) -> Release:
     """`helm install` the chart into `namespace` (default: the release name), taking over objects
     an earlier test applied without helm (e.g. the example SlurmSites)."""
     namespace = namespace or name
@@ -194,8 +253,23 @@ def install(control_plane: ControlPlane, name: str, *, namespace: str | None = N
     env = tool_env(control_plane, home=control_plane.workdir / "helm-home")
     values = dict(values or {})
     path = write_values(workdir, name, values)
-    checked(["helm", "install", name, str(CHART), "--namespace", namespace, "--create-namespace",
-             "--take-ownership", "--values", str(path), "--timeout", "120s"], env)
+    checked(
+        [
+            "helm",
+            "install",
+            name,
+            str(CHART),
+            "--namespace",
+            namespace,
+            "--create-namespace",
+            "--take-ownership",
+            "--values",
+            str(path),
+            "--timeout",
+            "120s",
+        ],
+        env,
+    )
     # What a controller manager would have done for a new namespace.
     control_plane.ensure_namespace(namespace)
     return Release(control_plane, name, namespace, values, workdir, env)
@@ -215,8 +289,12 @@ def ssh_keypair(directory: Path, name: str) -> KeyPair:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / name
     if not path.exists():
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(path)],
-                       check=True, capture_output=True, timeout=30)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(path)],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
     return KeyPair(path.read_text(), (directory / f"{name}.pub").read_text().strip())
 
 
@@ -226,37 +304,62 @@ def combinations(keys_dir: Path) -> dict[str, dict[str, Any]]:
     return {
         "defaults": {},
         "high-availability": {
-            "operator": {"replicas": 3, "podDisruptionBudget": {"enabled": True},
-                         "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+            "operator": {
+                "replicas": 3,
+                "podDisruptionBudget": {"enabled": True},
+                "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+            },
             "networkPolicies": {"enabled": True, "callbackFrom": ["127.0.0.0/8"]},
         },
         "namespaced": {
-            "operator": {"replicas": 2,
-                         "settings": {"watchNamespaces": ["team-a", "team-b"]}},
+            "operator": {"replicas": 2, "settings": {"watchNamespaces": ["team-a", "team-b"]}},
             "rbac": {"sessionSecretNamespaces": ["team-c"]},
         },
         "kind-with-mock-slurm": {
-            "mockSlurm": {"enabled": True, "hostCaPrivateKey": host_ca.private,
-                          "hostCaPublicKey": host_ca.public, "userCaPublicKey": user_ca.public},
+            "mockSlurm": {
+                "enabled": True,
+                "hostCaPrivateKey": host_ca.private,
+                "hostCaPublicKey": host_ca.public,
+                "userCaPublicKey": user_ca.public,
+            },
             "userCa": {"create": True, "privateKey": user_ca.private},
             "networkPolicies": {"enabled": True},
-            "operator": {"settings": {"notebookCommand": [
-                "python3", "-m", "http.server", "--bind", "{host}", "{port}"]}},
+            "operator": {
+                "settings": {
+                    "notebookCommand": [
+                        "python3",
+                        "-m",
+                        "http.server",
+                        "--bind",
+                        "{host}",
+                        "{port}",
+                    ]
+                }
+            },
         },
         "oauth-hub": {
-            "hub": {"authenticator": {
-                "type": "generic-oauth",
-                "genericOAuth": {"clientId": "bbp-notebooks", "clientSecretName": "hub-oauth",
-                                 "authorizeUrl": "https://sso.example.org/auth",
-                                 "tokenUrl": "https://sso.example.org/token",
-                                 "userdataUrl": "https://sso.example.org/userinfo",
-                                 "callbackUrl": "https://notebooks.example.org/hub/oauth_callback"},
-                "allowedUsers": ["alice", "bob"], "adminUsers": ["alice"]},
-                "db": {"persistence": {"enabled": True}}},
+            "hub": {
+                "authenticator": {
+                    "type": "generic-oauth",
+                    "genericOAuth": {
+                        "clientId": "bbp-notebooks",
+                        "clientSecretName": "hub-oauth",
+                        "authorizeUrl": "https://sso.example.org/auth",
+                        "tokenUrl": "https://sso.example.org/token",
+                        "userdataUrl": "https://sso.example.org/userinfo",
+                        "callbackUrl": "https://notebooks.example.org/hub/oauth_callback",
+                    },
+                    "allowedUsers": ["alice", "bob"],
+                    "adminUsers": ["alice"],
+                },
+                "db": {"persistence": {"enabled": True}},
+            },
             "proxy": {"service": {"type": "NodePort", "nodePort": 30080}},
         },
-        "operator-only": {"hub": {"enabled": False}, "sessions": {"createNamespace": False,
-                                                                  "namespace": "science"}},
+        "operator-only": {
+            "hub": {"enabled": False},
+            "sessions": {"createNamespace": False, "namespace": "science"},
+        },
     }
 
 

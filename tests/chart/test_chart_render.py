@@ -59,8 +59,14 @@ def env_of(container: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     "combo",
-    ["defaults", "high-availability", "namespaced", "kind-with-mock-slurm", "oauth-hub",
-     "operator-only"],
+    [
+        "defaults",
+        "high-availability",
+        "namespaced",
+        "kind-with-mock-slurm",
+        "oauth-hub",
+        "operator-only",
+    ],
 )
 def test_the_chart_lints_strictly_with_each_values_combination(
     env: dict[str, str], combos: dict[str, dict[str, Any]], combo: str, tmp_path: Path
@@ -81,8 +87,14 @@ def test_the_chart_lints_strictly_with_each_values_combination(
         ({"slurmSites": [{"name": "Geneva!", "spec": {}}]}, "name"),
         ({"operatorr": {}}, "operatorr"),
     ],
-    ids=["no-replicas", "unknown-setting", "too-many-channels", "unknown-authenticator",
-         "bad-site-name", "misspelt-section"],
+    ids=[
+        "no-replicas",
+        "unknown-setting",
+        "too-many-channels",
+        "unknown-authenticator",
+        "bad-site-name",
+        "misspelt-section",
+    ],
 )
 def test_the_values_schema_refuses_what_the_operator_would_refuse(
     env: dict[str, str], values: dict[str, Any], complaint: str
@@ -115,15 +127,21 @@ def test_several_replicas_peer_with_a_distinct_priority_per_pod(env: dict[str, s
     (peering,) = find(docs, "ClusterKopfPeering")
     assert peering["metadata"]["name"] == variables["BBP_PEERING_NAME"] == "bbp-notebooks"
     rules = find(docs, "ClusterRole", "bbp-bbp-notebooks-operator")[0]["rules"]
-    assert {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings"],
-            "verbs": ["get", "list", "watch", "patch"]} in rules
+    assert {
+        "apiGroups": ["kopf.dev"],
+        "resources": ["clusterkopfpeerings"],
+        "verbs": ["get", "list", "watch", "patch"],
+    } in rules
 
 
 def test_watching_namespaces_peers_in_each_of_them(env: dict[str, str]) -> None:
-    docs = render(env, {"operator": {"replicas": 2,
-                                     "settings": {"watchNamespaces": ["team-a", "team-b"]}}})
+    docs = render(
+        env, {"operator": {"replicas": 2, "settings": {"watchNamespaces": ["team-a", "team-b"]}}}
+    )
     assert sorted(p["metadata"]["namespace"] for p in find(docs, "KopfPeering")) == [
-        "team-a", "team-b"]
+        "team-a",
+        "team-b",
+    ]
     assert not find(docs, "ClusterKopfPeering")
     peering_roles = [r for r in find(docs, "Role") if r["metadata"]["name"].endswith("-peering")]
     assert sorted(r["metadata"]["namespace"] for r in peering_roles) == ["team-a", "team-b"]
@@ -132,9 +150,12 @@ def test_watching_namespaces_peers_in_each_of_them(env: dict[str, str]) -> None:
 def test_the_operator_environment_is_the_settings_asked_for(
     env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    asked = {"watchNamespaces": ["team-a", "team-b"], "commandTimeoutSeconds": 45,
-             "notebookCommand": ["python3", "-m", "http.server", "--bind", "{host}", "{port}"],
-             "orphanGraceSeconds": 600}
+    asked = {
+        "watchNamespaces": ["team-a", "team-b"],
+        "commandTimeoutSeconds": 45,
+        "notebookCommand": ["python3", "-m", "http.server", "--bind", "{host}", "{port}"],
+        "orphanGraceSeconds": 600,
+    }
     docs = render(env, {"operator": {"settings": asked, "httpPort": 9000}}, namespace="hpc")
     variables = env_of(operator_container(docs))
     assert set(variables) <= {f"BBP_{name.upper()}" for name in OperatorSettings.model_fields}
@@ -154,8 +175,9 @@ def test_the_operator_environment_is_the_settings_asked_for(
     assert variables["BBP_HTTP_HOST"] == {"fieldRef": {"fieldPath": "status.podIP"}}
 
 
-@pytest.mark.parametrize("combo", ["defaults", "high-availability", "kind-with-mock-slurm",
-                                   "oauth-hub"])
+@pytest.mark.parametrize(
+    "combo", ["defaults", "high-availability", "kind-with-mock-slurm", "oauth-hub"]
+)
 def test_every_object_carries_the_standard_labels(
     env: dict[str, str], combos: dict[str, dict[str, Any]], combo: str
 ) -> None:
@@ -189,14 +211,24 @@ def test_the_hub_never_shares_a_namespace_with_the_operator_ca(env: dict[str, st
 
 
 def test_the_operator_reads_session_secrets_only_where_sessions_live(env: dict[str, str]) -> None:
-    docs = render(env, {"operator": {"settings": {"watchNamespaces": ["team-a"]}},
-                        "rbac": {"sessionSecretNamespaces": ["team-c"]}})
-    bindings = [b for b in find(docs, "RoleBinding")
-                if b["roleRef"]["name"].endswith("-session-secrets")]
+    docs = render(
+        env,
+        {
+            "operator": {"settings": {"watchNamespaces": ["team-a"]}},
+            "rbac": {"sessionSecretNamespaces": ["team-c"]},
+        },
+    )
+    bindings = [
+        b for b in find(docs, "RoleBinding") if b["roleRef"]["name"].endswith("-session-secrets")
+    ]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == [
-        "bbp-sessions", "team-a", "team-c"]
-    (reader,) = [r for r in find(docs, "ClusterRole") if r["metadata"]["name"].endswith(
-        "-session-secrets")]
+        "bbp-sessions",
+        "team-a",
+        "team-c",
+    ]
+    (reader,) = [
+        r for r in find(docs, "ClusterRole") if r["metadata"]["name"].endswith("-session-secrets")
+    ]
     assert reader["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
     # No ClusterRole of the chart grants any Secret access cluster-wide through a binding.
     for binding in find(docs, "ClusterRoleBinding"):
@@ -209,11 +241,14 @@ def test_mock_slurm_config_is_accepted_by_the_mock_and_sites_point_at_it(
 ) -> None:
     values = combos["kind-with-mock-slurm"]
     docs = render(env, values)
-    (config_map,) = [c for c in find(docs, "ConfigMap") if c["metadata"]["name"].endswith(
-        "-mockslurm")]
+    (config_map,) = [
+        c for c in find(docs, "ConfigMap") if c["metadata"]["name"].endswith("-mockslurm")
+    ]
     config = MockSlurmConfig.model_validate(yaml.safe_load(config_map["data"]["config.yaml"]))
     assert [(s.name, s.port, s.first_job_id, s.require_account) for s in config.sites] == [
-        ("geneva", 2222, 1000000, False), ("lugano", 2223, 2000000, True)]
+        ("geneva", 2222, 1000000, False),
+        ("lugano", 2223, 2000000, True),
+    ]
     assert config.control is None
     geneva = next(s for s in config.sites if s.name == "geneva")
     assert [p.name for p in geneva.partitions] == ["prod", "debug"]
@@ -221,8 +256,9 @@ def test_mock_slurm_config_is_accepted_by_the_mock_and_sites_point_at_it(
     site = find(docs, "SlurmSite", "geneva")[0]["spec"]
     assert site["frontend"] == {"host": "bbp-bbp-notebooks-mockslurm.bbp.svc", "port": 2222}
     assert site["hostKeys"] == {"certificateAuthorities": [values["mockSlurm"]["hostCaPublicKey"]]}
-    (deployment,) = [d for d in find(docs, "Deployment") if d["metadata"]["name"].endswith(
-        "-mockslurm")]
+    (deployment,) = [
+        d for d in find(docs, "Deployment") if d["metadata"]["name"].endswith("-mockslurm")
+    ]
     command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
     assert command[:2] == ["bbp-notebooks-mockslurm", "--config"]
 

@@ -93,8 +93,9 @@ def undocumented_values(text: str) -> list[str]:
             continue
         while stack and stack[-1][0] >= indent:
             stack.pop()
-        previous = next((lines[i].strip() for i in range(number - 1, -1, -1) if lines[i].strip()),
-                        "")
+        previous = next(
+            (lines[i].strip() for i in range(number - 1, -1, -1) if lines[i].strip()), ""
+        )
         documented = previous.startswith("#") or any(doc for _, doc in stack)
         header = line.rstrip().endswith(":")
         if not documented and not header:

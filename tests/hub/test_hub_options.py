@@ -63,7 +63,12 @@ def raw_site(name: str, **status: Any) -> dict[str, Any]:
 
 def reachable(value: str, at: dt.datetime = NOW) -> list[dict[str, str]]:
     return [
-        {"type": "Reachable", "status": value, "reason": "Polled", "lastTransitionTime": at.isoformat()}
+        {
+            "type": "Reachable",
+            "status": value,
+            "reason": "Polled",
+            "lastTransitionTime": at.isoformat(),
+        }
     ]
 
 
@@ -101,7 +106,7 @@ def parse(html: str) -> FormFields:
     return fields
 
 
-# Which profiles and sites the form offers ---------------------------------------------------------
+# Which profiles and sites the form offers ----------
 
 
 def test_profiles_restricted_to_groups_are_offered_only_to_their_members() -> None:
@@ -121,7 +126,9 @@ def test_sites_show_their_live_availability() -> None:
         stale_after=dt.timedelta(seconds=120),
     )
     down = options.site_choice(
-        raw_site("lugano", conditions=reachable("False")), "alice", now=NOW,
+        raw_site("lugano", conditions=reachable("False")),
+        "alice",
+        now=NOW,
         stale_after=dt.timedelta(seconds=120),
     )
     never = options.site_choice(raw_site("basel"), "alice", now=NOW, stale_after=dt.timedelta(0))
@@ -133,7 +140,9 @@ def test_sites_show_their_live_availability() -> None:
 def test_a_site_whose_last_report_is_old_shows_availability_unknown() -> None:
     old = NOW - dt.timedelta(minutes=10)
     site = options.site_choice(
-        raw_site("geneva", conditions=reachable("True", old), idleNodes=8, lastPollTime=old.isoformat()),
+        raw_site(
+            "geneva", conditions=reachable("True", old), idleNodes=8, lastPollTime=old.isoformat()
+        ),
         "alice",
         now=NOW,
         stale_after=dt.timedelta(seconds=120),
@@ -199,7 +208,7 @@ def test_form_preselects_the_previous_choice() -> None:
     assert 'value="proj9"' in html
 
 
-# What the server accepts ---------------------------------------------------------------------------
+# What the server accepts ----------
 
 
 def test_form_data_becomes_options_with_the_account_of_the_chosen_site_only() -> None:
@@ -222,7 +231,9 @@ def test_a_field_sent_twice_is_rejected() -> None:
 
 
 def test_valid_options_are_accepted() -> None:
-    chosen = options.validate({"profile": "bluepy", "site": "lugano", "account": "proj1"}, choices())
+    chosen = options.validate(
+        {"profile": "bluepy", "site": "lugano", "account": "proj1"}, choices()
+    )
     assert chosen == SessionOptions("bluepy", "lugano", "proj1")
     assert options.validate({"profile": "synthesis"}, choices()) == SessionOptions(
         "synthesis", "auto", None
@@ -254,9 +265,12 @@ def test_invalid_options_are_rejected_with_a_clear_message(
 
 def test_an_account_outside_the_users_list_is_rejected() -> None:
     listed = choices(GENEVA, LUGANO_WITH_ACCOUNTS)
-    assert options.validate(
-        {"profile": "bluepy", "site": "lugano", "account": "proj2"}, listed
-    ).account == "proj2"
+    assert (
+        options.validate(
+            {"profile": "bluepy", "site": "lugano", "account": "proj2"}, listed
+        ).account
+        == "proj2"
+    )
     with pytest.raises(InvalidOptions, match="'proj3' is not one of your projects at Lugano"):
         options.validate({"profile": "bluepy", "site": "lugano", "account": "proj3"}, listed)
 
@@ -266,11 +280,17 @@ def test_group_restricted_profile_is_accepted_for_a_member() -> None:
     assert chosen.profile == "thalamus"
 
 
-# Names ---------------------------------------------------------------------------------------------
+# Names ----------
 
 
 def test_session_names_are_dns_labels_stable_and_distinct_per_user_and_server() -> None:
-    pairs = [("alice", ""), ("alice", "gpu"), ("a-b", ""), ("a", "b"), ("Alice@EPFL.ch", "My.Server")]
+    pairs = [
+        ("alice", ""),
+        ("alice", "gpu"),
+        ("a-b", ""),
+        ("a", "b"),
+        ("Alice@EPFL.ch", "My.Server"),
+    ]
     names = [naming.session_name(user, server) for user, server in pairs]
     assert len(set(names)) == len(names)
     assert names == [naming.session_name(user, server) for user, server in pairs]
@@ -286,7 +306,9 @@ def test_label_values_are_valid_and_keep_simple_names_readable() -> None:
     assert naming.label_value("alice") == "alice"
     assert naming.label_value("") == ""
     odd = naming.label_value("Alice@EPFL.ch ")
-    assert odd.startswith("Alice-EPFL.ch-") and re.match(r"^[A-Za-z0-9][-A-Za-z0-9_.]*[A-Za-z0-9]$", odd)
+    assert odd.startswith("Alice-EPFL.ch-") and re.match(
+        r"^[A-Za-z0-9][-A-Za-z0-9_.]*[A-Za-z0-9]$", odd
+    )
     assert len(naming.label_value("x" * 100)) <= 63
 
 
@@ -296,7 +318,7 @@ def test_group_names_that_could_forge_the_annotation_are_refused() -> None:
     assert refused == ["a b", "admins,thalamus"]
 
 
-# Progress and poll ---------------------------------------------------------------------------------
+# Progress and poll ----------
 
 
 def label(site: str) -> str:
@@ -311,7 +333,8 @@ def test_progress_tells_where_and_why_a_session_waits() -> None:
         queue=QueueInfo(reason="Priority", estimatedStart=NOW),
     )
     assert progress.describe(queued, label).message == (
-        "Queued at Geneva (Slurm job 1000001): Priority, expected to start around 2026-11-26 01:00 UTC"
+        "Queued at Geneva (Slurm job 1000001): Priority, "
+        "expected to start around 2026-11-26 01:00 UTC"
     )
     running = NotebookSessionStatus(phase=SessionPhase.RUNNING, site="geneva", node="node-3")
     assert progress.describe(running, label).message == "Starting the notebook on node-3 at Geneva"
@@ -323,6 +346,7 @@ def test_progress_tells_where_and_why_a_session_waits() -> None:
     )
     event = progress.describe(ready, label)
     assert event.ready and event.percent == 100 and "ready on node-3" in event.message
+    assert "ready" not in event.as_event()  # the hub announces readiness after its own check
 
 
 @pytest.mark.parametrize(
@@ -344,3 +368,11 @@ def test_poll_reports_an_exit_status_only_for_ended_sessions(
     phase: SessionPhase | None, expected: int | None
 ) -> None:
     assert progress.exit_status(NotebookSessionStatus(phase=phase)) == expected
+
+
+def test_jupyterhub_finds_the_spawner_by_its_entry_point_name() -> None:
+    from jupyterhub.app import JupyterHub
+
+    from bbp_notebooks.hub.spawner import NotebookSessionSpawner
+
+    assert JupyterHub(spawner_class="notebooksession").spawner_class is NotebookSessionSpawner

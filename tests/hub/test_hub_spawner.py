@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import html
 import json
 import re
 import time
@@ -85,7 +86,7 @@ def condition(type_: str, status: str, reason: str, message: str = "") -> Condit
     )
 
 
-# Fixtures ------------------------------------------------------------------------------------------
+# Fixtures ----------
 
 
 @pytest.fixture(scope="module")
@@ -194,35 +195,48 @@ def make_spawner(
 
 
 async def wait_for(
-    probe: Callable[[], Awaitable[T | None]], *, timeout: float = 10.0, what: str = "condition"
+    probe: Callable[[], Awaitable[T | None]], *, within: float = 10.0, what: str = "condition"
 ) -> T:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         value = await probe()
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            raise AssertionError(f"timed out after {within} s waiting for {what}")
         await asyncio.sleep(0.05)
 
 
 async def patch_status(kube: HubKube, name: str, status: NotebookSessionStatus) -> None:
     await kube.custom.patch_namespaced_custom_object_status(
-        GROUP, VERSION, NAMESPACE, SESSION_PLURAL, name, {"status": dump(status)},
+        GROUP,
+        VERSION,
+        NAMESPACE,
+        SESSION_PLURAL,
+        name,
+        {"status": dump(status)},
         _content_type="application/merge-patch+json",
     )
 
 
 async def patch_site_status(kube: HubKube, name: str, status: dict[str, Any]) -> None:
     await kube.custom.patch_cluster_custom_object_status(
-        GROUP, VERSION, SITE_PLURAL, name, {"status": status},
+        GROUP,
+        VERSION,
+        SITE_PLURAL,
+        name,
+        {"status": status},
         _content_type="application/merge-patch+json",
     )
 
 
 async def set_finalizer(kube: HubKube, name: str, present: bool) -> None:
     await kube.custom.patch_namespaced_custom_object(
-        GROUP, VERSION, NAMESPACE, SESSION_PLURAL, name,
+        GROUP,
+        VERSION,
+        NAMESPACE,
+        SESSION_PLURAL,
+        name,
         {"metadata": {"finalizers": [FINALIZER] if present else None}},
         _content_type="application/merge-patch+json",
     )
@@ -270,7 +284,7 @@ async def start_ready(spawner: NotebookSessionSpawner, kube: HubKube) -> str:
     return await asyncio.wait_for(task, timeout=10)
 
 
-# The form --------------------------------------------------------------------------------------
+# The form ----------
 
 
 async def test_form_lists_only_the_profiles_the_users_groups_allow(
@@ -285,7 +299,7 @@ async def test_form_lists_only_the_profiles_the_users_groups_allow(
 
 async def test_form_shows_live_availability_of_each_site(control_plane: Any, kube: HubKube) -> None:
     await live_sites(kube)
-    form = await make_spawner(control_plane).get_options_form()
+    form = html.unescape(await make_spawner(control_plane).get_options_form())
     assert "HubTest Geneva — 8 nodes available" in form
     assert "HubTest Lugano — unreachable" in form
     assert 'name="account-hubt-lugano"' in form  # Lugano requires a project
@@ -296,7 +310,10 @@ async def test_form_offers_the_accounts_a_site_lists_for_the_user(
 ) -> None:
     annotation = json.dumps([{"user": "alice", "accounts": ["proj1", "proj2"]}])
     await kube.custom.patch_cluster_custom_object(
-        GROUP, VERSION, SITE_PLURAL, "hubt-lugano",
+        GROUP,
+        VERSION,
+        SITE_PLURAL,
+        "hubt-lugano",
         {"metadata": {"annotations": {options.USER_ACCOUNTS_ANNOTATION: annotation}}},
         _content_type="application/merge-patch+json",
     )
@@ -310,11 +327,18 @@ async def test_form_offers_the_accounts_a_site_lists_for_the_user(
         assert accepted == {"profile": "hubt-open", "site": "hubt-lugano", "account": "proj2"}
         with pytest.raises(ValueError, match="'proj3' is not one of your projects"):
             await spawner.run_options_from_form(
-                {"profile": ["hubt-open"], "site": ["hubt-lugano"], "account-hubt-lugano": ["proj3"]}
+                {
+                    "profile": ["hubt-open"],
+                    "site": ["hubt-lugano"],
+                    "account-hubt-lugano": ["proj3"],
+                }
             )
     finally:
         await kube.custom.patch_cluster_custom_object(
-            GROUP, VERSION, SITE_PLURAL, "hubt-lugano",
+            GROUP,
+            VERSION,
+            SITE_PLURAL,
+            "hubt-lugano",
             {"metadata": {"annotations": {options.USER_ACCOUNTS_ANNOTATION: None}}},
             _content_type="application/merge-patch+json",
         )
@@ -326,7 +350,10 @@ async def test_form_offers_the_accounts_a_site_lists_for_the_user(
         ({"profile": ["hubt-nope"], "site": ["hubt-geneva"]}, "does not exist or is not available"),
         ({"profile": ["hubt-thalamus"], "site": ["hubt-geneva"]}, "is not available to you"),
         ({"profile": ["hubt-open"], "site": ["hubt-basel"]}, "cluster 'hubt-basel' does not exist"),
-        ({"profile": ["hubt-geneva-only"], "site": ["hubt-lugano"]}, "cannot run at HubTest Lugano"),
+        (
+            {"profile": ["hubt-geneva-only"], "site": ["hubt-lugano"]},
+            "cannot run at HubTest Lugano",
+        ),
         ({"profile": ["hubt-open"], "site": ["hubt-lugano"]}, "HubTest Lugano requires a project"),
         (
             {"profile": ["hubt-open"], "site": ["hubt-lugano"], "account-hubt-lugano": ["$(id)"]},
@@ -353,11 +380,13 @@ async def test_options_from_the_rest_api_are_checked_before_start(
     spawner.user_options = {"profile": "hubt-thalamus"}
     with pytest.raises(ValueError, match="not available to you"):
         await spawner.start()
-    assert await kube.read_secret(NAMESPACE, naming.secret_name(
-        naming.session_name("alice", ""))) is None
+    assert (
+        await kube.read_secret(NAMESPACE, naming.secret_name(naming.session_name("alice", "")))
+        is None
+    )
 
 
-# start / progress ----------------------------------------------------------------------------
+# start / progress ----------
 
 
 async def test_start_creates_the_secret_and_session_and_returns_the_url_once_ready(
@@ -388,13 +417,19 @@ async def test_start_creates_the_secret_and_session_and_returns_the_url_once_rea
     env = await kube.read_secret(NAMESPACE, secret_name)
     assert env is not None
     assert env["JUPYTERHUB_API_TOKEN"] == TOKEN
-    assert env["JUPYTERHUB_USER"] == "alice" and env["JUPYTERHUB_CLIENT_ID"] == "jupyterhub-user-alice"
+    assert (
+        env["JUPYTERHUB_USER"] == "alice" and env["JUPYTERHUB_CLIENT_ID"] == "jupyterhub-user-alice"
+    )
     assert "JUPYTERHUB_API_URL" in env and "JUPYTERHUB_OAUTH_CALLBACK_URL" in env
 
     assert not task.done()  # still waiting: nothing says Ready yet
     await patch_status(kube, name, READY)
     assert await asyncio.wait_for(task, timeout=10) == "http://127.0.0.1:43210"
-    assert spawner.get_state()["session"] == {"namespace": NAMESPACE, "name": name, "uid": meta["uid"]}
+    assert spawner.get_state()["session"] == {
+        "namespace": NAMESPACE,
+        "name": name,
+        "uid": meta["uid"],
+    }
 
 
 async def test_the_token_is_in_the_secret_and_nowhere_in_the_session(
@@ -471,9 +506,9 @@ async def test_start_fails_with_the_operators_message_when_the_session_ends(
     spawner = make_spawner(control_plane)
     spawner.user_options = {"profile": "hubt-open", "site": "hubt-geneva"}
     task, session = await start_until_created(spawner, kube)
-    await patch_status(kube, session["metadata"]["name"], NotebookSessionStatus(
-        phase=phase, message=message
-    ))
+    await patch_status(
+        kube, session["metadata"]["name"], NotebookSessionStatus(phase=phase, message=message)
+    )
     with pytest.raises(SessionFailed, match=re.escape(f"{phase.value}: {message}")):
         await asyncio.wait_for(task, timeout=10)
 
@@ -484,9 +519,16 @@ async def test_start_gives_up_at_its_deadline_naming_the_last_known_state(
     spawner = make_spawner(control_plane, start_timeout=2)
     spawner.user_options = {"profile": "hubt-open", "site": "hubt-geneva"}
     task, session = await start_until_created(spawner, kube)
-    await patch_status(kube, session["metadata"]["name"], NotebookSessionStatus(
-        phase=SessionPhase.QUEUED, site="hubt-geneva", jobId=5, queue=QueueInfo(reason="Priority")
-    ))
+    await patch_status(
+        kube,
+        session["metadata"]["name"],
+        NotebookSessionStatus(
+            phase=SessionPhase.QUEUED,
+            site="hubt-geneva",
+            jobId=5,
+            queue=QueueInfo(reason="Priority"),
+        ),
+    )
     with pytest.raises(TimeoutError, match="last: Queued at HubTest Geneva .*Priority"):
         await asyncio.wait_for(task, timeout=10)
 
@@ -502,7 +544,10 @@ async def test_a_failed_session_creation_leaves_no_secret_behind(
     spawner.user_options = {"profile": "hubt-open", "site": "hubt-geneva"}
     with pytest.raises(k8s.ApiException):
         await spawner.start()
-    assert await kube.read_secret(NAMESPACE, naming.secret_name(naming.session_name("alice", ""))) is None
+    assert (
+        await kube.read_secret(NAMESPACE, naming.secret_name(naming.session_name("alice", "")))
+        is None
+    )
     assert spawner.get_state().get("session") is None
 
 
@@ -512,9 +557,11 @@ async def test_starting_again_replaces_a_leftover_session_of_the_same_server(
     first = make_spawner(control_plane)
     first.user_options = {"profile": "hubt-open", "site": "hubt-geneva"}
     _, old = await start_until_created(first, kube)
-    await patch_status(kube, old["metadata"]["name"], NotebookSessionStatus(
-        phase=SessionPhase.FAILED, message="node died"
-    ))
+    await patch_status(
+        kube,
+        old["metadata"]["name"],
+        NotebookSessionStatus(phase=SessionPhase.FAILED, message="node died"),
+    )
     second = make_spawner(control_plane)  # a hub that lost the first one's state
     second.user_options = {"profile": "hubt-geneva-only", "site": "hubt-geneva"}
     task, new = await start_until_created_after(second, kube, old["metadata"]["uid"])
@@ -545,7 +592,10 @@ async def test_named_servers_get_one_session_each(control_plane: Any, kube: HubK
         spawner.user_options = {"profile": "hubt-open", "site": "hubt-geneva"}
         urls.append(await start_ready(spawner, kube))
     listing = await kube.custom.list_namespaced_custom_object(
-        GROUP, VERSION, NAMESPACE, SESSION_PLURAL,
+        GROUP,
+        VERSION,
+        NAMESPACE,
+        SESSION_PLURAL,
         label_selector=f"{naming.HUB_USER_LABEL}=alice",
     )
     servers = sorted(item["spec"]["serverName"] for item in listing["items"])
@@ -561,7 +611,7 @@ async def test_a_server_name_the_session_cannot_carry_is_refused_before_anything
         await spawner.start()
 
 
-# poll / stop / state --------------------------------------------------------------------------
+# poll / stop / state ----------
 
 
 async def test_poll_follows_the_session_and_never_reads_unreachable_as_stopped(
@@ -689,3 +739,68 @@ async def test_saved_state_does_not_adopt_a_different_session_of_the_same_name(
     name = naming.session_name("alice", "")
     assert await kube.read_session(NAMESPACE, name) is not None
     assert await kube.read_secret(NAMESPACE, naming.secret_name(name)) is not None
+
+
+# Least privilege -------------------------------------------------------------------------------
+
+HUB_CLUSTER_RULES = [
+    {"apiGroups": [GROUP], "resources": ["notebookprofiles", "slurmsites"], "verbs": ["list"]}
+]
+HUB_NAMESPACE_RULES = [
+    {"apiGroups": [GROUP], "resources": ["notebooksessions"], "verbs": ["get", "create", "delete"]},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "patch", "delete"]},
+]
+
+
+@pytest.fixture(scope="module")
+def hub_identity(control_plane: Any, kube_api: Any, catalogue: None) -> Iterator[str]:
+    """A kubeconfig with only the rights the spawner needs (what the chart's hub RBAC grants)."""
+    path = control_plane.mint_identity(NAMESPACE, "hub")
+    rbac = sync_client.RbacAuthorizationV1Api(kube_api)
+    subject = [{"kind": "ServiceAccount", "name": "hub", "namespace": NAMESPACE}]
+    rbac.create_cluster_role({"metadata": {"name": "hubt-hub"}, "rules": HUB_CLUSTER_RULES})
+    rbac.create_cluster_role_binding(
+        {
+            "metadata": {"name": "hubt-hub"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "hubt-hub",
+            },
+            "subjects": subject,
+        }
+    )
+    rbac.create_namespaced_role(
+        NAMESPACE, {"metadata": {"name": "hubt-hub"}, "rules": HUB_NAMESPACE_RULES}
+    )
+    rbac.create_namespaced_role_binding(
+        NAMESPACE,
+        {
+            "metadata": {"name": "hubt-hub"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": "hubt-hub",
+            },
+            "subjects": subject,
+        },
+    )
+    yield str(path)
+    rbac.delete_cluster_role_binding("hubt-hub")
+    rbac.delete_cluster_role("hubt-hub")
+    rbac.delete_namespaced_role_binding("hubt-hub", NAMESPACE)
+    rbac.delete_namespaced_role("hubt-hub", NAMESPACE)
+
+
+async def test_the_spawner_works_with_only_the_hubs_rbac_rights(
+    control_plane: Any, kube: HubKube, hub_identity: str
+) -> None:
+    spawner = make_spawner(control_plane, kubeconfig=hub_identity)
+    assert 'value="hubt-open"' in await spawner.get_options_form()
+    spawner.user_options = {"profile": "hubt-open", "site": "hubt-geneva"}
+    await start_ready(spawner, kube)
+    assert await spawner.poll() is None
+    await spawner.stop()
+    name = naming.session_name("alice", "")
+    assert await kube.read_session(NAMESPACE, name) is None
+    assert await kube.read_secret(NAMESPACE, naming.secret_name(name)) is None

@@ -8,9 +8,8 @@ import pwd
 from collections.abc import Callable
 from pathlib import Path
 
-from fixtures.mockslurm import SiteConfigFactory, SiteFactory, SshFactory, slurm
-
 from bbp_notebooks.mockslurm.site import MockSite
+from fixtures.mockslurm import SiteConfigFactory, SiteFactory, SshFactory, slurm
 
 SLEEPER = "#!/bin/bash\nsleep 60\n"
 
@@ -73,7 +72,7 @@ async def test_a_job_runs_as_its_submitting_posix_user_with_slurm_environment(
         conn, "sbatch", "--parsable", "-J", "envcheck", "-A", "proj-b", "-D", str(workdir),
         "-o", "out-%j-%u-%x.txt", "-e", "err-%j.txt", "--mem=1G", input=script,
     )  # fmt: skip
-    job_id = int(str(result.stdout))
+    job_id = int(result.stdout)
     job = await mockslurm_site.wait_for_state(job_id, {"COMPLETED"})
     assert job.comment == "from-script"
     out = (workdir / f"out-{job_id}-alice-envcheck.txt").read_text().splitlines()
@@ -99,7 +98,7 @@ async def test_export_none_keeps_the_submission_environment_out(
     result = await slurm(
         conn, "sbatch", "--parsable", "--export=NONE", "-D", str(workdir), input=script
     )
-    job_id = int(str(result.stdout))
+    job_id = int(result.stdout)
     await mockslurm_site.wait_for_state(job_id, {"COMPLETED"})
     assert (workdir / f"slurm-{job_id}.out").read_text() == f"lang=unset job={job_id}\n"
 
@@ -108,10 +107,14 @@ async def test_a_failing_script_ends_failed_with_its_exit_code(
     mockslurm_site: MockSite, mockslurm_ssh: SshFactory
 ) -> None:
     conn = await mockslurm_ssh(mockslurm_site, "alice")
-    result = await slurm(conn, "sbatch", "--parsable", "-o", "/dev/null", input="#!/bin/sh\nexit 3\n")
-    job_id = int(str(result.stdout))
+    result = await slurm(
+        conn, "sbatch", "--parsable", "-o", "/dev/null", input="#!/bin/sh\nexit 3\n"
+    )
+    job_id = int(result.stdout)
     await mockslurm_site.wait_for_state(job_id, {"FAILED"})
-    accounted = await slurm(conn, "sacct", "-P", "-n", "-j", str(job_id), "-o", "JobID,State,ExitCode")
+    accounted = await slurm(
+        conn, "sacct", "-P", "-n", "-j", str(job_id), "-o", "JobID,State,ExitCode"
+    )
     assert accounted.stdout == f"{job_id}|FAILED|3:0\n{job_id}.batch|FAILED|3:0\n"
     listed = await slurm(conn, "squeue", "-h", "-t", "all", "-j", str(job_id), "-o", "%t %R")
     assert listed.stdout == "F (NonZeroExitCode)\n"
@@ -122,15 +125,20 @@ async def test_walltime_is_enforced_with_sigterm_then_sigkill(
     mockslurm_site_config: SiteConfigFactory,
     mockslurm_ssh: SshFactory,
 ) -> None:
-    site = await mockslurm_site_factory(mockslurm_site_config(kill_wait=0.5))
+    # One minute of time limit lasts one second here, so the test takes seconds, not minutes.
+    site = await mockslurm_site_factory(
+        mockslurm_site_config(kill_wait=0.5, seconds_per_minute=1.0)
+    )
     conn = await mockslurm_ssh(site, "alice")
     # Ignores SIGTERM, so only SIGKILL after KillWait ends it.
     script = "#!/bin/bash\ntrap '' TERM\nsleep 120\n"
-    result = await slurm(conn, "sbatch", "--parsable", "-t", "0:01", "-o", "/dev/null", input=script)
-    job_id = int(str(result.stdout))
+    result = await slurm(conn, "sbatch", "--parsable", "-t", "1", "-o", "/dev/null", input=script)
+    job_id = int(result.stdout)
     job = await site.wait_for_state(job_id, {"TIMEOUT"}, within=15)
     assert job.elapsed(job.end_time or 0) in (1, 2)
-    accounted = await slurm(conn, "sacct", "-P", "-n", "-j", str(job_id), "-o", "JobID,State,ExitCode")
+    accounted = await slurm(
+        conn, "sacct", "-P", "-n", "-j", str(job_id), "-o", "JobID,State,ExitCode"
+    )
     assert accounted.stdout == f"{job_id}|TIMEOUT|0:0\n{job_id}.batch|CANCELLED|0:9\n"
 
 
@@ -139,7 +147,7 @@ async def test_finished_jobs_leave_squeue_after_min_job_age_but_stay_in_sacct(
 ) -> None:
     conn = await mockslurm_ssh(mockslurm_site, "alice")
     result = await slurm(conn, "sbatch", "--parsable", "-o", "/dev/null", input="#!/bin/sh\ntrue\n")
-    job_id = int(str(result.stdout))
+    job_id = int(result.stdout)
     await mockslurm_site.wait_for_state(job_id, {"COMPLETED"})
     shown = await slurm(conn, "squeue", "-h", "-t", "all", "-j", str(job_id), "-o", "%T")
     assert shown.stdout == "COMPLETED\n"
@@ -161,14 +169,15 @@ async def test_jobs_queue_behind_a_full_cluster_with_slurm_reasons(
     conn = await mockslurm_ssh(mockslurm_site, "alice")
     ids = []
     for _ in range(6):  # 4 nodes x 4 cores; each job takes a whole node
-        result = await slurm(conn, "sbatch", "--parsable", "-c", "4", "-o", "/dev/null", input=SLEEPER)
-        ids.append(int(str(result.stdout)))
+        result = await slurm(
+            conn, "sbatch", "--parsable", "-c", "4", "-o", "/dev/null", input=SLEEPER
+        )
+        ids.append(int(result.stdout))
     await mockslurm_site.wait_for_state(ids[3], {"RUNNING"})
     await asyncio.sleep(0.2)
     listed = await slurm(conn, "squeue", "-h", "-u", "alice", "-o", "%i %t %r")
-    lines = listed.stdout.splitlines()
-    assert lines[:4] == [f"{i} R None" for i in ids[:4]][::-1][::-1] or len(lines) == 6
-    states = dict(line.split(" ", 1) for line in lines)
+    states = dict(line.split(" ", 1) for line in listed.stdout.splitlines())
+    assert [states[str(i)] for i in ids[:4]] == ["R None"] * 4
     assert states[str(ids[4])] == "PD Resources"
     assert states[str(ids[5])] == "PD Priority"
     starts = await slurm(conn, "squeue", "--start", "-h", "-o", "%i %S")
@@ -214,7 +223,9 @@ async def test_an_account_is_required_where_the_site_demands_one(
         "sbatch: error: Batch job submission failed: "
         "Invalid account or account/partition combination specified\n"
     )
-    given = await slurm(conn, "sbatch", "--parsable", "-A", "proj-b", "-o", "/dev/null", input=SLEEPER)
+    given = await slurm(
+        conn, "sbatch", "--parsable", "-A", "proj-b", "-o", "/dev/null", input=SLEEPER
+    )
     assert given.exit_status == 0
     accounts = await slurm(conn, "sacctmgr", "-n", "-P", "show", "assoc", "where", "user=alice",
                            "format=Account,User,Partition")  # fmt: skip
@@ -226,14 +237,17 @@ async def test_scancel_refuses_other_users_jobs_and_unknown_ids(
 ) -> None:
     alice = await mockslurm_ssh(mockslurm_site, "alice")
     bob = await mockslurm_ssh(mockslurm_site, "bob")
-    job_id = int(str((await slurm(alice, "sbatch", "--parsable", input=SLEEPER)).stdout))
+    job_id = int((await slurm(alice, "sbatch", "--parsable", input=SLEEPER)).stdout)
     denied = await slurm(bob, "scancel", str(job_id))
     assert (denied.exit_status, denied.stderr) == (
         1,
         f"scancel: error: Kill job error on job id {job_id}: Access/permission denied\n",
     )
     unknown = await slurm(bob, "scancel", "4242")
-    assert unknown.stderr == "scancel: error: Kill job error on job id 4242: Invalid job id specified\n"
+    assert (
+        unknown.stderr
+        == "scancel: error: Kill job error on job id 4242: Invalid job id specified\n"
+    )
     assert unknown.exit_status == 1
     by_name = await slurm(alice, "scancel", "-n", mockslurm_site.job(job_id).name)
     assert by_name.exit_status == 0
@@ -244,7 +258,9 @@ async def test_time_limits_can_be_lowered_by_the_owner_only(
     mockslurm_site: MockSite, mockslurm_ssh: SshFactory
 ) -> None:
     alice = await mockslurm_ssh(mockslurm_site, "alice")
-    job_id = int(str((await slurm(alice, "sbatch", "--parsable", "-t", "30", input=SLEEPER)).stdout))
+    job_id = int(
+        str((await slurm(alice, "sbatch", "--parsable", "-t", "30", input=SLEEPER)).stdout)
+    )
     lowered = await slurm(alice, "scontrol", "update", f"JobId={job_id}", "TimeLimit=10")
     assert lowered.exit_status == 0
     raised = await slurm(alice, "scontrol", "update", f"JobId={job_id}", "TimeLimit=50")
@@ -282,6 +298,9 @@ async def test_squeue_default_format_matches_slurm(
     await mockslurm_site.wait_for_state(job_id, {"RUNNING"})
     listed = await slurm(conn, "squeue")
     header, row = listed.stdout.splitlines()
-    assert header == "             JOBID PARTITION     NAME     USER ST       TIME  NODES NODELIST(REASON)"
+    assert (
+        header
+        == "             JOBID PARTITION     NAME     USER ST       TIME  NODES NODELIST(REASON)"
+    )
     assert row.startswith(f"           {job_id}     debug a-long-j    alice  R       0:0")
     assert row.endswith("      1 gva-cn01")

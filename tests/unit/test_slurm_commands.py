@@ -408,7 +408,7 @@ def test_scontrol_show_job_becomes_a_dict_with_spaces_kept_in_values() -> None:
     assert fields["Power"] == ""
 
 
-@pytest.mark.parametrize("stdout", ["", "not a record\n", "JobId=1\nJobId=2\n"])
+@pytest.mark.parametrize("stdout", ["", "not a record\n", "JobId=1\nJobId=2\n", "Name=x JobId=1\n"])
 def test_unreadable_scontrol_output_is_an_error(stdout: str) -> None:
     with pytest.raises(SlurmOutputError):
         parse_scontrol_show_job(stdout)

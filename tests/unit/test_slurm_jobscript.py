@@ -262,6 +262,7 @@ async def test_running_a_hostile_script_keeps_every_value_inert_and_reports_the_
     connection = home / ".bbp-notebooks" / UID / "connection.json"
     assert stat.S_IMODE(connection.stat().st_mode) == 0o600
     assert stat.S_IMODE(connection.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(connection.parent.parent.stat().st_mode) == 0o700
     assert json.loads(connection.read_text()) == body
     assert parse_connection(connection.read_text()).port == body["port"]
 

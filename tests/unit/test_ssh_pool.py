@@ -23,7 +23,7 @@ from bbp_notebooks.ssh import (
     SshError,
     SshPool,
 )
-from fixtures.sshserver import Call, Reply, ThrowawaySshd
+from fixtures.sshserver import Call, Reply, ThrowawaySshd, default_responder
 
 HOSTILE_ARGS = [
     "a b",
@@ -81,7 +81,7 @@ async def test_thirty_concurrent_commands_share_one_connection_within_the_channe
 ) -> None:
     identity = user_ca.mint("alice")
     results = await asyncio.gather(
-        *(pool.run(sshd.endpoint(), identity, ["sleep", "0.05"]) for _ in range(30))
+        *(pool.run(sshd.endpoint(), identity, ["sleep", "0.2"]) for _ in range(30))
     )
     assert [r.stdout for r in results] == ["slept\n"] * 30
     assert sshd.counters.connections == 1
@@ -371,19 +371,28 @@ async def test_a_slow_command_times_out_and_frees_its_channel(
 
 
 async def test_a_command_queued_behind_a_full_connection_times_out_before_starting(
-    sshd: ThrowawaySshd, user_ca: CertificateAuthority
+    user_ca: CertificateAuthority,
 ) -> None:
-    pool = SshPool(max_channels_per_connection=1)
-    identity = user_ca.mint("alice")
-    try:
-        busy = asyncio.create_task(pool.run(sshd.endpoint(), identity, ["sleep", "0.5"]))
-        await asyncio.sleep(0.2)
-        with pytest.raises(CommandTimeout) as raised:
-            await pool.run(sshd.endpoint(), identity, ["echo-argv"], timeout=0.1)
-        assert not raised.value.started
-        await busy
-    finally:
-        await pool.close()
+    busy_started = asyncio.Event()
+
+    async def responder(call: Call) -> Reply:
+        if call.argv[0] == "sleep":
+            busy_started.set()
+        return await default_responder(call)
+
+    async with ThrowawaySshd(user_ca=user_ca, responder=responder) as sshd:
+        pool = SshPool(max_channels_per_connection=1)
+        identity = user_ca.mint("alice")
+        try:
+            busy = asyncio.create_task(pool.run(sshd.endpoint(), identity, ["sleep", "1"]))
+            async with asyncio.timeout(10):
+                await busy_started.wait()  # the busy command holds the only channel
+            with pytest.raises(CommandTimeout) as raised:
+                await pool.run(sshd.endpoint(), identity, ["echo-argv"], timeout=0.1)
+            assert not raised.value.started
+            await busy
+        finally:
+            await pool.close()
 
 
 async def test_the_observer_sees_every_command_with_its_outcome(
@@ -472,3 +481,34 @@ async def test_a_connection_dropped_while_idle_is_replaced_without_losing_the_co
         ["echo-argv", "one"],
         ["echo-argv", "two"],
     ]
+
+
+async def test_a_channel_closed_without_exit_status_is_not_an_answer(
+    sshd: ThrowawaySshd, pool: SshPool, user_ca: CertificateAuthority
+) -> None:
+    with pytest.raises(SiteUnavailable, match="without an exit status"):
+        await pool.run(sshd.endpoint(), user_ca.mint("alice"), ["vanish"], check=False)
+
+
+async def test_a_command_killed_by_a_signal_failed(
+    sshd: ThrowawaySshd, pool: SshPool, user_ca: CertificateAuthority
+) -> None:
+    with pytest.raises(CommandFailed) as raised:
+        await pool.run(sshd.endpoint(), user_ca.mint("alice"), ["killed"])
+    assert raised.value.exit_status == -1
+    assert "killed by signal KILL" in raised.value.stderr
+
+
+async def test_connections_idle_longer_than_the_idle_timeout_are_closed(
+    sshd: ThrowawaySshd, user_ca: CertificateAuthority
+) -> None:
+    pool = SshPool(idle_timeout=0.2)
+    try:
+        await pool.run(sshd.endpoint(), user_ca.mint("alice"), ["echo-argv"])
+        await asyncio.sleep(0.3)
+        await pool.run(sshd.endpoint(), user_ca.mint("bob"), ["echo-argv"])
+        assert pool.connections_open == 1
+        await pool.run(sshd.endpoint(), user_ca.mint("bob"), ["echo-argv"])
+        assert sshd.counters.connections == 2
+    finally:
+        await pool.close()

@@ -28,6 +28,7 @@ CHART_MANAGED: dict[str, str] = {
     "callback_url": "operator.callbackUrl, by default the operator Service",
     "token_key": "a Secret (operator.tokenKey), never a plain value",
     "settings_file": "unused: the chart passes settings as environment variables",
+    "failpoints": "never set: fault injection is for tests, not deployments",
 }
 
 BEGIN_MARKER = "  # BEGIN generated: operator settings (python -m bbp_notebooks.api.chartschema)"

@@ -74,6 +74,11 @@ class OperatorSettings(BaseSettings):
     max_handshakes_per_frontend: int = Field(
         default=4, ge=1, le=64, description="Concurrent ssh handshakes per frontend."
     )
+    failpoints: list[str] = Field(
+        default_factory=list,
+        description="Fault injection for tests only (like etcd's gofail): 'exit-after-sbatch' "
+        "kills the process right after a successful sbatch, before the status write.",
+    )
     settings_file: Path | None = Field(
         default=None, description="Optional YAML file with these settings (environment wins)."
     )

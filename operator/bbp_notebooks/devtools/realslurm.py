@@ -11,6 +11,7 @@ and records their PIDs in `state.json`; `down` stops exactly those PIDs.
 
     python -m bbp_notebooks.devtools.realslurm up --dir /tmp/rs
     python -m bbp_notebooks.devtools.realslurm down --dir /tmp/rs
+    python -m bbp_notebooks.devtools.realslurm samples --dir /tmp/rs2 --out tests/realslurm/samples
 
 Needs root and scripts/install-test-deps.sh (packages and the users alice and bob).
 """
@@ -29,6 +30,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -36,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 STATE_FILE = "state.json"
+# Where the last started deployment lives, for the "already running" message.
+CURRENT_POINTER = Path(tempfile.gettempdir()) / "bbp-realslurm.current"
 # MariaDB listens here.
 SHARED_ADDRESS = "127.0.0.10"
 # With CommunicationParameters=NoInAddrAny, slurmctld/slurmd/slurmdbd bind to the address this
@@ -336,9 +340,7 @@ def sacctmgr_setup_commands(cluster: ClusterSpec) -> list[list[str]]:
     """sacctmgr argvs that register a cluster, its accounts and user associations."""
     commands: list[list[str]] = [["sacctmgr", "-i", "add", "cluster", cluster.name]]
     account_names = sorted({a for accounts in cluster.accounts.values() for a in accounts})
-    commands.append(
-        ["sacctmgr", "-i", "add", "account", *account_names, f"cluster={cluster.name}"]
-    )
+    commands.append(["sacctmgr", "-i", "add", "account", *account_names, f"cluster={cluster.name}"])
     for user, accounts in sorted(cluster.accounts.items()):
         commands.append(
             [
@@ -402,9 +404,7 @@ class Deployment:
         return cls(
             root=raw["root"],
             daemons=[Daemon(**d) for d in raw["daemons"]],
-            sites=[
-                SiteInfo(**{**s, "partitions": tuple(s["partitions"])}) for s in raw["sites"]
-            ],
+            sites=[SiteInfo(**{**s, "partitions": tuple(s["partitions"])}) for s in raw["sites"]],
             timings_s=dict(raw.get("timings_s", {})),
         )
 
@@ -449,7 +449,9 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
     path.chmod(mode)
 
 
-def _wait_until(what: str, check: Callable[[], bool], timeout: float, interval: float = 0.2) -> None:
+def _wait_until(
+    what: str, check: Callable[[], bool], timeout: float, interval: float = 0.2
+) -> None:
     deadline = time.monotonic() + timeout
     last = ""
     while True:
@@ -469,6 +471,10 @@ def _port_open(address: str, port: int) -> bool:
     return False
 
 
+# Daemons started by this Python process, kept so that they are waited for, not leaked.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
 class _Starter:
     """Starts daemons in their own sessions and records them in the deployment as it goes."""
 
@@ -476,7 +482,9 @@ class _Starter:
         self.deployment = deployment
         self.logs = logs
 
-    def start(self, name: str, argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, argv: Sequence[str], env: Mapping[str, str]
+    ) -> subprocess.Popen[bytes]:
         log = self.logs / f"{name}.out"
         with log.open("ab") as out:
             process = subprocess.Popen(
@@ -487,6 +495,7 @@ class _Starter:
                 env=dict(env),
                 start_new_session=True,
             )
+        _CHILDREN[process.pid] = process
         self.deployment.daemons.append(Daemon(name, process.pid, Path(argv[0]).name))
         self.deployment.save()
         return process
@@ -528,14 +537,17 @@ def up(
     root.mkdir(parents=True, exist_ok=True)
     if (root / STATE_FILE).exists():
         raise RealSlurmError(f"{root / STATE_FILE} exists: run `down --dir {root}` first")
-    # Test users' sbatch/squeue read slurm.conf and talk to munged under here.
-    for directory in (root, *root.parents):
-        if directory == Path("/"):
-            break
-        if directory.stat().st_mode & 0o005 != 0o005:
-            directory.chmod(directory.stat().st_mode | 0o005)
+    # Test users' sbatch/squeue read slurm.conf and talk to munged under here; munged wants
+    # every directory above its socket searchable by all.
+    root.chmod(0o755)
+    for directory in root.parents:
+        mode = directory.stat().st_mode
+        if mode & 0o111 != 0o111:
+            raise RealSlurmError(f"{directory} is not searchable by all: choose another --dir")
     shared = SharedPaths(root)
     hostname = socket.gethostname().split(".")[0]
+    _check_hostname_is_loopback(hostname)
+    _check_ports_free(clusters)
     deployment = Deployment(root=str(root))
     deployment.save()
     shared.logs.mkdir(exist_ok=True)
@@ -547,7 +559,36 @@ def up(
         raise
     deployment.timings_s["total"] = round(time.monotonic() - started, 3)
     deployment.save()
+    CURRENT_POINTER.write_text(f"{root}\n")
     return deployment
+
+
+def _check_hostname_is_loopback(hostname: str) -> None:
+    """NoInAddrAny makes the Slurm daemons bind to the hostname's address: it must be loopback."""
+    try:
+        address = socket.gethostbyname(hostname)
+    except OSError as error:
+        raise RealSlurmError(f"hostname {hostname!r} does not resolve: {error}") from error
+    if address != SLURM_ADDRESS:
+        raise RealSlurmError(
+            f"hostname {hostname!r} resolves to {address}, not {SLURM_ADDRESS}: the Slurm daemons"
+            " would listen off loopback (add it to /etc/hosts as 127.0.0.1)"
+        )
+
+
+def _check_ports_free(clusters: Sequence[ClusterSpec]) -> None:
+    endpoints = [(SHARED_ADDRESS, MARIADB_PORT)]
+    for c in clusters:
+        endpoints += [(SLURM_ADDRESS, c.slurmctld_port), (SLURM_ADDRESS, c.slurmd_port),
+                      (SLURM_ADDRESS, c.slurmdbd_port), (c.address, c.ssh_port)]  # fmt: skip
+    busy = [f"{a}:{p}" for a, p in endpoints if _port_open(a, p)]
+    if busy:
+        previous = CURRENT_POINTER.read_text().strip() if CURRENT_POINTER.exists() else "?"
+        raise RealSlurmError(
+            f"ports already in use: {', '.join(busy)}. Another real-Slurm deployment is running"
+            f" (the last one started is in {previous}; stop it with"
+            f" `python -m bbp_notebooks.devtools.realslurm down --dir {previous}`)"
+        )
 
 
 def _up(
@@ -581,8 +622,11 @@ def _up(
         ],
         _daemon_env(),
     )  # fmt: skip
-    _wait_until("munged", lambda: shared.munge_socket.exists(), timeout)
-    starter.check_alive(munged, "munged")
+    def munged_ready() -> bool:
+        starter.check_alive(munged, "munged")
+        return shared.munge_socket.exists()
+
+    _wait_until("munged", munged_ready, timeout)
     mark("munged")
 
     # MariaDB for slurmdbd
@@ -614,9 +658,7 @@ def _up(
 
     _wait_until("mariadbd", db_ready, timeout)
     # The password travels on stdin, never in argv.
-    grants = "".join(
-        f"GRANT ALL ON {database_name(c)}.* TO 'slurm'@'127.%';\n" for c in clusters
-    )
+    grants = "".join(f"GRANT ALL ON {database_name(c)}.* TO 'slurm'@'127.%';\n" for c in clusters)
     _run(mariadb, stdin=f"CREATE USER 'slurm'@'127.%' IDENTIFIED BY '{db_password}';\n{grants}")
     mark("mariadbd")
 
@@ -752,10 +794,13 @@ def down(root: Path, *, timeout: float = STOP_TIMEOUT_S) -> list[str]:
     state = root.resolve() / STATE_FILE
     if not state.exists():
         return []
-    deployment = Deployment.load(root.resolve())
+    root = root.resolve()
+    deployment = Deployment.load(root)
+    _cancel_all_jobs(root)
     stopped: list[str] = []
     for daemon in reversed(deployment.daemons):
         if not _is_ours(daemon):
+            _reap(daemon.pid)
             continue
         with contextlib.suppress(ProcessLookupError):
             os.kill(daemon.pid, signal.SIGTERM)
@@ -763,17 +808,133 @@ def down(root: Path, *, timeout: float = STOP_TIMEOUT_S) -> list[str]:
         while _is_ours(daemon) and time.monotonic() < deadline:
             _reap(daemon.pid)
             time.sleep(0.05)
+        _reap(daemon.pid)
         if _is_ours(daemon):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(daemon.pid, signal.SIGKILL)
             _reap(daemon.pid, block=True)
         stopped.append(daemon.name)
+    stopped += _kill_strays(root, timeout)
     state.unlink()
     return stopped
 
 
+def _cancel_all_jobs(root: Path) -> None:
+    """Best effort: scancel every job while the controllers still run (jobs outlive slurmd)."""
+    for conf in sorted(root.glob("*/slurm.conf")):
+        env = _daemon_env(conf)
+        try:
+            ids = _run(["squeue", "-h", "-o", "%i"], env=env, timeout=15).stdout.split()
+            if ids:
+                _run(["scancel", *ids], env=env, timeout=15)
+
+                def queue_empty(e: dict[str, str] = env) -> bool:
+                    return not _run(["squeue", "-h", "-o", "%i"], env=e).stdout.strip()
+
+                _wait_until(f"jobs of {conf.parent.name} to end", queue_empty, timeout=15)
+        except (RealSlurmError, subprocess.TimeoutExpired):
+            continue
+
+
+def _kill_strays(root: Path, timeout: float) -> list[str]:
+    """Kill what outlived the daemons: slurmstepd and job scripts, sshd sessions still open."""
+    strays = _stray_pids(root)
+    if not strays:
+        return []
+    children: dict[int, list[int]] = {}
+    for pid, ppid in _parents().items():
+        children.setdefault(ppid, []).append(pid)
+    victims: list[int] = []
+    pending = list(strays)
+    while pending:  # strays and all their descendants (the job's own processes)
+        pid = pending.pop()
+        if pid not in victims and pid != os.getpid():
+            victims.append(pid)
+            pending += children.get(pid, [])
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + (timeout if sig == signal.SIGTERM else 5.0)
+        while time.monotonic() < deadline and any(_alive(p) for p in victims):
+            for pid in victims:
+                _reap(pid)
+            time.sleep(0.05)
+    return [f"stray pid {pid}" for pid in victims]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _parents() -> dict[int, int]:
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = (entry / "stat").read_text()
+                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return parents
+
+
+def _stray_pids(root: Path) -> list[int]:
+    """Live processes tied to this deployment: a path under root open or on their command line
+    (slurmstepd keeps slurmd's log open; job scripts live in the spool), or an sshd holding a
+    connection to one of our frontends."""
+    prefix = f"{root}/"
+    ssh_inodes = _socket_inodes(_sshd_endpoints(root))
+    strays: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        pid = int(entry.name)
+        if not _alive(pid):
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            targets = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
+        except OSError:
+            continue
+        if prefix in cmdline or any(t.startswith(prefix) for t in targets):
+            strays.append(pid)
+        elif any(t.startswith("socket:[") and t[8:-1] in ssh_inodes for t in targets):
+            strays.append(pid)
+    return strays
+
+
+def _sshd_endpoints(root: Path) -> set[str]:
+    """Our frontends' listen addresses as /proc/net/tcp writes them (hex ip:port)."""
+    endpoints: set[str] = set()
+    for config in root.glob("*/sshd_config"):
+        for line in config.read_text().splitlines():
+            if line.startswith("ListenAddress "):
+                address, port = line.split()[1].rsplit(":", 1)
+                hex_ip = socket.inet_aton(address)[::-1].hex().upper()
+                endpoints.add(f"{hex_ip}:{int(port):04X}")
+    return endpoints
+
+
+def _socket_inodes(local_endpoints: set[str]) -> set[str]:
+    inodes: set[str] = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if len(fields) > 9 and fields[1] in local_endpoints:
+                inodes.add(fields[9])
+    return inodes
+
+
 def _reap(pid: int, *, block: bool = False) -> None:
     """Collect our own exited child so it does not linger as a zombie."""
+    process = _CHILDREN.get(pid)
+    if process is not None:  # started by this process: let Popen collect it (no ResourceWarning)
+        if (process.wait() if block else process.poll()) is not None:
+            del _CHILDREN[pid]
+        return
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0 if block else os.WNOHANG)
 
@@ -785,9 +946,13 @@ def _reap(pid: int, *, block: bool = False) -> None:
 SQUEUE_FORMAT = "%i|%j|%u|%T|%r|%N|%S|%l|%L|%P|%a"
 SINFO_FORMAT = "%P|%a|%F|%C"
 SACCT_ARGV = [
-    "sacct", "-X", "-n", "-P",
-    "-o", "JobID,JobName,User,State,ExitCode,Start,End,NodeList",
-]  # fmt: skip
+    "sacct",
+    "-X",
+    "-n",
+    "-P",
+    "-o",
+    "JobID,JobName,User,State,ExitCode,Start,End,NodeList",
+]
 
 
 @dataclass(frozen=True)
@@ -823,9 +988,14 @@ class SampleRecorder:
         info = self.deployment.site(site)
         home = Path(pwd.getpwnam(user).pw_dir)
         env_argv = [
-            "env", "-i", f"PATH={DAEMON_PATH}", "LANG=C.UTF-8", f"HOME={home}", f"USER={user}",
+            "env",
+            "-i",
+            f"PATH={DAEMON_PATH}",
+            "LANG=C.UTF-8",
+            f"HOME={home}",
+            f"USER={user}",
             f"SLURM_CONF={info.slurm_conf}",
-        ]  # fmt: skip
+        ]
         started = time.monotonic()
         result = subprocess.run(
             ["runuser", "-u", user, "--", *env_argv, *argv],
@@ -881,18 +1051,24 @@ class SampleRecorder:
 
 
 def _slurm_version() -> str:
-    return subprocess.run(
-        ["dpkg-query", "-W", "-f=${Version}", "slurm-client"],
-        capture_output=True, text=True, check=False,
-    ).stdout.strip() or "unknown"  # fmt: skip
+    return (
+        subprocess.run(
+            ["dpkg-query", "-W", "-f=${Version}", "slurm-client"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        or "unknown"
+    )
 
 
 def _script(body: str) -> str:
     return "#!/bin/bash\n" + body + "\n"
 
 
-def _wait_state(rec: SampleRecorder, site: str, job_id: str, states: set[str],
-                timeout: float = 30.0) -> str:  # fmt: skip
+def _wait_state(
+    rec: SampleRecorder, site: str, job_id: str, states: set[str], timeout: float = 30.0
+) -> str:
     deadline = time.monotonic() + timeout
     state = ""
     while time.monotonic() < deadline:
@@ -918,92 +1094,233 @@ def capture_samples(deployment: Deployment, out_dir: Path) -> list[Capture]:
     """Exercise both sites as alice and bob and write every output under out_dir."""
     rec = SampleRecorder(deployment)
     gva, lug = "geneva", "lugano"
+    for site in (gva, lug):  # a clean queue: pending leftovers would delay every new job
+        for user in TEST_USERS:
+            rec.run(site, "root", ["scancel", "-u", user])
     rec.run(gva, "alice", ["sinfo", "-V"], name="sinfo_version")
     rec.run(gva, "alice", ["sinfo", "-h", "-o", SINFO_FORMAT], name="sinfo_geneva_idle")
     rec.run(lug, "alice", ["sinfo", "-h", "-o", SINFO_FORMAT], name="sinfo_lugano_idle")
     rec.run(gva, "alice", ["sinfo"], name="sinfo_default_format_geneva")
     for site in (gva, lug):
-        rec.run(site, "alice",
-                ["sacctmgr", "-n", "-P", "show", "assoc", "where", "user=alice",
-                 "format=Cluster,Account,User"],
-                name=f"sacctmgr_assoc_alice_{site}")  # fmt: skip
-        rec.run(site, "alice",
-                ["sacctmgr", "-n", "-P", "show", "user", "alice", "format=User,DefaultAccount"],
-                name=f"sacctmgr_user_alice_{site}")  # fmt: skip
-    rec.run(lug, "bob",
-            ["sacctmgr", "-n", "-P", "show", "assoc", "where", "user=bob", "format=Account"],
-            name="sacctmgr_assoc_bob_lugano_accounts_only")  # fmt: skip
+        rec.run(
+            site,
+            "alice",
+            [
+                "sacctmgr",
+                "-n",
+                "-P",
+                "show",
+                "assoc",
+                "where",
+                "user=alice",
+                "format=Cluster,Account,User",
+            ],
+            name=f"sacctmgr_assoc_alice_{site}",
+        )
+        rec.run(
+            site,
+            "alice",
+            ["sacctmgr", "-n", "-P", "show", "user", "alice", "format=User,DefaultAccount"],
+            name=f"sacctmgr_user_alice_{site}",
+        )
+    rec.run(
+        lug,
+        "bob",
+        ["sacctmgr", "-n", "-P", "show", "assoc", "where", "user=bob", "format=Account"],
+        name="sacctmgr_assoc_bob_lugano_accounts_only",
+    )
 
     # A job that will hit its 1-minute limit (checked at the end)
-    timeout_job = rec.run(gva, "alice", ["sbatch", "--parsable", "-J", "bbpnb-sample-timeout",
-                                         "-t", "1"], stdin=_script("sleep 600")).stdout.strip()
-    # Submissions
+    timeout_job = rec.run(
+        gva,
+        "alice",
+        ["sbatch", "--parsable", "-J", "bbpnb-sample-timeout", "-t", "1"],
+        stdin=_script("sleep 600"),
+    ).stdout.strip()
+    # Submissions (on a fresh deployment: timeout 1000000, plain 1000001, run 1000002)
+    rec.run(
+        gva,
+        "alice",
+        ["sbatch", "-J", "bbpnb-sample-plain", "-t", "5"],
+        stdin=_script("sleep 1"),
+        name="sbatch_not_parsable_ok",
+    )
     long_job = _script("id -un; hostname; echo $SLURM_CLUSTER_NAME $SLURMD_NODENAME; sleep 300")
-    sub = rec.run(gva, "alice", ["sbatch", "--parsable", "-J", "bbpnb-sample-run", "-t", "30",
-                                 "-c", "2", "--mem=1000"],
-                  stdin=long_job, name="sbatch_parsable_ok")  # fmt: skip
+    sub = rec.run(
+        gva,
+        "alice",
+        ["sbatch", "--parsable", "-J", "bbpnb-sample-run", "-t", "30", "-c", "2", "--mem=1000"],
+        stdin=long_job,
+        name="sbatch_parsable_ok",
+    )
     running = sub.stdout.strip()
     _wait_state(rec, gva, running, {"RUNNING"})
-    rec.run(gva, "alice", ["sbatch", "-J", "bbpnb-sample-plain", "-t", "5"],
-            stdin=_script("sleep 1"), name="sbatch_not_parsable_ok")  # fmt: skip
-    # Fill the 8 CPUs so the next job pends on Resources.
-    filler = rec.run(gva, "bob", ["sbatch", "--parsable", "-J", "bbpnb-sample-filler",
-                                  "-t", "30", "-c", "6"], stdin=long_job).stdout.strip()  # fmt: skip
+    # Fill the 8 CPUs (1 timeout + 2 run + 5) so the next job pends on Resources.
+    filler = rec.run(
+        gva,
+        "bob",
+        ["sbatch", "--parsable", "-J", "bbpnb-sample-filler", "-t", "30", "-c", "5"],
+        stdin=long_job,
+    ).stdout.strip()
     _wait_state(rec, gva, filler, {"RUNNING"})
-    pending = rec.run(gva, "alice", ["sbatch", "--parsable", "-J", "bbpnb-sample-pending",
-                                     "-p", "debug", "-t", "60", "-c", "4"],
-                      stdin=long_job).stdout.strip()  # fmt: skip
-    dependent = rec.run(gva, "alice", ["sbatch", "--parsable", "-J", "bbpnb-sample-dep",
-                                       f"--dependency=afterok:{running}", "-t", "1-00:00:00"],
-                        stdin=long_job).stdout.strip()  # fmt: skip
-    held = rec.run(gva, "alice", ["sbatch", "--parsable", "-H", "-J", "bbpnb-sample-held",
-                                  "-t", "10"], stdin=long_job).stdout.strip()  # fmt: skip
+    pending = rec.run(
+        gva,
+        "alice",
+        [
+            "sbatch",
+            "--parsable",
+            "-J",
+            "bbpnb-sample-pending",
+            "-p",
+            "debug",
+            "-t",
+            "60",
+            "-c",
+            "4",
+        ],
+        stdin=long_job,
+    ).stdout.strip()
+    dependent = rec.run(
+        gva,
+        "alice",
+        [
+            "sbatch",
+            "--parsable",
+            "-J",
+            "bbpnb-sample-dep",
+            f"--dependency=afterok:{running}",
+            "-t",
+            "1-00:00:00",
+        ],
+        stdin=long_job,
+    ).stdout.strip()
+    held = rec.run(
+        gva,
+        "alice",
+        ["sbatch", "--parsable", "-H", "-J", "bbpnb-sample-held", "-t", "10"],
+        stdin=long_job,
+    ).stdout.strip()
     time.sleep(1.5)
     rec.run(gva, "alice", ["squeue", "-h", "-o", SQUEUE_FORMAT], name="squeue_all_mixed_states")
-    rec.run(gva, "alice", ["squeue", "-h", "-o", SQUEUE_FORMAT, "-j",
-                           ",".join([running, pending, dependent, held])],
-            name="squeue_by_job_ids")  # fmt: skip
-    rec.run(gva, "alice", ["squeue", "-h", "-o", SQUEUE_FORMAT, "-u", "alice"],
-            name="squeue_by_user")
-    rec.run(gva, "alice", ["squeue", "-h", "-o", SQUEUE_FORMAT, "-n", "bbpnb-sample-run"],
-            name="squeue_by_name")
-    rec.run(gva, "alice", ["squeue", "-h", "-o", SQUEUE_FORMAT, "-n", "no-such-name"],
-            name="squeue_by_name_no_match")
-    rec.run(gva, "alice", ["squeue", "-h", "-o", SQUEUE_FORMAT, "-j", "999"],
-            name="squeue_unknown_job_id")
-    rec.run(gva, "alice", ["squeue", "-h", "-o", SQUEUE_FORMAT, "-j", f"{running},999"],
-            name="squeue_known_and_unknown_job_ids")
-    rec.run(gva, "alice", ["squeue", "-h", "-o", SQUEUE_FORMAT, "-j", "abc"],
-            name="squeue_invalid_job_id")
+    rec.run(
+        gva,
+        "alice",
+        ["squeue", "-h", "-o", SQUEUE_FORMAT, "-j", ",".join([running, pending, dependent, held])],
+        name="squeue_by_job_ids",
+    )
+    rec.run(
+        gva, "alice", ["squeue", "-h", "-o", SQUEUE_FORMAT, "-u", "alice"], name="squeue_by_user"
+    )
+    rec.run(
+        gva,
+        "alice",
+        ["squeue", "-h", "-o", SQUEUE_FORMAT, "-n", "bbpnb-sample-run"],
+        name="squeue_by_name",
+    )
+    rec.run(
+        gva,
+        "alice",
+        ["squeue", "-h", "-o", SQUEUE_FORMAT, "-n", "no-such-name"],
+        name="squeue_by_name_no_match",
+    )
+    rec.run(
+        gva,
+        "alice",
+        ["squeue", "-h", "-o", SQUEUE_FORMAT, "-j", "999"],
+        name="squeue_unknown_job_id",
+    )
+    rec.run(
+        gva,
+        "alice",
+        ["squeue", "-h", "-o", SQUEUE_FORMAT, "-j", f"{running},999"],
+        name="squeue_known_and_unknown_job_ids",
+    )
+    rec.run(
+        gva,
+        "alice",
+        ["squeue", "-h", "-o", SQUEUE_FORMAT, "-j", "abc"],
+        name="squeue_invalid_job_id",
+    )
     rec.run(gva, "alice", ["sinfo", "-h", "-o", SINFO_FORMAT], name="sinfo_geneva_busy")
     rec.run(gva, "alice", ["scontrol", "show", "job", running], name="scontrol_show_job_running")
     rec.run(gva, "alice", ["scontrol", "show", "job", pending], name="scontrol_show_job_pending")
     rec.run(gva, "alice", ["scontrol", "show", "job", "999"], name="scontrol_show_job_unknown")
-    rec.run(gva, "alice", [*SACCT_ARGV, "-j", f"{running},{pending}"],
-            name="sacct_running_and_pending")
+    rec.run(
+        gva, "alice", [*SACCT_ARGV, "-j", f"{running},{pending}"], name="sacct_running_and_pending"
+    )
 
     # Submission errors
-    rec.run(gva, "alice", ["sbatch", "--parsable", "-A", "proj16", "-t", "5"],
-            stdin=_script("true"), name="sbatch_invalid_account")  # fmt: skip
-    rec.run(gva, "alice", ["sbatch", "--parsable", "-p", "nosuch", "-t", "5"],
-            stdin=_script("true"), name="sbatch_invalid_partition")  # fmt: skip
-    over_limit = rec.run(gva, "alice", ["sbatch", "--parsable", "-p", "debug", "-t", "02:00:00"],
-            stdin=_script("true"), name="sbatch_time_limit_over_partition_max")  # fmt: skip
-    too_big = rec.run(gva, "alice", ["sbatch", "--parsable", "-t", "5", "-c", "64"],
-            stdin=_script("true"), name="sbatch_more_cpus_than_node")  # fmt: skip
-    rec.run(gva, "alice", ["sbatch", "--parsable", "-t", "5"],
-            stdin="echo no shebang\n", name="sbatch_script_without_shebang")
-    rec.run(lug, "bob", ["sbatch", "--parsable", "-A", "proj16", "-t", "5"],
-            stdin=_script("true"), name="sbatch_lugano_bob_not_in_account")  # fmt: skip
+    rec.run(
+        gva,
+        "alice",
+        ["sbatch", "--parsable", "-A", "proj16", "-t", "5"],
+        stdin=_script("true"),
+        name="sbatch_invalid_account",
+    )
+    rec.run(
+        gva,
+        "alice",
+        ["sbatch", "--parsable", "-p", "nosuch", "-t", "5"],
+        stdin=_script("true"),
+        name="sbatch_invalid_partition",
+    )
+    over_limit = rec.run(
+        gva,
+        "alice",
+        ["sbatch", "--parsable", "-p", "debug", "-t", "02:00:00"],
+        stdin=_script("true"),
+        name="sbatch_time_limit_over_partition_max",
+    )
+    too_big = rec.run(
+        gva,
+        "alice",
+        ["sbatch", "--parsable", "-t", "5", "-c", "64"],
+        stdin=_script("true"),
+        name="sbatch_more_cpus_than_node",
+    )
+    rec.run(
+        gva,
+        "alice",
+        ["sbatch", "--parsable", "-t", "5"],
+        stdin="echo no shebang\n",
+        name="sbatch_script_without_shebang",
+    )
+    rec.run(
+        lug,
+        "bob",
+        ["sbatch", "--parsable", "-A", "proj16", "-t", "5"],
+        stdin=_script("true"),
+        name="sbatch_lugano_bob_not_in_account",
+    )
     time.sleep(1.0)
-    rec.run(gva, "alice", ["squeue", "-h", "-o", SQUEUE_FORMAT, "-j",
-                           f"{over_limit.stdout.strip()},{too_big.stdout.strip()}"],
-            name="squeue_unsatisfiable_jobs")  # fmt: skip
+    rec.run(
+        gva,
+        "alice",
+        [
+            "squeue",
+            "-h",
+            "-o",
+            SQUEUE_FORMAT,
+            "-j",
+            f"{over_limit.stdout.strip()},{too_big.stdout.strip()}",
+        ],
+        name="squeue_unsatisfiable_jobs",
+    )
     rec.run(gva, "alice", ["scancel", over_limit.stdout.strip(), too_big.stdout.strip()])
-    lug_sub = rec.run(lug, "alice", ["sbatch", "--parsable", "-A", "proj42", "-t", "5"],
-                      stdin=_script("id -un; sleep 2"), name="sbatch_lugano_with_account")
-    rec.run(lug, "alice", ["sbatch", "--parsable", "-M", "lugano", "-t", "5"],
-            stdin=_script("true"), name="sbatch_parsable_with_cluster_option")  # fmt: skip
+    lug_sub = rec.run(
+        lug,
+        "alice",
+        ["sbatch", "--parsable", "-A", "proj42", "-t", "5"],
+        stdin=_script("id -un; sleep 2"),
+        name="sbatch_lugano_with_account",
+    )
+    rec.run(
+        lug,
+        "alice",
+        ["sbatch", "--parsable", "-M", "lugano", "-t", "5"],
+        stdin=_script("true"),
+        name="sbatch_parsable_with_cluster_option",
+    )
 
     # Cancel
     rec.run(gva, "bob", ["scancel", running], name="scancel_other_users_job")
@@ -1013,48 +1330,101 @@ def capture_samples(deployment: Deployment, out_dir: Path) -> list[Capture]:
     rec.run(gva, "alice", ["scancel", running], name="scancel_own_running_job")
     time.sleep(0.5)
     rec.run(gva, "alice", ["scancel", running], name="scancel_already_cancelled_job")
-    rec.run(gva, "alice", ["squeue", "-h", "-o", SQUEUE_FORMAT, "-j", f"{running},{held}"],
-            name="squeue_recently_cancelled_jobs")
+    rec.run(
+        gva,
+        "alice",
+        ["squeue", "-h", "-o", SQUEUE_FORMAT, "-j", f"{running},{held}"],
+        name="squeue_recently_cancelled_jobs",
+    )
+
+    # Free the node: a pending higher-priority job would hold small jobs back until backfill.
+    rec.run(gva, "root", ["scancel", filler, pending, dependent])
+    time.sleep(0.5)
 
     # Ends of life for sacct: success, failure, signal, cancel
-    ok = rec.run(gva, "alice", ["sbatch", "--parsable", "-J", "bbpnb-sample-ok", "-t", "5"],
-                 stdin=_script("exit 0")).stdout.strip()  # fmt: skip
-    failed = rec.run(gva, "alice", ["sbatch", "--parsable", "-J", "bbpnb-sample-fail", "-t", "5"],
-                     stdin=_script("exit 3")).stdout.strip()  # fmt: skip
-    killed = rec.run(gva, "alice", ["sbatch", "--parsable", "-J", "bbpnb-sample-sig", "-t", "5"],
-                     stdin=_script("kill -9 $$")).stdout.strip()  # fmt: skip
+    ok = rec.run(
+        gva,
+        "alice",
+        ["sbatch", "--parsable", "-J", "bbpnb-sample-ok", "-t", "5"],
+        stdin=_script("exit 0"),
+    ).stdout.strip()
+    failed = rec.run(
+        gva,
+        "alice",
+        ["sbatch", "--parsable", "-J", "bbpnb-sample-fail", "-t", "5"],
+        stdin=_script("exit 3"),
+    ).stdout.strip()
+    killed = rec.run(
+        gva,
+        "alice",
+        ["sbatch", "--parsable", "-J", "bbpnb-sample-sig", "-t", "5"],
+        stdin=_script("kill -9 $$"),
+    ).stdout.strip()
     for job in (ok, failed, killed, running, held):
         _wait_sacct(rec, gva, job)
     time.sleep(0.5)
-    rec.run(gva, "alice", ["squeue", "-h", "-o", SQUEUE_FORMAT, "-j", f"{ok},{failed},{killed}"],
-            name="squeue_just_finished_jobs")  # fmt: skip
+    rec.run(
+        gva,
+        "alice",
+        ["squeue", "-h", "-o", SQUEUE_FORMAT, "-j", f"{ok},{failed},{killed}"],
+        name="squeue_just_finished_jobs",
+    )
     ids = ",".join([ok, failed, killed, running, held, pending])
     rec.run(gva, "alice", [*SACCT_ARGV, "-j", ids], name="sacct_ends_of_life")
-    rec.run(gva, "alice", ["sacct", "-n", "-P", "-o",
-                           "JobID,JobName,User,State,ExitCode,Start,End,NodeList", "-j", ids],
-            name="sacct_with_steps")  # fmt: skip
+    rec.run(
+        gva,
+        "alice",
+        [
+            "sacct",
+            "-n",
+            "-P",
+            "-o",
+            "JobID,JobName,User,State,ExitCode,Start,End,NodeList",
+            "-j",
+            ids,
+        ],
+        name="sacct_with_steps",
+    )
     rec.run(gva, "bob", [*SACCT_ARGV, "-j", ids], name="sacct_other_users_jobs")
     rec.run(gva, "alice", [*SACCT_ARGV, "-j", "999"], name="sacct_unknown_job_id")
-    rec.run(gva, "alice", [*SACCT_ARGV, "-j", lug_sub.stdout.strip()],
-            name="sacct_geneva_asked_for_lugano_id")
-    rec.run(gva, "alice", ["sacct", "-X", "-n", "-P", "-c", "-j", ok],
-            name="sacct_completion_flag_without_jobcomp")
-
-    # Clean up the long jobs before the controller goes away
-    rec.run(gva, "root", ["scancel", filler, pending, dependent])
+    rec.run(
+        gva,
+        "alice",
+        [*SACCT_ARGV, "-j", lug_sub.stdout.strip()],
+        name="sacct_geneva_asked_for_lugano_id",
+    )
+    rec.run(
+        gva,
+        "alice",
+        ["sacct", "-X", "-n", "-P", "-c", "-j", ok],
+        name="sacct_completion_flag_without_jobcomp",
+    )
 
     # Leaving squeue: right after the end, then after MinJobAge
-    short = rec.run(gva, "alice", ["sbatch", "--parsable", "-J", "bbpnb-sample-short", "-t", "5"],
-                    stdin=_script("sleep 2")).stdout.strip()  # fmt: skip
+    short = rec.run(
+        gva,
+        "alice",
+        ["sbatch", "--parsable", "-J", "bbpnb-sample-short", "-t", "5"],
+        stdin=_script("sleep 2"),
+    ).stdout.strip()
     _wait_state(rec, gva, short, {"RUNNING"})
     _wait_state(rec, gva, short, set(), timeout=30)  # default states: gone once not RUNNING
     ended = time.monotonic()
-    rec.run(gva, "alice", ["squeue", "-h", "-o", SQUEUE_FORMAT, "-j", short],
-            name="squeue_default_states_just_finished")
-    rec.run(gva, "alice", ["squeue", "-h", "-o", SQUEUE_FORMAT, "-t", "all", "-j", short],
-            name="squeue_all_states_just_finished")
-    rec.run(gva, "alice", ["scontrol", "show", "job", short],
-            name="scontrol_show_job_just_finished")
+    rec.run(
+        gva,
+        "alice",
+        ["squeue", "-h", "-o", SQUEUE_FORMAT, "-j", short],
+        name="squeue_default_states_just_finished",
+    )
+    rec.run(
+        gva,
+        "alice",
+        ["squeue", "-h", "-o", SQUEUE_FORMAT, "-t", "all", "-j", short],
+        name="squeue_all_states_just_finished",
+    )
+    rec.run(
+        gva, "alice", ["scontrol", "show", "job", short], name="scontrol_show_job_just_finished"
+    )
     deadline = ended + 180
     while time.monotonic() < deadline:
         probe = rec.run(gva, "alice", ["squeue", "-h", "-t", "all", "-j", short, "-o", "%T"])
@@ -1065,8 +1435,12 @@ def capture_samples(deployment: Deployment, out_dir: Path) -> list[Capture]:
         f"A finished job left `squeue -t all -j` {time.monotonic() - ended:.0f}s after it ended"
         f" (MinJobAge={_min_job_age(deployment, gva)}s; slurmctld purges on a timer)."
     )
-    rec.run(gva, "alice", ["squeue", "-h", "-o", SQUEUE_FORMAT, "-t", "all", "-j", short],
-            name="squeue_purged_job")
+    rec.run(
+        gva,
+        "alice",
+        ["squeue", "-h", "-o", SQUEUE_FORMAT, "-t", "all", "-j", short],
+        name="squeue_purged_job",
+    )
     rec.run(gva, "alice", [*SACCT_ARGV, "-j", short], name="sacct_purged_job")
 
     # The 1-minute job has timed out by now or soon
@@ -1081,10 +1455,19 @@ def capture_samples(deployment: Deployment, out_dir: Path) -> list[Capture]:
     while _is_ours(ctld) and time.monotonic() < deadline:
         _reap(ctld.pid)
         time.sleep(0.05)
-    rec.run(gva, "alice", ["squeue", "-h", "-o", SQUEUE_FORMAT, "-u", "alice"],
-            name="controller_down_squeue")
-    rec.run(gva, "alice", ["sbatch", "--parsable", "-t", "5"], stdin=_script("true"),
-            name="controller_down_sbatch")
+    rec.run(
+        gva,
+        "alice",
+        ["squeue", "-h", "-o", SQUEUE_FORMAT, "-u", "alice"],
+        name="controller_down_squeue",
+    )
+    rec.run(
+        gva,
+        "alice",
+        ["sbatch", "--parsable", "-t", "5"],
+        stdin=_script("true"),
+        name="controller_down_sbatch",
+    )
     rec.run(gva, "alice", ["scancel", ok], name="controller_down_scancel")
     rec.run(gva, "alice", ["sinfo", "-h", "-o", SINFO_FORMAT], name="controller_down_sinfo")
     rec.run(gva, "alice", [*SACCT_ARGV, "-j", ok], name="controller_down_sacct")
@@ -1122,7 +1505,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("action", choices=["up", "down", "samples"])
     parser.add_argument("--dir", required=True, type=Path, help="where configs/state/logs go")
     parser.add_argument("--min-job-age", type=int, default=DEFAULT_MIN_JOB_AGE_S)
-    parser.add_argument("--out", type=Path, help="samples: where the captured outputs go")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="samples: start a fresh deployment in --dir, capture real client"
+        " output into --out, stop it",
+    )
     args = parser.parse_args(argv)
     try:
         if args.action == "up":
@@ -1132,10 +1520,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.action == "samples":
             if args.out is None:
                 parser.error("samples needs --out")
-            deployment = Deployment.load(args.dir.resolve())
-            for capture in capture_samples(deployment, args.out):
-                print(f"{capture.name}: exit {capture.exit_status} in {capture.seconds}s")
-            deployment.save()
+            # A fresh deployment, so job ids in the samples are the same on every capture.
+            deployment = up(args.dir, min_job_age_s=args.min_job_age)
+            try:
+                for capture in capture_samples(deployment, args.out.resolve()):
+                    print(f"{capture.name}: exit {capture.exit_status} in {capture.seconds}s")
+            finally:
+                deployment.save()
+                down(args.dir)
         else:
             for name in down(args.dir):
                 print(f"stopped {name}")

@@ -183,7 +183,7 @@ class HubKube:
     ) -> bool:
         """Delete the Secret; with ``owner_uid``, only if that session owns it (a Secret of the
         same name may already belong to a newer session of the same server)."""
-        body = None
+        body = k8s.V1DeleteOptions()
         if owner_uid is not None:
             try:
                 secret = await self.core.read_namespaced_secret(name, namespace)

@@ -291,8 +291,10 @@ def render_form(choices: Choices, previous: SessionOptions | None = None) -> str
             f"{escape(site.display_name)} ({need})</label>"
         )
         if site.accounts:
-            out.append(f'<select class="form-select form-control" id="{_attr(field)}" '
-                       f'name="{_attr(field)}">')
+            out.append(
+                f'<select class="form-select form-control" id="{_attr(field)}" '
+                f'name="{_attr(field)}">'
+            )
             if not site.account_required:
                 out.append('<option value="">(none)</option>')
             for account in site.accounts:
@@ -310,7 +312,8 @@ def render_form(choices: Choices, previous: SessionOptions | None = None) -> str
             )
         out.append("</div>")
     out.append(_SCRIPT)
-    return "\n".join(out)
+    # ASCII with character references: right whatever charset the page is served with.
+    return "\n".join(out).encode("ascii", "xmlcharrefreplace").decode("ascii")
 
 
 # What comes back --------------------------------------------------------------------------------
@@ -380,9 +383,10 @@ def validate(
     if site is None:
         raise InvalidOptions(f"cluster {site_name!r} does not exist")
     if not profile.runs_at(site.name):
-        allowed = ", ".join(
-            s.display_name for s in choices.sites if profile.runs_at(s.name)
-        ) or "no cluster"
+        allowed = (
+            ", ".join(s.display_name for s in choices.sites if profile.runs_at(s.name))
+            or "no cluster"
+        )
         raise InvalidOptions(
             f"profile {profile.display_name!r} cannot run at {site.display_name}; "
             f"it may run at: {allowed}"
@@ -392,9 +396,7 @@ def validate(
             raise InvalidOptions(f"{site.display_name} requires a project (Slurm account)")
     elif site.accounts is not None:
         if account not in site.accounts:
-            raise InvalidOptions(
-                f"{account!r} is not one of your projects at {site.display_name}"
-            )
+            raise InvalidOptions(f"{account!r} is not one of your projects at {site.display_name}")
     elif not _valid_account(account):
         raise InvalidOptions(
             f"{account!r} is not a valid Slurm account name (letters, digits, '_', '.', '-')"

@@ -23,10 +23,9 @@ class Progress:
     ready: bool = False
 
     def as_event(self) -> dict[str, object]:
-        event: dict[str, object] = {"progress": self.percent, "message": self.message}
-        if self.ready:
-            event["ready"] = True
-        return event
+        # Never "ready": that key makes the spawn page leave before the hub has checked the
+        # server and added its proxy route; the hub sends its own ready event then.
+        return {"progress": self.percent, "message": self.message}
 
 
 def site_unreachable(status: NotebookSessionStatus) -> str | None:

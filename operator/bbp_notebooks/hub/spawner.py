@@ -210,8 +210,11 @@ class NotebookSessionSpawner(Spawner):  # type: ignore[misc]
             try:
                 site_choices.append(options.site_choice(raw, user, now=now, stale_after=stale))
             except ValueError as error:
-                self.log.warning("SlurmSite %s is not valid and is not offered: %s",
-                                 raw.get("metadata", {}).get("name"), error)
+                self.log.warning(
+                    "SlurmSite %s is not valid and is not offered: %s",
+                    raw.get("metadata", {}).get("name"),
+                    error,
+                )
         site_choices.sort(key=lambda s: (s.display_name, s.name))
         self._site_labels.update({s.name: s.display_name for s in site_choices})
         return options.Choices(
@@ -405,9 +408,7 @@ class NotebookSessionSpawner(Spawner):  # type: ignore[misc]
         finally:
             # The garbage collector would delete it once the session is gone; control planes
             # without a controller manager have none, and the token should not outlive the server.
-            await kube.delete_secret(
-                ref.namespace, naming.secret_name(ref.name), owner_uid=ref.uid
-            )
+            await kube.delete_secret(ref.namespace, naming.secret_name(ref.name), owner_uid=ref.uid)
         self.log.info("%s: NotebookSession %s/%s is gone", self._log_name, ref.namespace, ref.name)
 
     async def _delete_and_wait(

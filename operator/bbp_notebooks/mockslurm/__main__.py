@@ -43,6 +43,8 @@ async def serve(config: MockSlurmConfig, ready: asyncio.Event | None = None) -> 
             ready.set()
         await stop.wait()
     finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
         if runner is not None:
             await runner.cleanup()
         for site in sites.values():

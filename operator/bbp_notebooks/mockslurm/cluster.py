@@ -270,6 +270,7 @@ class Cluster:
         self.running: dict[int, Job] = {}
         self.next_job_id = config.first_job_id
         self.version = 0
+        self.stopped = False
         self._wakeup = asyncio.Event()
         self._estimate_cache: tuple[tuple[int, int], dict[int, float | None]] | None = None
         self._id_file = config.state_dir / "next_job_id"
@@ -506,16 +507,23 @@ class Cluster:
     # ---- the scheduler
 
     async def run(self) -> None:
-        while True:
+        self.stopped = False
+        while not self.stopped:
             try:
                 self.tick()
             except Exception:  # one bad pass must not stop the controller
                 log.exception("scheduler pass failed")
             self._wakeup.clear()
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.
             try:
-                await asyncio.wait_for(self._wakeup.wait(), timeout=self.config.sched_interval)
+                async with asyncio.timeout(self.config.sched_interval):
+                    await self._wakeup.wait()
             except TimeoutError:
                 pass
+
+    def stop(self) -> None:
+        self.stopped = True
+        self._wakeup.set()
 
     def tick(self) -> None:
         now = self.clock()
@@ -526,7 +534,7 @@ class Cluster:
                     job.kill_deadline = now + max(self.config.kill_wait, 1.0)
                 continue
             if job.time_limit is not None and job.start_time is not None:
-                if now >= job.start_time + job.time_limit * 60:
+                if now >= job.start_time + job.time_limit * self.config.seconds_per_minute:
                     self._end_running(job, JobState.TIMEOUT, signal.SIGTERM)
         if not self.faults.stuck_pending:
             self._schedule(now)
@@ -642,7 +650,9 @@ class Cluster:
                 if job.time_limit is None or job.start_time is None:
                     latest = inf
                 else:
-                    latest = max(latest, job.start_time + job.time_limit * 60)
+                    latest = max(
+                        latest, job.start_time + job.time_limit * self.config.seconds_per_minute
+                    )
             free_at[name] = latest
         estimates: dict[int, float | None] = {}
         floor: dict[str, float] = {}
@@ -658,7 +668,11 @@ class Cluster:
                 continue
             estimates[job.job_id] = start
             floor[job.partition] = start
-            end = inf if job.time_limit is None else start + job.time_limit * 60
+            end = (
+                inf
+                if job.time_limit is None
+                else start + job.time_limit * self.config.seconds_per_minute
+            )
             for name in chosen:
                 free_at[name] = end
         self._estimate_cache = (key, estimates)

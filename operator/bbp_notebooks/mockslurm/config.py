@@ -125,6 +125,12 @@ class SiteConfig(_Model):
     controller_down_delay: float = Field(
         9.0, ge=0, description="Seconds a command waits before reporting the controller down."
     )
+    seconds_per_minute: float = Field(
+        60.0,
+        gt=0,
+        description="Real seconds in one minute of time limit when enforcing walltime; lower it "
+        "only to make tests of TIMEOUT fast (what commands print is unchanged).",
+    )
     run_as_users: bool = Field(
         True, description="Run jobs as the POSIX user when running as root and the user exists."
     )
@@ -151,10 +157,13 @@ class SiteConfig(_Model):
     def ca_public_keys(self) -> list[str]:
         keys = [key.strip() for key in self.user_ca_keys if key.strip()]
         for path in self.user_ca_key_files:
+            try:
+                text = path.read_text()
+            except OSError:
+                # Read at every login: a CA file may appear (or rotate) after start.
+                continue
             keys.extend(
-                line.strip()
-                for line in path.read_text().splitlines()
-                if line.strip() and not line.startswith("#")
+                line.strip() for line in text.splitlines() if line.strip() and line[0] != "#"
             )
         return keys
 

@@ -109,7 +109,7 @@ class ProcessRunner:
         spool.mkdir(parents=True, exist_ok=True)
         os.chmod(spool, 0o700)
         if switch:
-            os.chmod(self.spool_dir, 0o711)
+            os.chmod(self.spool_dir, 0o711)  # noqa: S103 - job users must traverse, like slurmd spool
         script_path = spool / "slurm_script"
         with open(script_path, "w", encoding="utf-8", errors="surrogateescape") as handle:
             handle.write(job.script)

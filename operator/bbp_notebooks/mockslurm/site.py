@@ -42,7 +42,7 @@ def _spool_dir(config: SiteConfig) -> tuple[Path, bool]:
         spool.mkdir(parents=True, exist_ok=True)
         return spool, False
     private = Path(tempfile.mkdtemp(prefix=f"mockslurm-{config.name}-spool-"))
-    os.chmod(private, 0o711)
+    os.chmod(private, 0o711)  # noqa: S103 - job users must traverse, like slurmd spool
     return private, True
 
 
@@ -114,11 +114,12 @@ class MockSite:
     async def stop(self) -> None:
         await self.stop_ssh()
         if self._scheduler is not None:
-            self._scheduler.cancel()
+            self.cluster.stop()
             try:
-                await self._scheduler
-            except asyncio.CancelledError:
-                pass
+                async with asyncio.timeout(5):
+                    await self._scheduler
+            except TimeoutError:
+                self._scheduler.cancel()
             self._scheduler = None
         await self.runner.shutdown(self.cluster)
         if self._own_spool:

@@ -42,7 +42,19 @@ class LoginServer(asyncssh.SSHServer):
             user = self.site.config.user(username)
             if user is not None:
                 lines.extend(key.strip() for key in user.authorized_keys if key.strip())
-        self._conn.set_authorized_keys(asyncssh.import_authorized_keys("\n".join(lines) + "\n"))
+        trusted = asyncssh.SSHAuthorizedKeys()
+        for line in lines:
+            try:
+                trusted.load(line)
+            except ValueError:
+                log.warning(
+                    "site %s: ignoring a malformed key for %s", self.site.config.name, username
+                )
+        self._conn.set_authorized_keys(trusted)
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        # Even with nothing to accept, offer publickey so clients get "Permission denied".
         return True
 
     def password_auth_supported(self) -> bool:

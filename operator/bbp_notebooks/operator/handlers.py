@@ -40,7 +40,7 @@ from bbp_notebooks.operator.http import EndpointReport, build_app, serve
 from bbp_notebooks.operator.kube import Kube
 from bbp_notebooks.operator.metrics import RECONCILE_ERRORS, SSH_CHANNELS, SSH_CONNECTIONS
 from bbp_notebooks.operator.planning import NoSiteAvailable, SiteView
-from bbp_notebooks.operator.runtime import Runtime
+from bbp_notebooks.operator.runtime import CredentialsUnavailable, Runtime
 from bbp_notebooks.ssh import SshError
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,9 @@ async def configure(
     )
     settings.posting.level = logging.WARNING  # our own Events carry the transitions
     settings.watching.server_timeout = 300
+    settings.peering.standalone = not config.peering
+    settings.peering.mandatory = config.peering
+    settings.peering.clusterwide = not config.watch_namespaces
     settings.peering.priority = config.priority
     settings.peering.name = config.peering_name
     settings.execution.max_workers = 8
@@ -215,7 +218,7 @@ async def submit(
         new = await sessions.ensure_submitted(
             rt, session, _single(profile_index), _single(site_index)
         )
-    except (SshError, NoSiteAvailable) as error:
+    except (SshError, NoSiteAvailable, CredentialsUnavailable) as error:
         RECONCILE_ERRORS.labels("submit", type(error).__name__).inc()
         now = dt.datetime.now(dt.UTC)
         waiting = observe.site_unreachable(
@@ -243,7 +246,7 @@ async def cancel(
     rt.endpoints.pop(session.uid, None)
     try:
         job_id = await sessions.cancel(rt, session, _single(site_index))
-    except (SshError, sessions.JobStillActive) as error:
+    except (SshError, sessions.JobStillActive, CredentialsUnavailable) as error:
         RECONCILE_ERRORS.labels("cancel", type(error).__name__).inc()
         raise kopf.TemporaryError(f"job not cancelled yet: {error}", delay=3) from error
     if job_id is not None:

@@ -13,6 +13,9 @@ from bbp_notebooks.api.constants import GROUP, SESSION_PLURAL, SITE_PLURAL, VERS
 
 log = logging.getLogger(__name__)
 
+# The generated client defaults to JSON Patch; status is written as a JSON merge patch.
+MERGE_PATCH: dict[str, Any] = {"_content_type": "application/merge-patch+json"}
+
 
 class Kube:
     """Thin typed wrapper over kubernetes_asyncio for the few calls handlers cannot make via kopf."""
@@ -22,15 +25,14 @@ class Kube:
         self.custom = k8s.CustomObjectsApi(api_client)
         self.core = k8s.CoreV1Api(api_client)
 
-    # The client sends a dict body as a JSON merge patch.
     async def patch_session_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         await self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, SESSION_PLURAL, name, {"status": status}
+            GROUP, VERSION, namespace, SESSION_PLURAL, name, {"status": status}, **MERGE_PATCH
         )
 
     async def patch_site_status(self, name: str, status: dict[str, Any]) -> None:
         await self.custom.patch_cluster_custom_object_status(
-            GROUP, VERSION, SITE_PLURAL, name, {"status": status}
+            GROUP, VERSION, SITE_PLURAL, name, {"status": status}, **MERGE_PATCH
         )
 
     async def session_uids(self) -> set[str]:

@@ -10,6 +10,8 @@ import datetime as dt
 import secrets
 from dataclasses import dataclass, field
 
+from kubernetes_asyncio import client as k8s
+
 from bbp_notebooks.api.models import AuthMethod, Endpoint, SlurmSiteSpec
 from bbp_notebooks.api.settings import OperatorSettings
 from bbp_notebooks.operator.kube import Kube
@@ -35,6 +37,10 @@ def site_endpoint(name: str, spec: SlurmSiteSpec) -> SiteEndpoint:
         port=spec.frontend.port,
         known_hosts=known_hosts_text(spec),
     )
+
+
+class CredentialsUnavailable(Exception):
+    """The CA or user-key Secret the site's auth method needs cannot be read."""
 
 
 @dataclass
@@ -79,22 +85,30 @@ class Runtime:
         if cached is not None and cached.renew_after > now:
             return cached.identity
         async with self._lock:
-            auth = spec.auth
-            if auth.method == AuthMethod.CERTIFICATE:
-                ca = await self._ca(auth.ca_secret_name or f"{site}-user-ca")
-                validity = dt.timedelta(minutes=auth.certificate_validity_minutes)
-                identity = ca.mint(user, validity=validity)
-                renew_after = now + validity / 2
-            elif auth.method == AuthMethod.USER_KEY:
-                data = await self.kube.read_secret(
-                    self.settings.namespace, f"{auth.user_key_secret_prefix}{user}"
-                )
-                identity = Identity.from_private_key(user, data["ssh-privatekey"])
-                renew_after = now + dt.timedelta(minutes=5)
-            else:
-                raise NotImplementedError("GSSAPI (Kerberos) login is not implemented yet")
-            self._identities[(site, user)] = _CachedIdentity(identity, renew_after)
-            return identity
+            try:
+                return await self._mint(site, spec, user, now)
+            except (k8s.ApiException, KeyError, ValueError) as error:
+                raise CredentialsUnavailable(
+                    f"cannot log in as {user} at {site}: {_describe(error)}"
+                ) from error
+
+    async def _mint(self, site: str, spec: SlurmSiteSpec, user: str, now: dt.datetime) -> Identity:
+        auth = spec.auth
+        if auth.method == AuthMethod.CERTIFICATE:
+            ca = await self._ca(auth.ca_secret_name or f"{site}-user-ca")
+            validity = dt.timedelta(minutes=auth.certificate_validity_minutes)
+            identity = ca.mint(user, validity=validity)
+            renew_after = now + validity / 2
+        elif auth.method == AuthMethod.USER_KEY:
+            data = await self.kube.read_secret(
+                self.settings.namespace, f"{auth.user_key_secret_prefix}{user}"
+            )
+            identity = Identity.from_private_key(user, data["ssh-privatekey"])
+            renew_after = now + dt.timedelta(minutes=5)
+        else:
+            raise NotImplementedError("GSSAPI (Kerberos) login is not implemented yet")
+        self._identities[(site, user)] = _CachedIdentity(identity, renew_after)
+        return identity
 
     async def _ca(self, secret_name: str) -> CertificateAuthority:
         ca = self._cas.get(secret_name)
@@ -106,3 +120,11 @@ class Runtime:
 
     async def close(self) -> None:
         await self.pool.close()
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, k8s.ApiException):
+        return f"Secret not readable ({error.status} {error.reason})"
+    if isinstance(error, KeyError):
+        return f"Secret has no key {error}"
+    return str(error)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -132,6 +133,9 @@ async def ensure_submitted(
         adopted = False
         job_id = await client.submit(identity, job_spec(session.uid, chosen), script)
         SUBMISSIONS.labels(site.name).inc()
+        if "exit-after-sbatch" in rt.settings.failpoints:
+            log.error("failpoint exit-after-sbatch: dying after submitting job %d", job_id)
+            os._exit(137)
         log.info(
             "submitted job %d for session %s/%s at %s",
             job_id,

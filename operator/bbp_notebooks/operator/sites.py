@@ -25,7 +25,7 @@ from bbp_notebooks.operator import observe
 from bbp_notebooks.operator.conditions import ConditionType, get, set_condition
 from bbp_notebooks.operator.metrics import QUEUE_WAIT, SESSIONS, SITE_POLLS, TIME_TO_READY
 from bbp_notebooks.operator.planning import SiteView, session_uid
-from bbp_notebooks.operator.runtime import Runtime
+from bbp_notebooks.operator.runtime import CredentialsUnavailable, Runtime
 from bbp_notebooks.operator.sessions import SessionRef
 from bbp_notebooks.slurm.commands import AccountingEntry, QueueEntry
 from bbp_notebooks.slurm.values import JobState
@@ -179,7 +179,7 @@ async def poll_once(
             if ask_accounting
             else {}
         )
-    except SshError as error:
+    except (SshError, CredentialsUnavailable) as error:
         SITE_POLLS.labels(site.name, type(error).__name__).inc()
         message = str(error)
         log.warning("site %s unreachable: %s", site.name, message)
@@ -270,7 +270,7 @@ async def sweep_orphans(
             log.warning(
                 "cancelled orphan job %d (session %s is gone) at %s", entry.job_id, uid, site.name
             )
-        except SshError as error:
+        except (SshError, CredentialsUnavailable) as error:
             log.warning("could not cancel orphan job %d at %s: %s", entry.job_id, site.name, error)
     return cancelled
 

@@ -477,11 +477,13 @@ _SCONTROL_KEY = re.compile(r"(?:^|(?<= ))([A-Za-z][A-Za-z0-9_:/]*)=")
 
 
 def parse_scontrol_show_job(stdout: str) -> dict[str, str]:
-    """Key/value pairs of one ``scontrol --oneliner show job`` record."""
-    lines = [line for line in stdout.splitlines() if line.strip()]
-    if len(lines) != 1:
-        raise SlurmOutputError(f"expected one scontrol record, got {len(lines)} lines")
-    line = lines[0].strip()
+    """Key/value pairs of one ``scontrol show job`` record (``--oneliner`` or the indented form)."""
+    lines = [line.strip() for line in stdout.splitlines() if line.strip()]
+    if not lines:
+        raise SlurmOutputError("scontrol printed no job record")
+    if sum(1 for line in lines if line.startswith("JobId=")) != 1:
+        raise SlurmOutputError(f"expected one scontrol job record: {lines[0][:80]!r}")
+    line = " ".join(lines)
     keys = list(_SCONTROL_KEY.finditer(line))
     if not keys or keys[0].start() != 0:
         raise SlurmOutputError(f"not an scontrol record: {line[:80]!r}")

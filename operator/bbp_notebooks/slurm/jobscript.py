@@ -192,10 +192,11 @@ elif command == "report":
     advertised = os.environ.get("BBPNB_ADVERTISE_HOST") or (socket.getfqdn() if wildcard else host)
     body = {"host": advertised, "port": int(os.environ["BBPNB_PORT"]),
             "jobId": int(os.environ["SLURM_JOB_ID"])}
-    uid = os.environ["BBPNB_SESSION_UID"]
-    folder = os.path.join(os.path.expanduser("~"), ".bbp-notebooks", uid)
-    os.makedirs(folder, mode=0o700, exist_ok=True)
-    os.chmod(folder, 0o700)
+    parent = os.path.join(os.path.expanduser("~"), ".bbp-notebooks")
+    folder = os.path.join(parent, os.environ["BBPNB_SESSION_UID"])
+    for path in (parent, folder):
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        os.chmod(path, 0o700)
     partial = os.path.join(folder, ".connection.json.%d" % os.getpid())
     with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
         json.dump(body, out)
@@ -225,7 +226,6 @@ def render_job_script(job: JobScript) -> str:
         "#!/bin/bash",
         "# bbp-notebooks session job. All Slurm options are on the sbatch command line.",
         "set -euo pipefail",
-        "umask 077",
         "",
         f"export BBPNB_SESSION_UID={q(job.session_uid)}",
         f"export BBPNB_SESSION_NAME={q(job.session_name)}",

@@ -47,7 +47,7 @@ _MAX_REFUSALS = 8
 
 @dataclasses.dataclass(frozen=True)
 class CommandResult:
-    exit_status: int  # -1 when the command ended without a status (killed by a signal)
+    exit_status: int  # -1 when the command was killed by a signal
     stdout: str
     stderr: str
     duration: float
@@ -60,6 +60,7 @@ class _Pooled:
     in_use: int = 0
     waiting: int = 0
     retired: bool = False
+    last_used: float = 0.0
 
     @property
     def closed(self) -> bool:
@@ -93,6 +94,7 @@ class SshPool:
         connect_timeout: float = 10.0,
         keepalive_interval: float = 30.0,
         keepalive_count_max: int = 3,
+        idle_timeout: float = 300.0,
         renew: Renewer | None = None,
         renew_margin: dt.timedelta = dt.timedelta(minutes=1),
         observer: Observer | None = None,
@@ -104,6 +106,7 @@ class SshPool:
         self._connect_timeout = connect_timeout
         self._keepalive_interval = keepalive_interval
         self._keepalive_count_max = keepalive_count_max
+        self._idle_timeout = idle_timeout
         self._renew = renew
         self._renew_margin = renew_margin
         self._observer = observer
@@ -206,6 +209,7 @@ class SshPool:
                     return await self._communicate(endpoint, argv, process, stdin, start, deadline)
             finally:
                 pooled.in_use -= 1
+                pooled.last_used = loop.time()
                 pooled.slots.release()
                 if pooled.retired and pooled.in_use == 0:
                     pooled.connection.close()
@@ -253,11 +257,19 @@ class SshPool:
                 async with asyncio.timeout(_CLOSE_TIMEOUT):
                     await process.wait_closed()
         status = process.exit_status
+        stderr = stderr or ""
+        if status is None or status < 0:
+            signal = process.exit_signal
+            if signal is None:
+                # The channel closed without an exit status: sshd or the session went away
+                # mid-command. We do not know what happened, so this is not an answer.
+                raise SiteUnavailable(
+                    endpoint.name, f"{argv[0]}: channel closed without an exit status"
+                )
+            stderr += f"\n(killed by signal {signal[0]})"
+            status = -1
         return CommandResult(
-            exit_status=status if status is not None and status >= 0 else -1,
-            stdout=stdout or "",
-            stderr=stderr or "",
-            duration=loop.time() - start,
+            exit_status=status, stdout=stdout or "", stderr=stderr, duration=loop.time() - start
         )
 
     async def _acquire(
@@ -277,11 +289,20 @@ class SshPool:
         except TimeoutError:
             raise CommandTimeout(endpoint.name, argv0, deadline - start, started=False) from None
         pooled.in_use += 1
+        pooled.last_used = loop.time()
         return pooled
 
     # --- connections ----------------------------------------------------------------------------
 
+    def _close_idle(self) -> None:
+        """Close connections unused for ``idle_timeout``: one per user adds up on a frontend."""
+        cutoff = asyncio.get_running_loop().time() - self._idle_timeout
+        for pooled in list(self._pooled.values()):
+            if pooled.in_use == 0 and pooled.waiting == 0 and pooled.last_used < cutoff:
+                self._retire(pooled)
+
     async def _connection(self, endpoint: SiteEndpoint, identity: Identity) -> _Pooled:
+        self._close_idle()
         key = (endpoint.name, endpoint.host, endpoint.port, identity.username)
         pooled = self._pooled.get(key)
         if pooled is not None and not pooled.closed:
@@ -299,7 +320,11 @@ class SshPool:
             )
             async with handshakes:
                 connection = await self._connect(endpoint, fresh)
-            pooled = _Pooled(connection, asyncio.Semaphore(self._max_channels))
+            pooled = _Pooled(
+                connection,
+                asyncio.Semaphore(self._max_channels),
+                last_used=asyncio.get_running_loop().time(),
+            )
             self._pooled[key] = pooled
             self.connects += 1
             return pooled

@@ -44,7 +44,7 @@ def resolve(word: str) -> str | None:
 
 async def execute(context: Context, command_line: str) -> CommandResult:
     try:
-        argv = shlex.split(command_line)
+        argv = shlex.split(command_line, comments=True)
     except ValueError:
         quote = "'" if command_line.count("'") % 2 else '"'
         return CommandResult(

@@ -1,0 +1,79 @@
+"""JupyterHub for `make dev`: the NotebookSessionSpawner against the local control plane.
+
+Everything listens on 127.0.0.1. Secrets come from the environment, never from this file:
+
+    JPY_COOKIE_SECRET        hex, e.g. `openssl rand -hex 32`
+    CONFIGPROXY_AUTH_TOKEN   the hub <-> configurable-http-proxy token
+    BBP_DEV_PASSWORD         the shared password of the development users
+    KUBECONFIG               the control plane's kubeconfig (`bbp-notebooks-controlplane env`)
+
+Optional: BBP_CHP (path of configurable-http-proxy, e.g. node_modules/.bin/...), BBP_HUB_PORT
+(8000), BBP_HUB_API_PORT (8081), BBP_PROXY_API_PORT (8001), BBP_HUB_STATE_DIR (.), and
+BBP_SESSION_NAMESPACE (default).
+
+    jupyterhub -f examples/jupyterhub_config.py
+
+Development only: SharedPasswordAuthenticator lets any allowed user name in with one shared
+password (at least 8 characters).
+"""
+
+# ruff: noqa: F821  (`c` is injected by JupyterHub's config loader)
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def _required(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        raise SystemExit(f"jupyterhub_config.py: set {name} in the environment")
+    return value
+
+
+HOST = "127.0.0.1"
+hub_port = int(os.environ.get("BBP_HUB_PORT", "8000"))
+hub_api_port = int(os.environ.get("BBP_HUB_API_PORT", "8081"))
+proxy_api_port = int(os.environ.get("BBP_PROXY_API_PORT", "8001"))
+state_dir = Path(os.environ.get("BBP_HUB_STATE_DIR", ".")).resolve()
+state_dir.mkdir(parents=True, exist_ok=True)
+
+c = get_config()  # type: ignore[name-defined]  # noqa: F821
+
+# Where the hub, its API and the proxy listen: loopback only.
+c.JupyterHub.ip = HOST
+c.JupyterHub.port = hub_port
+c.JupyterHub.hub_ip = HOST
+c.JupyterHub.hub_port = hub_api_port
+# Notebooks of the emulated sites run on this machine and reach the hub API here.
+c.JupyterHub.hub_connect_url = f"http://{HOST}:{hub_api_port}"
+c.JupyterHub.db_url = f"sqlite:///{state_dir / 'jupyterhub.sqlite'}"
+c.JupyterHub.pid_file = str(state_dir / "jupyterhub.pid")
+
+# Secrets from the environment (hex cookie secret, proxy token).
+c.JupyterHub.cookie_secret = bytes.fromhex(_required("JPY_COOKIE_SECRET"))
+c.ConfigurableHTTPProxy.auth_token = _required("CONFIGPROXY_AUTH_TOKEN")
+c.ConfigurableHTTPProxy.command = [os.environ.get("BBP_CHP", "configurable-http-proxy")]
+c.ConfigurableHTTPProxy.api_url = f"http://{HOST}:{proxy_api_port}"
+c.ConfigurableHTTPProxy.pid_file = str(state_dir / "jupyterhub-proxy.pid")
+
+# Development users: alice and bob exist as POSIX users at the emulated sites; alice is in the
+# thalamus group, so only she is offered the Thalamus profile.
+c.JupyterHub.authenticator_class = "shared-password"
+c.SharedPasswordAuthenticator.user_password = _required("BBP_DEV_PASSWORD")
+c.Authenticator.allowed_users = {"alice", "bob"}
+c.Authenticator.admin_users = set()
+c.JupyterHub.load_groups = {"thalamus": {"users": ["alice"]}}
+
+# One NotebookSession per server; several named servers per user (one per site, say).
+c.JupyterHub.spawner_class = "notebooksession"
+c.JupyterHub.allow_named_servers = True
+c.JupyterHub.named_server_limit_per_user = 3
+c.NotebookSessionSpawner.namespace = os.environ.get("BBP_SESSION_NAMESPACE", "default")
+c.NotebookSessionSpawner.kubeconfig = _required("KUBECONFIG")
+# The emulator starts jobs within seconds; a real queue may take much longer (default: 1 h).
+c.NotebookSessionSpawner.start_timeout = 600
+c.NotebookSessionSpawner.http_timeout = 60
+# A restarted hub re-adopts running sessions instead of stopping them.
+c.JupyterHub.cleanup_servers = False

@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# End-to-end check of the Helm chart and the images in a kind cluster (`make kind-e2e`).
+#
+#   scripts/kind-e2e.sh                 # create, build, load, install, check, tear down
+#   KEEP_CLUSTER=1 scripts/kind-e2e.sh  # leave the cluster running for inspection
+#
+# Needs a running Docker, kind (>= 0.30), ssh and ssh-keygen; helm and kubectl are taken from PATH or
+# built by scripts/build-tools.sh. Every wait has a deadline; any failure stops the run, prints what
+# the cluster knows, and tears the cluster down.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/.." && pwd)
+cluster=${KIND_CLUSTER_NAME:-bbp-notebooks-e2e}
+release=bbp
+namespace=bbp-notebooks
+sessions=$namespace-sessions
+tag=${IMAGE_TAG:-e2e}
+keep=${KEEP_CLUSTER:-0}
+
+log() { printf '[kind-e2e] %s\n' "$*" >&2; }
+die() { printf '[kind-e2e] FAILED: %s\n' "$*" >&2; exit 1; }
+
+# -- preflight: fail clearly, before touching anything ---------------------------------------
+command -v docker >/dev/null 2>&1 || die "docker is not installed: kind-e2e needs a host with Docker"
+docker info >/dev/null 2>&1 \
+  || die "the Docker daemon is not reachable ('docker info' failed): kind-e2e needs a running Docker"
+command -v kind >/dev/null 2>&1 \
+  || die "kind is not installed (e.g. 'go install sigs.k8s.io/kind@v0.30.0')"
+for tool in ssh ssh-keygen; do
+  command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed"
+done
+if ! command -v helm >/dev/null 2>&1 || ! command -v kubectl >/dev/null 2>&1; then
+  log "helm/kubectl not on PATH: building the pinned ones (scripts/build-tools.sh)"
+  tools_bin=$(bash "$here/build-tools.sh" | tail -n 1)
+  PATH="$tools_bin:$PATH"
+fi
+
+work=$(mktemp -d)
+export KUBECONFIG="$work/kubeconfig"
+port_forward_pid=""
+
+diagnose() {
+  log "cluster state at failure:"
+  kubectl get pods,statefulsets,deployments -n "$namespace" -o wide >&2 || true
+  kubectl get slurmsites,notebooksessions -A >&2 || true
+  kubectl logs -n "$namespace" "statefulset/$release-bbp-notebooks-operator" --tail=80 >&2 || true
+  kubectl logs -n "$namespace" "deployment/$release-bbp-notebooks-mockslurm" --tail=40 >&2 || true
+}
+
+cleanup() {
+  local status=$?
+  [[ -n "$port_forward_pid" ]] && kill "$port_forward_pid" 2>/dev/null || true
+  ((status == 0)) || diagnose
+  if [[ "$keep" == 1 ]]; then
+    log "keeping cluster $cluster (KUBECONFIG=$KUBECONFIG); delete with: kind delete cluster --name $cluster"
+  else
+    kind delete cluster --name "$cluster" >/dev/null 2>&1 || true
+    rm -rf "$work"
+  fi
+  ((status == 0)) && log "PASSED" || log "FAILED (exit $status)"
+}
+trap cleanup EXIT
+
+# -- cluster and images ----------------------------------------------------------------------
+log "creating kind cluster $cluster"
+kind create cluster --name "$cluster" --config "$root/kind-config.yaml" --kubeconfig "$KUBECONFIG" \
+  --wait 180s
+
+for image in operator hub mockslurm; do
+  log "building bbp-notebooks/$image:$tag"
+  docker build --file "$root/docker/$image.Dockerfile" --tag "bbp-notebooks/$image:$tag" "$root"
+  kind load docker-image --name "$cluster" "bbp-notebooks/$image:$tag"
+done
+
+# -- keys: a host CA for the mock frontends, a user CA for the operator's certificates --------
+ssh-keygen -q -t ed25519 -N '' -C e2e-host-ca -f "$work/host_ca"
+ssh-keygen -q -t ed25519 -N '' -C e2e-user-ca -f "$work/user_ca"
+
+# Sites as in the chart's defaults, with notebooks binding every address of the mock's pod.
+cat >"$work/values.yaml" <<YAML
+operator:
+  image: {tag: $tag, pullPolicy: Never}
+  settings:
+    # The mock's pod has no Jupyter: a stdlib web server stands in for the notebook.
+    notebookCommand: ["python3", "-m", "http.server", "--bind", "{host}", "{port}"]
+hub:
+  image: {tag: $tag, pullPolicy: Never}
+proxy:
+  service: {type: NodePort, nodePort: 30080}
+mockSlurm:
+  enabled: true
+  image: {tag: $tag, pullPolicy: Never}
+userCa: {create: true}
+slurmSites:
+  - name: geneva
+    spec:
+      displayName: Geneva
+      frontend: {host: replaced-by-the-mock}
+      hostKeys: {knownHosts: ["replaced-by-the-mock"]}
+      partitions: [{name: prod, default: true}, {name: debug}]
+      auth: {method: Certificate, caSecretName: bbp-user-ca}
+      monitorUser: bbpmon
+      pollIntervalSeconds: 5
+      notebookHost: 0.0.0.0
+  - name: lugano
+    spec:
+      displayName: Lugano
+      frontend: {host: replaced-by-the-mock}
+      hostKeys: {knownHosts: ["replaced-by-the-mock"]}
+      partitions: [{name: prod, default: true}]
+      accountPolicy: Required
+      auth: {method: Certificate, caSecretName: bbp-user-ca}
+      monitorUser: bbpmon
+      pollIntervalSeconds: 5
+      notebookHost: 0.0.0.0
+YAML
+
+# -- install ---------------------------------------------------------------------------------
+log "helm install $release (operator, hub, proxy, mock Slurm)"
+helm install "$release" "$root/charts/bbp-notebooks" --namespace "$namespace" --create-namespace \
+  --values "$work/values.yaml" \
+  --set-file "mockSlurm.hostCaPrivateKey=$work/host_ca" \
+  --set-file "mockSlurm.hostCaPublicKey=$work/host_ca.pub" \
+  --set-file "mockSlurm.userCaPublicKey=$work/user_ca.pub" \
+  --set-file "userCa.privateKey=$work/user_ca" \
+  --wait --timeout 5m
+
+log "waiting for both sites to be reachable"
+for site in geneva lugano; do
+  kubectl wait "slurmsite/$site" --timeout=120s \
+    --for=jsonpath='{.status.conditions[?(@.type=="Reachable")].status}'=True
+done
+kubectl get slurmsites
+
+log "the hub answers through the proxy"
+for _ in $(seq 60); do
+  curl -fsS -o /dev/null http://127.0.0.1:18080/hub/health && break
+  sleep 2
+done
+curl -fsS -o /dev/null http://127.0.0.1:18080/hub/health || die "the hub is not reachable through the proxy"
+
+# -- a session from creation to deletion -----------------------------------------------------
+log "creating a session and waiting until it is Ready"
+kubectl apply -f - <<YAML
+apiVersion: notebooks.bbp.epfl.ch/v1alpha1
+kind: NotebookSession
+metadata: {name: e2e-alice, namespace: $sessions}
+spec: {user: alice, profile: bluepy, site: geneva}
+YAML
+kubectl wait -n "$sessions" notebooksession/e2e-alice --for=jsonpath='{.status.phase}'=Ready \
+  --timeout=180s
+kubectl get notebooksessions -A
+job_id=$(kubectl get -n "$sessions" notebooksession/e2e-alice -o jsonpath='{.status.jobId}')
+[[ "$job_id" =~ ^[0-9]+$ ]] || die "no job id in the session's status: '$job_id'"
+
+# Ask the mock Geneva frontend directly, over ssh as the monitor user with a certificate from the
+# same user CA, and with its host certificate checked against the host CA.
+ssh-keygen -q -t ed25519 -N '' -f "$work/bbpmon"
+ssh-keygen -q -s "$work/user_ca" -I e2e-check -n bbpmon -V -10m:+30m "$work/bbpmon.pub"
+printf '@cert-authority [127.0.0.1]:12222 %s\n' "$(cat "$work/host_ca.pub")" >"$work/known_hosts"
+kubectl port-forward -n "$namespace" "svc/$release-bbp-notebooks-mockslurm" 12222:2222 \
+  --address 127.0.0.1 >/dev/null 2>&1 &
+port_forward_pid=$!
+slurm() {
+  ssh -p 12222 -i "$work/bbpmon" -o CertificateFile="$work/bbpmon-cert.pub" \
+    -o UserKnownHostsFile="$work/known_hosts" -o StrictHostKeyChecking=yes -o BatchMode=yes \
+    -o ConnectTimeout=10 bbpmon@127.0.0.1 "$@"
+}
+for _ in $(seq 30); do slurm true 2>/dev/null && break; sleep 1; done
+state=$(slurm squeue -h -j "$job_id" -o %T)
+[[ "$state" == RUNNING ]] || die "job $job_id is '$state' in squeue, expected RUNNING"
+log "job $job_id is RUNNING at Geneva"
+
+log "deleting the session: its finalizer must cancel the job"
+kubectl delete -n "$sessions" notebooksession/e2e-alice --timeout=120s
+state=$(slurm sacct -n -X -P -j "$job_id" -o State)
+[[ "$state" == CANCELLED* ]] || die "job $job_id ended as '$state', expected CANCELLED"
+[[ -z "$(slurm squeue -h -j "$job_id" -t PENDING,RUNNING -o %i)" ]] \
+  || die "job $job_id still queued or running after its session was deleted"
+log "job $job_id is gone (sacct: $state)"
+
+# -- high availability: two replicas, distinct peering priorities ----------------------------
+log "upgrading to two operator replicas (kopf peering)"
+helm upgrade "$release" "$root/charts/bbp-notebooks" --namespace "$namespace" --reuse-values \
+  --set operator.replicas=2 --wait --timeout 5m
+for _ in $(seq 30); do
+  priorities=$(kubectl get clusterkopfpeering bbp-notebooks \
+    -o go-template='{{range $id, $peer := .status}}{{$peer.priority}} {{end}}' 2>/dev/null || true)
+  [[ $(wc -w <<<"$priorities") -eq 2 ]] && break
+  sleep 2
+done
+read -r -a seen <<<"$priorities"
+((${#seen[@]} == 2)) || die "expected two peers in the ClusterKopfPeering, saw: '$priorities'"
+[[ "${seen[0]}" != "${seen[1]}" ]] || die "both replicas have priority ${seen[0]}"
+log "two peers with priorities ${seen[*]}"

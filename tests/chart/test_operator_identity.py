@@ -1,0 +1,232 @@
+"""The real operator, run with the token of the chart's ServiceAccount and the chart's settings,
+starts, peers and reconciles without a single permission error.
+
+The Slurm site here is unreachable on purpose: what is exercised is the Kubernetes calls the
+operator makes before it needs a site (watches, indexes, finalizer, status patches, events, the
+peering keep-alive, the site's status), not Slurm. Reading a session's environment Secret happens
+only once a site answers: test_chart_on_apiserver proves the chart allows it. The full lifecycle
+against a Slurm site is the operator suite's job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bbp_notebooks.api.constants import FINALIZER
+from bbp_notebooks.devtools.controlplane import ControlPlane
+from chart.helmchart import Release, install, ssh_keypair
+
+pytestmark = pytest.mark.kube
+DEADLINE_S = 60.0
+PERMISSION_PROBLEMS = ("Forbidden", "forbidden", "403", "Not enough permissions")
+
+
+def wait_for(predicate: Callable[[], Any], what: str, timeout: float = DEADLINE_S) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def release(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Release:
+    user_ca = ssh_keypair(tmp_path_factory.mktemp("keys"), "user_ca")
+    host_ca = ssh_keypair(tmp_path_factory.mktemp("keys"), "host_ca")
+    return install(
+        control_plane,
+        "smoke",
+        namespace="bbp-smoke",
+        values={
+            "operator": {"replicas": 2},
+            "hub": {"enabled": False},
+            "sessions": {"namespace": "smoke-sessions"},
+            "userCa": {"create": True, "privateKey": user_ca.private},
+            # Nothing listens on port 1 of this loopback alias: every ssh attempt fails fast.
+            "slurmSites": [
+                {
+                    "name": "smoke-site",
+                    "spec": {
+                        "displayName": "Smoke",
+                        "frontend": {"host": "127.0.0.29", "port": 1},
+                        "hostKeys": {"certificateAuthorities": [host_ca.public]},
+                        "partitions": [{"name": "prod", "default": True}],
+                        "auth": {"method": "Certificate", "caSecretName": "bbp-user-ca"},
+                        "monitorUser": "bbpmon",
+                        "pollIntervalSeconds": 2,
+                    },
+                }
+            ],
+            "notebookProfiles": [
+                {"name": "smoke", "spec": {"displayName": "Smoke", "cores": 1, "memoryMiB": 512}}
+            ],
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def operator_log(release: Release, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The operator process, authenticated only by the chart's ServiceAccount token."""
+    env = {**os.environ, **release.operator_env()}
+    env.update(
+        {
+            "KUBECONFIG": str(release.operator_kubeconfig()),
+            "BBP_HTTP_HOST": "127.0.0.1",
+            "BBP_HTTP_PORT": str(free_port()),
+        }
+    )
+    env.pop("BBP_SETTINGS_FILE", None)
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    with log.open("wb") as stream:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bbp_notebooks.operator.main", "--verbose"],
+            env=env,
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield log
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def get(release: Release, *args: str) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(release.kubectl("get", *args, "-o", "json"))
+    return result
+
+
+def session_body(name: str, namespace: str, profile: str) -> str:
+    return yaml.safe_dump(
+        {
+            "apiVersion": "notebooks.bbp.epfl.ch/v1alpha1",
+            "kind": "NotebookSession",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "user": "alice",
+                "profile": profile,
+                "site": "smoke-site",
+                "environmentSecretRef": {"name": "smoke-env"},
+            },
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def session(release: Release, operator_log: Path) -> Iterator[dict[str, Any]]:
+    """A valid session (its site is unreachable) and one naming a profile that does not exist."""
+    namespace = release.session_namespace
+    release.kubectl(
+        "create",
+        "secret",
+        "generic",
+        "smoke-env",
+        "-n",
+        namespace,
+        "--from-literal=JUPYTERHUB_API_TOKEN=not-a-real-token",
+    )
+    release.kubectl("create", "-f", "-", stdin=session_body("smoke", namespace, "smoke"))
+    release.kubectl("create", "-f", "-", stdin=session_body("smoke-invalid", namespace, "nope"))
+    yield get(release, "notebooksession", "smoke", "-n", namespace)
+    # The operator is stopped by now or soon: release the finalizers ourselves.
+    for name in ("smoke", "smoke-invalid"):
+        release.kubectl(
+            "patch",
+            "notebooksession",
+            name,
+            "-n",
+            namespace,
+            "--type=merge",
+            "-p",
+            '{"metadata":{"finalizers":null}}',
+        )
+        release.kubectl("delete", "notebooksession", name, "-n", namespace, "--wait=false")
+
+
+def test_the_operator_peers_through_the_charts_peering_object(
+    release: Release, operator_log: Path
+) -> None:
+    peers = wait_for(
+        lambda: get(release, "clusterkopfpeering", "bbp-notebooks").get("status"),
+        "the operator's keep-alive in the ClusterKopfPeering",
+    )
+    (peer,) = peers.values()
+    assert peer["priority"] == 0  # the pod index the chart maps to BBP_PRIORITY
+
+
+def test_the_operator_reconciles_a_session_with_the_charts_rbac_alone(
+    release: Release, session: dict[str, Any], operator_log: Path
+) -> None:
+    namespace = release.session_namespace
+
+    def reconciled() -> dict[str, Any] | None:
+        body = get(release, "notebooksession", "smoke", "-n", namespace)
+        conditions = {c["type"] for c in body.get("status", {}).get("conditions", [])}
+        if FINALIZER in body["metadata"].get("finalizers", []) and conditions:
+            return body
+        return None
+
+    body = wait_for(reconciled, "the finalizer and a status written by the operator")
+    assert body["metadata"]["uid"] == session["metadata"]["uid"]
+    # The invalid session is refused before any ssh: its phase and a Warning Event say so.
+    wait_for(
+        lambda: (
+            get(release, "notebooksession", "smoke-invalid", "-n", namespace)
+            .get("status", {})
+            .get("phase")
+            == "InvalidSpec"
+        ),
+        "the invalid session's InvalidSpec phase",
+    )
+    events = wait_for(
+        lambda: [
+            e
+            for e in get(release, "events", "-n", namespace)["items"]
+            if e["involvedObject"].get("name") == "smoke-invalid"
+        ],
+        "an Event about it",
+    )
+    assert [(e["type"], e["reason"]) for e in events] == [("Warning", "InvalidSpec")]
+    site = wait_for(
+        lambda: get(release, "slurmsite", "smoke-site").get("status", {}).get("conditions"),
+        "the site poller's status",
+    )
+    assert {c["type"]: c["status"] for c in site}["Reachable"] == "False"
+
+
+def test_the_operator_log_shows_no_permission_problem(
+    release: Release, session: dict[str, Any], operator_log: Path
+) -> None:
+    wait_for(lambda: get(release, "slurmsite", "smoke-site").get("status"), "a site poll")
+    text = operator_log.read_text(errors="replace")
+    problems = [
+        line for line in text.splitlines() if any(word in line for word in PERMISSION_PROBLEMS)
+    ]
+    assert problems == [], "\n".join(problems[:20])
+    assert "Traceback" not in text or "SiteUnavailable" in text, text[-3000:]

@@ -1,0 +1,228 @@
+"""Real Slurm 22.05 behind OpenSSH, reached the way the operator reaches a site: ssh as the user
+with a CA-signed certificate, the frontend's host certificate checked against the host CA."""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import time
+from collections.abc import Awaitable, Callable
+
+import asyncssh
+import pytest
+
+from fixtures.realslurm import RealSlurm, connect_as, mint_user_identity
+
+pytestmark = [pytest.mark.realslurm, pytest.mark.timeout(180)]
+
+SQUEUE_FORMAT = "%i|%j|%u|%T|%r|%N|%S|%l|%L|%P|%a"
+SITES = ["geneva", "lugano"]
+JOB_SCRIPT = """#!/bin/bash
+echo "user=$(id -un) cluster=$SLURM_CLUSTER_NAME node=$SLURMD_NODENAME"
+sleep 120
+"""
+
+
+async def wait_for(
+    what: str,
+    predicate: Callable[[], Awaitable[bool]],
+    limit_s: float,
+    interval: float = 0.1,
+) -> float:
+    """Poll until predicate() is true; returns the seconds it took. Fails at the deadline."""
+    started = time.monotonic()
+    deadline = started + limit_s
+    while not await predicate():
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {limit_s}s waiting for {what}")
+        await asyncio.sleep(interval)
+    return time.monotonic() - started
+
+
+async def run(
+    conn: asyncssh.SSHClientConnection, argv: list[str], stdin: str | None = None
+) -> asyncssh.SSHCompletedProcess:
+    return await conn.run(shlex.join(argv), input=stdin, check=False, timeout=30)
+
+
+def out(result: asyncssh.SSHCompletedProcess) -> str:
+    assert isinstance(result.stdout, str)
+    return result.stdout
+
+
+def err(result: asyncssh.SSHCompletedProcess) -> str:
+    assert isinstance(result.stderr, str)
+    return result.stderr
+
+
+async def job_state(conn: asyncssh.SSHClientConnection, job_id: int) -> str:
+    result = await run(conn, ["squeue", "-h", "-t", "all", "-j", str(job_id), "-o", "%T"])
+    return out(result).strip()
+
+
+async def submit(
+    conn: asyncssh.SSHClientConnection, *options: str, script: str = JOB_SCRIPT
+) -> int:
+    result = await run(
+        conn, ["sbatch", "--parsable", "-J", "bbpnb-realslurm-test", "-t", "10", *options], script
+    )
+    assert result.exit_status == 0, err(result)
+    return int(out(result).strip().split(";")[0])
+
+
+@pytest.mark.parametrize("site_name", SITES)
+async def test_a_job_submitted_over_ssh_runs_as_the_submitting_user_on_that_sites_node(
+    real_slurm: RealSlurm, site_name: str
+) -> None:
+    site = real_slurm.sites[site_name]
+    async with connect_as(site, mint_user_identity(site, "alice")) as conn:
+        job_id = await submit(conn, "-o", "realslurm-%j.out")
+        assert site.first_job_id <= job_id < site.first_job_id + 1_000_000
+
+        async def running() -> bool:
+            return await job_state(conn, job_id) == "RUNNING"
+
+        latency = await wait_for(f"job {job_id} RUNNING", running, limit_s=10)
+        print(f"{site_name}: submit->RUNNING seen after {latency:.3f}s")
+
+        output = f"realslurm-{job_id}.out"
+
+        async def wrote_output() -> bool:
+            return "user=" in out(await run(conn, ["cat", output]))
+
+        await wait_for(f"{output} written", wrote_output, limit_s=10)
+        line = out(await run(conn, ["cat", output])).strip()
+        assert line == f"user=alice cluster={site_name} node={site.node_name}"
+
+        queue = out(await run(conn, ["squeue", "-h", "-j", str(job_id), "-o", SQUEUE_FORMAT]))
+        fields = queue.strip().split("|")
+        assert fields[:4] == [str(job_id), "bbpnb-realslurm-test", "alice", "RUNNING"]
+        assert fields[5] == site.node_name
+        assert fields[9] == site.default_partition
+        assert fields[10] == site.accounts["alice"][0]
+
+        cancel = await run(conn, ["scancel", str(job_id)])
+        assert cancel.exit_status == 0, err(cancel)
+
+        async def left_running() -> bool:
+            return await job_state(conn, job_id) != "RUNNING"
+
+        await wait_for(f"job {job_id} cancelled", left_running, limit_s=15)
+        await run(conn, ["rm", "-f", output])
+
+
+async def test_jobs_start_within_seconds_of_submission(real_slurm: RealSlurm) -> None:
+    """batch_sched_delay=0: sbatch schedules at once (the CONTEXT figure is ~0.5 s)."""
+    site = real_slurm.sites["geneva"]
+    latencies: list[float] = []
+    async with connect_as(site, mint_user_identity(site, "bob")) as conn:
+        for _ in range(5):
+            started = time.monotonic()
+            job_id = await submit(conn, "-o", "/dev/null")
+
+            async def running(job: int = job_id) -> bool:
+                return await job_state(conn, job) == "RUNNING"
+
+            await wait_for(f"job {job_id} RUNNING", running, limit_s=10, interval=0.02)
+            latencies.append(time.monotonic() - started)
+            await run(conn, ["scancel", str(job_id)])
+    print("submit->RUNNING over ssh (s):", " ".join(f"{x:.3f}" for x in latencies))
+    assert max(latencies) < 5
+
+
+@pytest.mark.parametrize("site_name", SITES)
+async def test_sinfo_over_ssh_lists_the_sites_partitions_with_the_default_marked(
+    real_slurm: RealSlurm, site_name: str
+) -> None:
+    site = real_slurm.sites[site_name]
+    async with connect_as(site, mint_user_identity(site, "bob")) as conn:
+        result = await run(conn, ["sinfo", "-h", "-o", "%P|%a|%F|%C"])
+    assert result.exit_status == 0, err(result)
+    names = [line.split("|")[0] for line in out(result).splitlines()]
+    expected = [f"{p}*" if p == site.default_partition else p for p in site.partitions]
+    assert names == expected
+    for line in out(result).splitlines():
+        _, avail, nodes, cpus = line.split("|")
+        assert avail == "up"
+        assert nodes.split("/")[3] == "1"
+        assert cpus.split("/")[3] == "8"
+
+
+async def test_the_two_clusters_are_independent(real_slurm: RealSlurm) -> None:
+    geneva, lugano = real_slurm.sites["geneva"], real_slurm.sites["lugano"]
+    async with (
+        connect_as(geneva, mint_user_identity(geneva, "alice")) as gva,
+        connect_as(lugano, mint_user_identity(lugano, "alice")) as lug,
+    ):
+        gva_job = await submit(gva, "-o", "/dev/null")
+        lug_job = await submit(lug, "-o", "/dev/null")
+        try:
+            assert 1_000_000 <= gva_job < 2_000_000 <= lug_job
+            # Each frontend's SLURM_CONF points at its own controller: the other's id is unknown.
+            missing = await run(lug, ["squeue", "-h", "-j", str(gva_job)])
+            assert missing.exit_status != 0
+            assert "Invalid job id specified" in err(missing)
+            env = await run(gva, ["sh", "-c", 'echo "$SLURM_CONF"'])
+            assert out(env).strip() == geneva.slurm_conf
+        finally:
+            await run(gva, ["scancel", str(gva_job)])
+            await run(lug, ["scancel", str(lug_job)])
+
+
+async def test_a_user_cannot_cancel_another_users_job(real_slurm: RealSlurm) -> None:
+    site = real_slurm.sites["geneva"]
+    async with (
+        connect_as(site, mint_user_identity(site, "alice")) as alice,
+        connect_as(site, mint_user_identity(site, "bob")) as bob,
+    ):
+        job_id = await submit(alice, "-o", "/dev/null")
+        try:
+            denied = await run(bob, ["scancel", str(job_id)])
+            assert denied.exit_status != 0
+            assert "Access/permission denied" in err(denied)
+        finally:
+            await run(alice, ["scancel", str(job_id)])
+
+
+async def test_sacct_reports_how_a_finished_job_ended(real_slurm: RealSlurm) -> None:
+    site = real_slurm.sites["geneva"]
+    async with connect_as(site, mint_user_identity(site, "alice")) as conn:
+        job_id = await submit(conn, "-o", "/dev/null", script="#!/bin/bash\nexit 3\n")
+        sacct = ["sacct", "-X", "-n", "-P", "-j", str(job_id), "-o", "JobID,User,State,ExitCode"]
+
+        async def accounted() -> bool:
+            return out(await run(conn, sacct)).strip().endswith("|3:0")
+
+        await wait_for(f"sacct to record job {job_id}", accounted, limit_s=30)
+        assert out(await run(conn, sacct)).strip() == f"{job_id}|alice|FAILED|3:0"
+
+
+async def test_a_users_accounts_come_from_the_sites_own_associations(
+    real_slurm: RealSlurm,
+) -> None:
+    lugano = real_slurm.sites["lugano"]
+    argv = ["sacctmgr", "-n", "-P", "show", "assoc", "where", "user=alice", "format=Account"]
+    async with connect_as(lugano, mint_user_identity(lugano, "alice")) as conn:
+        result = await run(conn, argv)
+    assert result.exit_status == 0, err(result)
+    assert sorted(out(result).split()) == ["proj16", "proj42"]
+
+
+async def test_a_frontend_signed_by_an_unknown_host_ca_is_refused(
+    real_slurm: RealSlurm,
+) -> None:
+    site = real_slurm.sites["geneva"]
+    stranger_ca = asyncssh.generate_private_key("ssh-ed25519")
+    public = stranger_ca.export_public_key().decode().strip()
+    known_hosts = f"@cert-authority {site.ssh_host},[{site.ssh_host}]:{site.ssh_port} {public}\n"
+    with pytest.raises(asyncssh.HostKeyNotVerifiable):
+        async with connect_as(site, mint_user_identity(site, "alice"), known_hosts=known_hosts):
+            pass
+
+
+async def test_a_certificate_for_another_principal_is_refused(real_slurm: RealSlurm) -> None:
+    site = real_slurm.sites["geneva"]
+    identity = mint_user_identity(site, "alice", principal="bob")
+    with pytest.raises(asyncssh.PermissionDenied):
+        async with connect_as(site, identity):
+            pass
