@@ -33,10 +33,19 @@ if ((${#missing[@]})); then
     chmod 0755 /usr/sbin/policy-rc.d
     created_policy=1
   fi
-  trap '[[ $created_policy == 1 ]] && rm -f /usr/sbin/policy-rc.d' EXIT
+  trap 'if [[ $created_policy == 1 ]]; then rm -f /usr/sbin/policy-rc.d; fi' EXIT
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  for attempt in 1 2 3; do  # a mirror hiccup should not fail the whole test run
+    if apt-get update -qq &&
+      apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
+      break
+    fi
+    if ((attempt == 3)); then
+      echo "install-test-deps.sh: apt-get failed 3 times" >&2
+      exit 1
+    fi
+    sleep $((attempt * 5))
+  done
 fi
 
 for user in "${TEST_USERS[@]}"; do

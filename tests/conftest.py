@@ -1,3 +1,8 @@
 """Shared pytest configuration: fixture plugins live in tests/fixtures/."""
 
-pytest_plugins: list[str] = ["fixtures.controlplane", "fixtures.mockslurm", "fixtures.operator"]
+pytest_plugins: list[str] = [
+    "fixtures.controlplane",
+    "fixtures.mockslurm",
+    "fixtures.operator",
+    "fixtures.realslurm",
+]

@@ -238,6 +238,22 @@ class Release:
     def uninstall(self) -> None:
         self.helm("uninstall", self.name, "--wait", "--timeout", "60s")
 
+    def remove(self) -> None:
+        """Uninstall (when still installed) and delete the sessions left in the session
+        namespace, finalizers and all, so later tests sharing the control plane see nothing of
+        this release. The namespaces stay: without a controller manager they never finish
+        terminating."""
+        namespace = self.session_namespace
+        names = self.kubectl("get", "notebooksessions", "-n", namespace, "-o", "name").split()
+        for name in names:
+            self.kubectl("patch", name, "-n", namespace, "--type=merge",
+                         "-p", '{"metadata":{"finalizers":null}}')
+        if names:
+            self.kubectl("delete", "notebooksessions", "--all", "-n", namespace, "--wait=false")
+        status = run(["helm", "status", self.name, "--namespace", self.namespace], self.env)
+        if status.returncode == 0:
+            self.uninstall()
+
 
 def install(
     control_plane: ControlPlane,

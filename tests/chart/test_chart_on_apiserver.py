@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -204,14 +205,16 @@ def test_the_api_server_refuses_a_chart_object_it_would_refuse_from_anyone(
 
 
 @pytest.fixture(scope="module")
-def installed(control_plane: ControlPlane, keys: Path) -> Release:
+def installed(control_plane: ControlPlane, keys: Path) -> Iterator[Release]:
     user_ca = ssh_keypair(keys, "user_ca")
-    return install(
+    release = install(
         control_plane,
         "bbp",
         namespace="bbp-notebooks",
         values={"userCa": {"create": True, "privateKey": user_ca.private}},
     )
+    yield release
+    release.remove()
 
 
 def secret_data(release: Release, name: str) -> dict[str, str]:
@@ -239,10 +242,11 @@ def test_after_install_sessions_and_both_sites_list_with_their_columns(installed
         "AGE",
     ]
     assert installed.session_namespace in sessions and "alice-default" in sessions
-    sites = installed.kubectl(
-        "get", "slurmsites", "-o", "custom-columns=NAME:.metadata.name,DISPLAY:.spec.displayName"
-    )
-    assert "Geneva" in sites and "Lugano" in sites
+    sites = installed.kubectl("get", "slurmsites")
+    assert sites.splitlines()[0].split() == ["NAME", "REACHABLE", "IDLE", "NODES", "PENDING", "AGE"]
+    assert {line.split()[0] for line in sites.splitlines()[1:]} >= {"geneva", "lugano"}
+    names = installed.kubectl("get", "slurmsites", "-o", "jsonpath={.items[*].spec.displayName}")
+    assert {"Geneva", "Lugano"} <= set(names.split())
     profiles = installed.kubectl("get", "notebookprofiles")
     assert "bluepy" in profiles and "synthesis" in profiles
     notes = installed.helm("status", installed.name)
@@ -351,7 +355,7 @@ def test_uninstall_leaves_the_session_namespace_and_its_sessions(installed: Rele
 
 
 @pytest.fixture(scope="module")
-def rbac(control_plane: ControlPlane, keys: Path) -> Release:
+def rbac(control_plane: ControlPlane, keys: Path) -> Iterator[Release]:
     user_ca = ssh_keypair(keys, "user_ca")
     release = install(
         control_plane,
@@ -367,7 +371,8 @@ def rbac(control_plane: ControlPlane, keys: Path) -> Release:
     )
     for namespace in ("team-c", "elsewhere"):
         control_plane.ensure_namespace(namespace)
-    return release
+    yield release
+    release.remove()
 
 
 @pytest.fixture(scope="module")

@@ -51,10 +51,12 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def release(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Release:
+def release(
+    control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Release]:
     user_ca = ssh_keypair(tmp_path_factory.mktemp("keys"), "user_ca")
     host_ca = ssh_keypair(tmp_path_factory.mktemp("keys"), "host_ca")
-    return install(
+    release = install(
         control_plane,
         "smoke",
         namespace="bbp-smoke",
@@ -83,6 +85,8 @@ def release(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactor
             ],
         },
     )
+    yield release
+    release.remove()
 
 
 @pytest.fixture(scope="module")
@@ -229,4 +233,3 @@ def test_the_operator_log_shows_no_permission_problem(
         line for line in text.splitlines() if any(word in line for word in PERMISSION_PROBLEMS)
     ]
     assert problems == [], "\n".join(problems[:20])
-    assert "Traceback" not in text or "SiteUnavailable" in text, text[-3000:]

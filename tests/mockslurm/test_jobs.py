@@ -304,3 +304,14 @@ async def test_squeue_default_format_matches_slurm(
     )
     assert row.startswith(f"           {job_id}     debug a-long-j    alice  R       0:0")
     assert row.endswith("      1 gva-cn01")
+
+
+async def test_a_job_whose_output_file_cannot_be_written_fails(
+    mockslurm_site: MockSite, mockslurm_ssh: SshFactory
+) -> None:
+    conn = await mockslurm_ssh(mockslurm_site, "alice")
+    result = await slurm(
+        conn, "sbatch", "--parsable", "-o", "/nonexistent/dir/out.txt", input="#!/bin/sh\ntrue\n"
+    )
+    job = await mockslurm_site.wait_for_state(int(result.stdout), {"FAILED"})
+    assert job.exit_code() == "1:0"

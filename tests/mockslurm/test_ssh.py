@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -147,3 +148,20 @@ async def test_a_host_certificate_lets_clients_trust_the_host_ca(
         config=[],
     ) as conn:
         assert (await slurm(conn, "sinfo", "-V")).stdout == "slurm 22.05.8\n"
+
+
+async def test_more_than_max_sessions_channels_are_refused_like_sshd(
+    mockslurm_site: MockSite, mockslurm_ssh: SshFactory
+) -> None:
+    conn = await mockslurm_ssh(mockslurm_site, "alice")
+    mockslurm_site.set_faults(controller_latency=0.5)
+    results = await asyncio.gather(
+        *(slurm(conn, "squeue", "-h") for _ in range(11)), return_exceptions=True
+    )
+    refused = [r for r in results if isinstance(r, asyncssh.ChannelOpenError)]
+    assert len(refused) == 1
+    assert refused[0].code == asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED
+    assert sum(1 for r in results if not isinstance(r, BaseException)) == 10
+    mockslurm_site.set_faults(controller_latency=0.0)
+    again = await asyncio.gather(*(slurm(conn, "squeue", "-h") for _ in range(10)))
+    assert all(r.exit_status == 0 for r in again)

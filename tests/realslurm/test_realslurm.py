@@ -7,13 +7,16 @@ import asyncio
 import shlex
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import asyncssh
 import pytest
 
+from bbp_notebooks.devtools import realslurm
 from fixtures.realslurm import RealSlurm, connect_as, mint_user_identity
 
 pytestmark = [pytest.mark.realslurm, pytest.mark.timeout(180)]
+ROOT = Path("/srv/rs")
 
 SQUEUE_FORMAT = "%i|%j|%u|%T|%r|%N|%S|%l|%L|%P|%a"
 SITES = ["geneva", "lugano"]
@@ -226,3 +229,65 @@ async def test_a_certificate_for_another_principal_is_refused(real_slurm: RealSl
     with pytest.raises(asyncssh.PermissionDenied):
         async with connect_as(site, identity):
             pass
+
+
+# Pure config builders (no daemons needed)
+
+
+def test_each_clusters_slurm_conf_names_its_own_ids_ports_and_partitions() -> None:
+    shared = realslurm.SharedPaths(ROOT)
+    lugano = realslurm.LUGANO
+    lines = realslurm.slurm_conf(
+        lugano, realslurm.ClusterPaths(ROOT / "lugano"), shared, hostname="vm", min_job_age_s=7
+    ).splitlines()
+    for expected in [
+        "ClusterName=lugano",
+        "SlurmctldHost=vm(127.0.0.1)",
+        "SlurmctldPort=6827",
+        "SlurmdPort=6828",
+        "AccountingStoragePort=6829",
+        "FirstJobId=2000000",
+        "MinJobAge=7",
+        "SchedulerParameters=batch_sched_delay=0",
+        "CommunicationParameters=NoInAddrAny,NoCtldInAddrAny",
+        "AuthInfo=socket=/srv/rs/munge/munge.socket",
+        "AccountingStoragePass=socket=/srv/rs/munge/munge.socket",
+        "StateSaveLocation=/srv/rs/lugano/state",
+        "NodeName=lug-n1 NodeHostname=vm NodeAddr=127.0.0.1 CPUs=8 RealMemory=16000 State=UNKNOWN",
+        "PartitionName=prod Nodes=lug-n1 Default=YES MaxTime=1-00:00:00 State=UP OverSubscribe=NO",
+    ]:
+        assert expected in lines
+    assert [line for line in lines if line.startswith("PartitionName=")] == [lines[-1]]
+
+
+def test_the_frontend_accepts_only_ca_signed_users_and_points_sessions_at_its_cluster() -> None:
+    shared = realslurm.SharedPaths(ROOT)
+    config = realslurm.sshd_config(
+        realslurm.GENEVA, realslurm.ClusterPaths(ROOT / "geneva"), shared
+    ).splitlines()
+    for expected in [
+        "ListenAddress 127.0.0.11:2222",
+        "HostCertificate /srv/rs/geneva/ssh_host_ed25519_key-cert.pub",
+        "TrustedUserCAKeys /srv/rs/ca/user_ca.pub",
+        "AuthorizedKeysFile none",
+        "PasswordAuthentication no",
+        "MaxSessions 10",
+        "SetEnv SLURM_CONF=/srv/rs/geneva/slurm.conf",
+    ]:
+        assert expected in config
+
+
+def test_known_hosts_trusts_the_host_ca_for_the_frontend_address_and_port() -> None:
+    line = realslurm.known_hosts_line(realslurm.GENEVA, "ssh-ed25519 AAAAkey host_ca\n")
+    assert line == "@cert-authority 127.0.0.11,[127.0.0.11]:2222 ssh-ed25519 AAAAkey host_ca\n"
+
+
+def test_associations_give_lugano_users_their_projects_with_the_first_as_default() -> None:
+    assert realslurm.sacctmgr_setup_commands(realslurm.LUGANO) == [
+        ["sacctmgr", "-i", "add", "cluster", "lugano"],
+        ["sacctmgr", "-i", "add", "account", "proj16", "proj42", "cluster=lugano"],
+        ["sacctmgr", "-i", "add", "user", "alice", "account=proj16,proj42",
+         "defaultaccount=proj16", "cluster=lugano"],
+        ["sacctmgr", "-i", "add", "user", "bob", "account=proj42", "defaultaccount=proj42",
+         "cluster=lugano"],
+    ]  # fmt: skip

@@ -483,6 +483,14 @@ class SlurmSiteSpec(Model):
     poll_interval_seconds: int = Field(
         default=15, alias="pollIntervalSeconds", ge=1, le=3600, description="Polling period."
     )
+    time_zone: str = Field(
+        default="UTC",
+        alias="timeZone",
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_+/-]+$",
+        description="IANA time zone of the Slurm controller; Slurm prints local times without "
+        "an offset.",
+    )
     notebook_host: str | None = Field(
         default=None,
         alias="notebookHost",

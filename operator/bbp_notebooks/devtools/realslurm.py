@@ -204,7 +204,7 @@ def slurm_conf(
         f"SlurmctldHost={hostname}({SLURM_ADDRESS})",
         f"SlurmctldPort={cluster.slurmctld_port}",
         f"SlurmdPort={cluster.slurmd_port}",
-        # Bind to the cluster's own loopback address instead of 0.0.0.0.
+        # Daemons bind to the hostname's (loopback) address instead of 0.0.0.0.
         "CommunicationParameters=NoInAddrAny,NoCtldInAddrAny",
         "SlurmUser=root",
         "SlurmdUser=root",
@@ -622,6 +622,7 @@ def _up(
         ],
         _daemon_env(),
     )  # fmt: skip
+
     def munged_ready() -> bool:
         starter.check_alive(munged, "munged")
         return shared.munge_socket.exists()
@@ -1029,7 +1030,7 @@ class SampleRecorder:
             f"({_slurm_version()}) started by bbp_notebooks.devtools.realslurm",
             "(`python -m bbp_notebooks.devtools.realslurm samples --dir DIR --out DIR`).",
             "Each NAME.stdout.txt / NAME.stderr.txt is exactly what the command printed;",
-            "job ids and times differ between runs. " + note,
+            "job ids repeat on every capture (a fresh deployment each time); times do not. " + note,
             "",
             *(f"- {n}" for n in self.notes),
             "",

@@ -57,17 +57,6 @@ _COMPACT = {
     JobState.NODE_FAIL: "NF",
 }
 
-# Slurm's enum order (PENDING=0, RUNNING=1, SUSPENDED=2, COMPLETE=3, ...), used to sort by state.
-STATE_ORDER = {
-    JobState.PENDING: 0,
-    JobState.RUNNING: 1,
-    JobState.COMPLETED: 3,
-    JobState.CANCELLED: 4,
-    JobState.FAILED: 5,
-    JobState.TIMEOUT: 6,
-    JobState.NODE_FAIL: 7,
-}
-
 
 @dataclass(frozen=True)
 class Identity:

@@ -125,6 +125,9 @@ class SiteConfig(_Model):
     controller_down_delay: float = Field(
         9.0, ge=0, description="Seconds a command waits before reporting the controller down."
     )
+    max_sessions: int = Field(
+        10, ge=1, description="sshd MaxSessions: open channels allowed per connection."
+    )
     seconds_per_minute: float = Field(
         60.0,
         gt=0,

@@ -20,6 +20,10 @@ from bbp_notebooks.mockslurm.formats import compress_hostlist
 log = logging.getLogger(__name__)
 
 
+class OutputError(Exception):
+    """The job's stdout/stderr file cannot be opened by its user."""
+
+
 class ProcessRunner:
     def __init__(self, spool_dir: Path, run_as_users: bool = True):
         self.spool_dir = spool_dir
@@ -60,6 +64,8 @@ class ProcessRunner:
         returncode = 1
         try:
             returncode = await self._execute(cluster, job)
+        except OutputError as error:
+            log.warning("job %s failed to start: %s", job.job_id, error)
         except Exception:
             log.exception("job %s could not be started", job.job_id)
         finally:
@@ -135,14 +141,13 @@ class ProcessRunner:
         return script_path, cwd, stdout_fd, stderr_fd, notes
 
     def _open_output(self, path: str, job: Job, switch: bool) -> int:
-        """Open an output file the way the job's user could: refuse what they could not write."""
+        """Open an output file as the job's user could; like slurmstepd, fail the job if not."""
         if switch and not _writable_by(os.path.dirname(path) or ".", job.user.uid, job.user.gid):
-            return os.open(os.devnull, os.O_WRONLY)
+            raise OutputError(f"Could not open output file {path}: Permission denied")
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        except OSError:
-            log.warning("job %s: cannot open %s", job.job_id, path)
-            return os.open(os.devnull, os.O_WRONLY)
+        except OSError as error:
+            raise OutputError(f"Could not open output file {path}: {error.strerror}") from error
         if switch:
             os.fchown(fd, job.user.uid, job.user.gid)
         return fd

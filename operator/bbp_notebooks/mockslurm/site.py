@@ -17,7 +17,7 @@ import asyncssh
 from bbp_notebooks.mockslurm.cluster import Cluster, Faults, Job, JobState
 from bbp_notebooks.mockslurm.config import SiteConfig
 from bbp_notebooks.mockslurm.processes import ProcessRunner
-from bbp_notebooks.mockslurm.sshd import LoginServer, handle_process
+from bbp_notebooks.mockslurm.sshd import LoginServer
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,6 @@ class MockSite:
             self.port,
             server_host_keys=[self.host_key],
             server_host_certs=certs,
-            process_factory=partial(handle_process, self),
             allow_pty=False,
             x11_forwarding=False,
             agent_forwarding=False,

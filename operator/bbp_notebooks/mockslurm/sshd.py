@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from typing import TYPE_CHECKING
 
 import asyncssh
+from asyncssh.process import SSHServerProcess
 
 from bbp_notebooks.mockslurm.commands import Context, execute
 from bbp_notebooks.mockslurm.config import POSIX_USER
@@ -29,6 +31,7 @@ class LoginServer(asyncssh.SSHServer):
     def __init__(self, site: MockSite):
         self.site = site
         self._conn: asyncssh.SSHServerConnection | None = None
+        self.sessions = 0
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
@@ -57,6 +60,17 @@ class LoginServer(asyncssh.SSHServer):
         # Even with nothing to accept, offer publickey so clients get "Permission denied".
         return True
 
+    def session_requested(self) -> tuple[asyncssh.SSHServerChannel[str], SSHServerProcess[str]]:
+        """Like sshd's MaxSessions: channels beyond the limit are refused at open."""
+        assert self._conn is not None
+        if self.sessions >= self.site.config.max_sessions:
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "open failed"
+            )
+        self.sessions += 1
+        channel: asyncssh.SSHServerChannel[str] = self._conn.create_server_channel()
+        return channel, SSHServerProcess(partial(handle_process, self.site, self), None, 0, False)
+
     def password_auth_supported(self) -> bool:
         return False
 
@@ -64,7 +78,16 @@ class LoginServer(asyncssh.SSHServer):
         return False
 
 
-async def handle_process(site: MockSite, process: asyncssh.SSHServerProcess[str]) -> None:
+async def handle_process(
+    site: MockSite, server: LoginServer, process: asyncssh.SSHServerProcess[str]
+) -> None:
+    try:
+        await _run_process(site, process)
+    finally:
+        server.sessions -= 1
+
+
+async def _run_process(site: MockSite, process: asyncssh.SSHServerProcess[str]) -> None:
     command = process.command
     username = process.get_extra_info("username") or ""
     try:

@@ -180,7 +180,7 @@ async def cancel(rt: Runtime, session: SessionRef, sites: Mapping[str, SiteView]
         if not active:
             continue
         try:
-            await client.cancel(identity, active)
+            await client.cancel(identity, active, name=tag)
         except CommandFailed:
             pass  # it may have ended between the query and scancel; the query below decides
         after = await client.queue(identity, job_ids=active)

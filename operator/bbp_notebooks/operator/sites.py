@@ -12,6 +12,9 @@ import logging
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
+
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from bbp_notebooks.api.models import (
     Endpoint,
@@ -23,7 +26,13 @@ from bbp_notebooks.api.models import (
 )
 from bbp_notebooks.operator import observe
 from bbp_notebooks.operator.conditions import ConditionType, get, set_condition
-from bbp_notebooks.operator.metrics import QUEUE_WAIT, SESSIONS, SITE_POLLS, TIME_TO_READY
+from bbp_notebooks.operator.metrics import (
+    QUEUE_WAIT,
+    RECONCILE_ERRORS,
+    SESSIONS,
+    SITE_POLLS,
+    TIME_TO_READY,
+)
 from bbp_notebooks.operator.planning import SiteView, session_uid
 from bbp_notebooks.operator.runtime import CredentialsUnavailable, Runtime
 from bbp_notebooks.operator.sessions import SessionRef
@@ -43,24 +52,31 @@ class PollState:
     last_phase: dict[str, SessionPhase | None] = field(default_factory=dict)
 
 
-def from_queue(entry: QueueEntry) -> observe.JobObservation:
+def localised(moment: dt.datetime | None, zone: ZoneInfo) -> dt.datetime | None:
+    """Slurm prints the controller's local time without an offset; attach the site's zone."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=zone)
+
+
+def from_queue(entry: QueueEntry, zone: ZoneInfo) -> observe.JobObservation:
     return observe.JobObservation(
         job_id=entry.job_id,
         state=entry.state.value,
         reason=entry.reason,
         node=entry.nodes,
-        start_time=entry.start_time,
+        start_time=localised(entry.start_time, zone),
         time_limit_minutes=entry.time_limit_s // 60 if entry.time_limit_s is not None else None,
     )
 
 
-def from_accounting(entry: AccountingEntry) -> observe.JobObservation:
+def from_accounting(entry: AccountingEntry, zone: ZoneInfo) -> observe.JobObservation:
     return observe.JobObservation(
         job_id=entry.job_id,
         state=entry.state.value,
         node=entry.nodes,
-        start_time=entry.start,
-        end_time=entry.end,
+        start_time=localised(entry.start, zone),
+        end_time=localised(entry.end, zone),
         exit_code=entry.exit_code,
         signal=entry.signal,
     )
@@ -121,7 +137,12 @@ async def _write_session(
 ) -> None:
     if dump(new) == dump(session.status):
         return
-    await rt.kube.patch_session_status(session.namespace, session.name, dump(new))
+    try:
+        await rt.kube.patch_session_status(session.namespace, session.name, dump(new))
+    except ApiException as error:  # one bad write must not starve the site's other sessions
+        RECONCILE_ERRORS.labels("write_status", str(error.status)).inc()
+        log.error("status of %s/%s not written: %s", session.namespace, session.name, error.body)
+        return
     old_phase = session.status.phase
     if new.phase != old_phase:
         await rt.kube.event(
@@ -193,6 +214,7 @@ async def poll_once(
         )
 
     SITE_POLLS.labels(site.name, "ok").inc()
+    zone = ZoneInfo(site.spec.time_zone)
     state.polls += 1
     grace = dt.timedelta(seconds=max(60, 3 * site.spec.poll_interval_seconds))
     for session in active:
@@ -203,11 +225,11 @@ async def poll_once(
             and entry.job_id == session.status.job_id
             and not entry.state.is_terminal
         ):
-            job = from_queue(entry)
+            job = from_queue(entry, zone)
         elif session.status.job_id in accounting:
-            job = from_accounting(accounting[session.status.job_id])
+            job = from_accounting(accounting[session.status.job_id], zone)
         elif entry is not None and entry.job_id == session.status.job_id:
-            job = from_queue(entry)  # ended, not yet in accounting: squeue's final state will do
+            job = from_queue(entry, zone)  # ended, not yet in accounting: squeue's final state will do
         else:
             job = None
         new = observe.observed(

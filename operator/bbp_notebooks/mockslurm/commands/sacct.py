@@ -23,6 +23,7 @@ OPTIONS = [
     Option("allusers", "a", ("allusers",)),
     Option("accounts", "A", ("accounts", "account"), R),
     Option("brief", "b", ("brief",)),
+    Option("completion", "c", ("completion",)),
     Option("duplicates", "D", ("duplicates",)),
     Option("endtime", "E", ("endtime",), R),
     Option("format", "o", ("format",), R),
@@ -255,6 +256,8 @@ async def main(ctx: Context, argv: list[str]) -> int:
     for job in candidates:
         if uids is not None and job.user.uid not in uids:
             continue
+        if "completion" in settings and (not job.state.finished or job.completing):
+            continue
         if job.submit_time > window_end:
             continue
         if job.end_time is not None and job.end_time < window_start:
@@ -268,7 +271,8 @@ async def main(ctx: Context, argv: list[str]) -> int:
         if names is not None and job.name not in names:
             continue
         rows.append(Row(job, None, now))
-        if "allocations" not in settings and job.ran:
+        # --completion reads the jobcomp log, which records allocations only.
+        if "allocations" not in settings and "completion" not in settings and job.ran:
             rows.append(Row(job, "batch", now))
     parsable = "parsable" in settings or "parsable2" in settings
     delimiter = settings.get("delimiter") or "|"

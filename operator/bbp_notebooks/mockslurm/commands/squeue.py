@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bbp_notebooks.mockslurm.cluster import SLURM_VERSION, STATE_ORDER, Cluster, Job, JobState
+from bbp_notebooks.mockslurm.cluster import SLURM_VERSION, Cluster, Job, JobState
 from bbp_notebooks.mockslurm.commands.base import CONNECT_FAILURE, Context
 from bbp_notebooks.mockslurm.formats import (
     compress_hostlist,
@@ -88,9 +88,6 @@ VALID_STATES = (
     "BOOT_FAIL,DEADLINE,OUT_OF_MEMORY,COMPLETING,CONFIGURING,RESIZING,RESV_DEL_HOLD,REQUEUED,"
     "REQUEUE_FED,REQUEUE_HOLD,REVOKED,SPECIAL_EXIT,STAGE_OUT,STOPPED,SIGNALING"
 )
-FLAG_STATES = {"COMPLETING", "CONFIGURING", "RESIZING", "REQUEUED", "REQUEUE_FED",
-               "REQUEUE_HOLD", "RESV_DEL_HOLD", "REVOKED", "SPECIAL_EXIT", "STAGE_OUT",
-               "STOPPED", "SIGNALING"}  # fmt: skip
 
 
 @dataclass
@@ -256,8 +253,8 @@ SORT_KEYS: dict[str, Callable[[Job, View], object]] = {
     "P": lambda j, v: j.partition,
     "p": lambda j, v: j.priority,
     "Q": lambda j, v: j.priority,
-    "t": lambda j, v: STATE_ORDER[j.state],
-    "T": lambda j, v: STATE_ORDER[j.state],
+    "t": lambda j, v: j.state_compact(),  # sort.c compares the state strings
+    "T": lambda j, v: j.state_name(),
     "S": lambda j, v: _start_time(j, v) or 0,
     "V": lambda j, v: j.submit_time,
     "M": lambda j, v: _time_used(j, v),

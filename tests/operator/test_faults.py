@@ -1,0 +1,120 @@
+"""Faults are normal: crashes, deletions while down, orphans, a controller outage."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import asyncssh
+import pytest
+from fixtures.operator import Stack, session
+
+from bbp_notebooks.devtools.stack import wait_for
+
+pytestmark = pytest.mark.kube
+
+
+def uid_of(stack: Stack, name: str) -> str:
+    found = stack.get("notebooksession", name)
+    assert found is not None
+    return str(found["metadata"]["uid"])
+
+
+def test_a_crash_between_sbatch_and_the_status_write_leaves_exactly_one_job(stack: Stack) -> None:
+    stack.operator.stop()
+    stack.operator.settings["BBP_FAILPOINTS"] = '["exit-after-sbatch"]'
+    stack.operator.start()
+    try:
+        stack.apply(session("crash"))
+        tag = f"bbpnb-{uid_of(stack, 'crash')}"
+        assert stack.operator.process is not None
+        wait_for(lambda: stack.operator.process.poll() is not None, 60, "the failpoint to kill it")  # type: ignore[union-attr]
+        assert stack.operator.process.returncode == 137
+        assert "jobId" not in stack.status("crash"), "the crash happened before the status write"
+        assert len(stack.jobs(name=tag)) == 1
+    finally:
+        stack.operator.settings.pop("BBP_FAILPOINTS")
+        stack.operator.start()
+    status = stack.wait_phase("crash", {"Ready"})
+    jobs = stack.jobs(name=tag)
+    assert [j["job_id"] for j in jobs] == [status["jobId"]], jobs
+    submitted = {c["type"]: c for c in status["conditions"]}["Submitted"]
+    assert submitted["reason"] == "ExistingJobAdopted"
+    stack.kubectl("delete", "notebooksession", "crash", "--wait=false")
+    stack.wait_gone("crash")
+
+
+def test_a_session_deleted_while_the_operator_is_down_has_its_job_cancelled(stack: Stack) -> None:
+    stack.apply(session("deleted-while-down"))
+    status = stack.wait_phase("deleted-while-down", {"Ready"})
+    stack.operator.kill()
+    assert stack.kubectl("delete", "notebooksession", "deleted-while-down", "--wait=false").returncode == 0
+    assert stack.get("notebooksession", "deleted-while-down") is not None, "the finalizer holds it"
+    running = [j for j in stack.jobs() if j["job_id"] == status["jobId"]]
+    assert running[0]["state"] == "RUNNING"
+    stack.operator.start()
+    stack.wait_gone("deleted-while-down")
+    ended = [j for j in stack.jobs() if j["job_id"] == status["jobId"]]
+    assert ended[0]["state"] == "CANCELLED"
+
+
+async def _submit_as(stack: Stack, user: str, name: str) -> int:
+    ca = stack.mock.keys.user_ca
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    now = int(time.time())
+    cert = ca.generate_user_certificate(key, user, principals=[user], valid_after=now - 60, valid_before=now + 300)
+    site = stack.mock.sites[0]
+    known = asyncssh.import_known_hosts(f"[{site.address}]:{stack.mock.ports[site.name]} {stack.mock.keys.host_public}\n")
+    async with asyncssh.connect(
+        site.address, stack.mock.ports[site.name], username=user, client_keys=[(key, cert)],
+        known_hosts=known, agent_path=None, config=[],
+    ) as conn:  # fmt: skip
+        result = await conn.run(f"sbatch --parsable --job-name={name} --time=10", input="#!/bin/bash\nsleep 300\n")
+        assert result.exit_status == 0, result.stderr
+        return int(str(result.stdout).strip())
+
+
+def test_an_orphan_tagged_job_is_cancelled_and_foreign_jobs_are_left_alone(stack: Stack) -> None:
+    orphan = asyncio.run(_submit_as(stack, "bob", f"bbpnb-{uuid.uuid4()}"))
+    foreign = asyncio.run(_submit_as(stack, "bob", "my-own-analysis"))
+
+    def state(job_id: int) -> str:
+        return str(next(j for j in stack.jobs() if j["job_id"] == job_id)["state"])
+
+    wait_for(lambda: state(orphan) == "CANCELLED", 30, "the orphan to be cancelled")
+    assert state(foreign) in {"RUNNING", "PENDING"}
+    assert "cancelled orphan job" in stack.operator.log_path.read_text()
+
+
+def test_a_controller_outage_never_fails_sessions_and_they_recover(stack: Stack) -> None:
+    stack.apply(session("outage"))
+    before = stack.wait_phase("outage", {"Ready"})
+    stack.mock.faults("geneva", controller_down=True)
+    try:
+        def unreachable() -> bool:
+            conditions = {c["type"]: c for c in stack.status("outage").get("conditions", [])}
+            return conditions["SiteReachable"]["status"] == "False"
+
+        wait_for(unreachable, 30, "SiteReachable=False")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the outage lasts 60 s; the session must stay Ready
+            assert stack.status("outage")["phase"] == "Ready"
+            time.sleep(2)
+        site = stack.get("slurmsite", "geneva", namespace="")
+        assert site is not None
+        reachable = {c["type"]: c for c in site["status"]["conditions"]}["Reachable"]
+        assert reachable["status"] == "False"
+        assert "Unable to contact slurm controller" in reachable["message"]
+    finally:
+        stack.mock.faults("geneva", controller_down=False)
+
+    def recovered() -> bool:
+        conditions = {c["type"]: c for c in stack.status("outage")["conditions"]}
+        return conditions["SiteReachable"]["status"] == "True"
+
+    wait_for(recovered, 30, "SiteReachable=True")
+    after = stack.status("outage")
+    assert after["phase"] == "Ready" and after["jobId"] == before["jobId"]
+    stack.kubectl("delete", "notebooksession", "outage", "--wait=false")
+    stack.wait_gone("outage")
