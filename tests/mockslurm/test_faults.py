@@ -149,3 +149,23 @@ async def test_hostile_job_fields_are_stored_verbatim_and_never_executed(
     await conn.run(value, check=False)  # the unquoted text as a whole command line
     await asyncio.sleep(0.1)
     assert not canary.exists()
+
+
+async def test_a_lost_sbatch_response_still_leaves_the_job_queued(
+    mockslurm_site: MockSite, mockslurm_ssh: SshFactory
+) -> None:
+    conn = await mockslurm_ssh(mockslurm_site, "alice")
+    mockslurm_site.set_faults(sbatch_response_lost=True)
+    with pytest.raises(asyncssh.ConnectionLost):
+        await slurm(conn, "sbatch", "--parsable", "-J", "lost", input=SLEEPER)
+    mockslurm_site.set_faults(sbatch_response_lost=False)
+    again = await mockslurm_ssh(mockslurm_site, "alice")
+    listed = await slurm(again, "squeue", "-h", "-n", "lost", "-o", "%i %j")
+    assert listed.stdout == "1000000 lost\n"
+
+
+async def test_unknown_users_cannot_log_in(
+    mockslurm_site: MockSite, mockslurm_ssh: SshFactory
+) -> None:
+    with pytest.raises(asyncssh.PermissionDenied):
+        await mockslurm_ssh(mockslurm_site, "mallory")

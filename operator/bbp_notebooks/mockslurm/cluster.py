@@ -13,6 +13,7 @@ import os
 import pwd
 import signal
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -200,6 +201,7 @@ class Faults:
     controller_latency: float = 0.0
     ssh_refused: bool = False
     stuck_pending: bool = False
+    sbatch_response_lost: bool = False
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -207,6 +209,7 @@ class Faults:
             "controller_latency": self.controller_latency,
             "ssh_refused": self.ssh_refused,
             "stuck_pending": self.stuck_pending,
+            "sbatch_response_lost": self.sbatch_response_lost,
         }
 
 
@@ -272,7 +275,7 @@ class Cluster:
             entry = pwd.getpwnam(name)
         except KeyError:
             user = self.config.user(name)
-            index = self.config.users.index(user) if user else abs(hash(name)) % 1000
+            index = self.config.users.index(user) if user else zlib.crc32(name.encode()) % 1000
             uid = user.uid if user and user.uid is not None else 20000 + index
             home = self.config.state_dir / "home" / name
             return Identity(name, uid, uid, name, str(home), posix=False)

@@ -6,7 +6,8 @@
   POST /sites/{site}/commands/reset
   GET  /sites/{site}/faults                 POST the same keys to change them:
        {"controller_down": bool, "controller_latency": s, "ssh_refused": bool,
-        "stuck_pending": bool, "controller_down_delay": s, "ssh_down": bool}
+        "stuck_pending": bool, "sbatch_response_lost": bool, "controller_down_delay": s,
+        "ssh_down": bool}
   POST /sites/{site}/nodes/{node}/fail | /resume
   POST /sites/{site}/jobs/{id}/kill         {"state": "FAILED" | "CANCELLED"}
 With a single site, /faults, /jobs and /commands address it directly.
@@ -97,7 +98,7 @@ async def _set_faults(request: web.Request) -> web.Response:
     site = _site(request)
     body = await _body(request)
     known = {"controller_down", "controller_latency", "ssh_refused", "stuck_pending",
-             "controller_down_delay", "ssh_down"}  # fmt: skip
+             "controller_down_delay", "ssh_down", "sbatch_response_lost"}  # fmt: skip
     unknown = set(body) - known
     if unknown:
         raise web.HTTPBadRequest(text=f"unknown faults: {sorted(unknown)}")
@@ -107,6 +108,7 @@ async def _set_faults(request: web.Request) -> web.Response:
             controller_latency=_opt_float(body, "controller_latency"),
             ssh_refused=_opt_bool(body, "ssh_refused"),
             stuck_pending=_opt_bool(body, "stuck_pending"),
+            sbatch_response_lost=_opt_bool(body, "sbatch_response_lost"),
             controller_down_delay=_opt_float(body, "controller_down_delay"),
         )
     except (TypeError, ValueError) as error:

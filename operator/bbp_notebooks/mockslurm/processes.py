@@ -142,7 +142,8 @@ class ProcessRunner:
 
     def _open_output(self, path: str, job: Job, switch: bool) -> int:
         """Open an output file as the job's user could; like slurmstepd, fail the job if not."""
-        if switch and not _writable_by(os.path.dirname(path) or ".", job.user.uid, job.user.gid):
+        target = path if os.path.exists(path) else (os.path.dirname(path) or ".")
+        if switch and not _writable_by(target, job.user.uid, job.user.gid):
             raise OutputError(f"Could not open output file {path}: Permission denied")
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -215,15 +216,19 @@ def _tasks_per_node(job: Job) -> str:
     return f"1(x{job.num_nodes})" if job.num_nodes > 1 else "1"
 
 
-def _writable_by(directory: str, uid: int, gid: int) -> bool:
+def _writable_by(path: str, uid: int, gid: int) -> bool:
+    """Whether uid could write the file (or create files in the directory), by mode bits."""
     try:
-        info = os.stat(directory)
+        info = os.stat(path)
     except OSError:
         return False
     if uid == 0:
         return True
+    is_dir = stat.S_ISDIR(info.st_mode)
     if info.st_uid == uid:
-        return bool(info.st_mode & stat.S_IWUSR) and bool(info.st_mode & stat.S_IXUSR)
-    if info.st_gid == gid:
-        return bool(info.st_mode & stat.S_IWGRP) and bool(info.st_mode & stat.S_IXGRP)
-    return bool(info.st_mode & stat.S_IWOTH) and bool(info.st_mode & stat.S_IXOTH)
+        write, search = stat.S_IWUSR, stat.S_IXUSR
+    elif info.st_gid == gid:
+        write, search = stat.S_IWGRP, stat.S_IXGRP
+    else:
+        write, search = stat.S_IWOTH, stat.S_IXOTH
+    return bool(info.st_mode & write) and (not is_dir or bool(info.st_mode & search))

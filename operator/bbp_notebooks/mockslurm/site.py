@@ -197,6 +197,7 @@ class MockSite:
         controller_latency: float | None = None,
         ssh_refused: bool | None = None,
         stuck_pending: bool | None = None,
+        sbatch_response_lost: bool | None = None,
         controller_down_delay: float | None = None,
     ) -> None:
         faults = self.cluster.faults
@@ -208,12 +209,18 @@ class MockSite:
             faults.ssh_refused = ssh_refused
         if stuck_pending is not None:
             faults.stuck_pending = stuck_pending
+        if sbatch_response_lost is not None:
+            faults.sbatch_response_lost = sbatch_response_lost
         if controller_down_delay is not None:
             self.config.controller_down_delay = controller_down_delay
 
     def clear_faults(self) -> None:
         self.set_faults(
-            controller_down=False, controller_latency=0.0, ssh_refused=False, stuck_pending=False
+            controller_down=False,
+            controller_latency=0.0,
+            ssh_refused=False,
+            stuck_pending=False,
+            sbatch_response_lost=False,
         )
 
     def fail_node(self, name: str) -> None:

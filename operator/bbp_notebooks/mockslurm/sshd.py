@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import asyncssh
@@ -39,7 +40,10 @@ class LoginServer(asyncssh.SSHServer):
     def begin_auth(self, username: str) -> bool:
         assert self._conn is not None
         lines: list[str] = []
-        if not self.site.cluster.faults.ssh_refused and POSIX_USER.match(username):
+        cluster = self.site.cluster
+        # Like sshd, only users that exist (here: configured or POSIX) may log in.
+        allowed = POSIX_USER.match(username) and cluster.user_known(username)
+        if not cluster.faults.ssh_refused and allowed:
             for ca_key in self.site.config.ca_public_keys():
                 lines.append(f'cert-authority,principals="{username}" {ca_key}')
             user = self.site.config.user(username)
@@ -108,7 +112,13 @@ async def _run_process(site: MockSite, process: asyncssh.SSHServerProcess[str]) 
             read_stdin=read_stdin,
             cwd=user.home,
         )
+        if not user.posix:
+            Path(user.home).mkdir(parents=True, exist_ok=True)
         result = await execute(context, command)
+        if site.cluster.faults.sbatch_response_lost and result.stdout and _is_sbatch(command):
+            # The job exists, but the client never hears about it (a dropped connection).
+            process.channel.get_connection().abort()
+            return
         if result.stdout:
             process.stdout.write(result.stdout)
         if result.stderr:
@@ -129,6 +139,11 @@ async def _run_process(site: MockSite, process: asyncssh.SSHServerProcess[str]) 
             process.exit(255)
         except Exception:
             process.close()
+
+
+def _is_sbatch(command: str) -> bool:
+    words = command.split(None, 1)
+    return bool(words) and words[0].rsplit("/", 1)[-1] == "sbatch"
 
 
 def _login_environment(user: str, home: str, client_env: object) -> dict[str, str]:

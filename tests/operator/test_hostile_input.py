@@ -1,0 +1,146 @@
+"""Hostile input is refused or carried as data, never executed; secrets stay out of sight."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import shlex
+from pathlib import Path
+
+import pytest
+from fixtures.operator import Stack, session
+
+from bbp_notebooks.operator.tokens import session_token
+
+pytestmark = pytest.mark.kube
+
+CANARY = Path(f"/tmp/bbpnb-canary-{secrets.token_hex(4)}")
+
+HOSTILE = {
+    "QUOTES": f"'; touch {CANARY}; echo '\"",
+    "SUBSHELL": f"$(touch {CANARY})",
+    "BACKTICKS": f"`touch {CANARY}`",
+    "NEWLINES": f"first\n#SBATCH --uid=0\ntouch {CANARY}\n",
+    "LONG": "x" * 2048,
+    "UNICODE": "ünïcødé ✓ 日本語 \u202e",
+    "DOLLARS": "$HOME ${PATH} $$ \\ \\n",
+    "HEREDOC": f"EOF\nBBPNB_KERNEL_SETUP\ntouch {CANARY}",
+}
+
+
+def secret(name: str, data: dict[str, str]) -> dict[str, object]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": "default"},
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+    }
+
+
+def recorded_environment(job_id: int) -> dict[str, str]:
+    path = Path(os.path.expanduser(f"~alice/.bbpnb-test-env-{job_id}"))
+    env: dict[str, str] = json.loads(path.read_text())
+    return env
+
+
+def test_hostile_environment_values_reach_the_notebook_verbatim_and_run_nothing(stack: Stack) -> None:
+    stack.apply(secret("hostile-env", HOSTILE))
+    stack.apply(session("hostile", environmentSecretRef={"name": "hostile-env"}))
+    status = stack.wait_phase("hostile", {"Ready"})
+    env = recorded_environment(status["jobId"])
+    assert {k: env.get(k) for k in HOSTILE} == HOSTILE
+    assert not CANARY.exists(), "a hostile value was executed"
+    stack.kubectl("delete", "notebooksession", "hostile", "--wait=false")
+    stack.wait_gone("hostile")
+    assert not CANARY.exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("user", "alice$(touch /tmp/x)"),
+        ("serverName", "`id`"),
+        ("account", "proj'; scancel -u alice; '"),
+        ("profile", "bluepy\n#SBATCH --uid=0"),
+        ("site", "geneva;id"),
+    ],
+)
+def test_hostile_strings_in_session_fields_are_refused_by_the_api_server(
+    stack: Stack, field: str, value: str
+) -> None:
+    body = session("refused")
+    body["spec"][field] = value
+    result = stack.kubectl("apply", "-f", "-", stdin=json.dumps(body))
+    assert result.returncode != 0 and f"spec.{field}" in result.stderr, result.stderr
+
+
+def _all_command_lines() -> str:
+    lines = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                lines.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+            except OSError:
+                continue
+    return "\n".join(lines)
+
+
+def test_tokens_never_appear_in_argv_job_names_comments_slurm_output_or_logs(stack: Stack) -> None:
+    api_token = secrets.token_hex(24)
+    stack.apply(secret("token-env", {"JUPYTERHUB_API_TOKEN": api_token}))
+    stack.apply(session("secretive", environmentSecretRef={"name": "token-env"}))
+    status = stack.wait_phase("secretive", {"Ready"})
+    found = stack.get("notebooksession", "secretive")
+    assert found is not None
+    callback_token = session_token(b"test-token-key-0123456789abcdef", found["metadata"]["uid"])
+    assert recorded_environment(status["jobId"])["JUPYTERHUB_API_TOKEN"] == api_token
+    assert "BBPNB_CALLBACK_TOKEN" not in recorded_environment(status["jobId"])
+
+    haystacks = {
+        "argv of every process": _all_command_lines(),
+        "job names and comments": json.dumps(stack.jobs()),
+        "the session object": json.dumps(found),
+        "operator log": stack.operator.log_path.read_text(errors="replace"),
+        "mock Slurm log": (stack.mock.workdir / "mockslurm.log").read_text(errors="replace"),
+    }
+    for command in (
+        ["squeue", "-h", "-o", "%i|%j|%k|%u|%T|%N"],
+        ["sacct", "-a", "-X", "-P", "-n", "-o", "JobID,JobName,User,State"],
+    ):
+        haystacks[" ".join(command)] = _run_at_site(stack, command)
+    for where, text in haystacks.items():
+        assert api_token not in text, f"hub API token visible in {where}"
+        assert callback_token not in text, f"callback token visible in {where}"
+    stack.kubectl("delete", "notebooksession", "secretive", "--wait=false")
+    stack.wait_gone("secretive")
+
+
+def _run_at_site(stack: Stack, argv: list[str]) -> str:
+    """Run a Slurm command at geneva as bob (another user), through OpenSSH's client."""
+    import asyncio
+
+    import asyncssh
+
+    async def run() -> str:
+        import time
+
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        now = int(time.time())
+        cert = stack.mock.keys.user_ca.generate_user_certificate(
+            key, "bob", principals=["bob"], valid_after=now - 60, valid_before=now + 300
+        )
+        site = stack.mock.sites[0]
+        port = stack.mock.ports[site.name]
+        known = asyncssh.import_known_hosts(f"[{site.address}]:{port} {stack.mock.keys.host_public}\n")
+        async with asyncssh.connect(
+            site.address, port, username="bob", client_keys=[(key, cert)], known_hosts=known,
+            agent_path=None, config=[],
+        ) as conn:  # fmt: skip
+            result = await conn.run(shlex.join(argv))
+            assert result.exit_status == 0, result.stderr
+            assert "bbpnb-" in str(result.stdout), "the query must list our tagged jobs"
+            return f"{result.stdout}{result.stderr}"
+
+    return asyncio.run(run())
