@@ -4,7 +4,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 PYTEST_ARGS ?=
 
-.PHONY: help deps python-deps system-deps tools test unit dev crds crds-check kind-e2e clean
+.PHONY: help deps python-deps system-deps tools test unit dev crds crds-check chart-schema kind-e2e clean
 
 help:
 	@echo "make dev    - run the whole system locally (control plane, 2 emulated Slurm sites, operator, hub, proxy)"
@@ -24,6 +24,12 @@ deps: python-deps system-deps tools
 
 crds:
 	$(PYTHON) -m bbp_notebooks.api.crdgen --root .
+
+chart-schema:
+	$(PYTHON) -m bbp_notebooks.api.chartschema --root .
+
+kind-e2e:
+	bash scripts/kind-e2e.sh
 
 crds-check:
 	$(PYTHON) -m bbp_notebooks.api.crdgen --root . --check

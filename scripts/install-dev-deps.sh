@@ -85,6 +85,14 @@ if [[ ! -x $venv/bin/jupyterhub-singleuser || "$(cat "$venv/.installed" 2>/dev/n
   printf '%s' "$stamp" >"$venv/.installed"
 fi
 
+# JupyterLab asks every new user whether to fetch news from the internet; the answer is no.
+overrides="$venv/share/jupyter/lab/settings/overrides.json"
+if [[ ! -f $overrides ]]; then
+  mkdir -p "$(dirname "$overrides")"
+  printf '{"@jupyterlab/apputils-extension:notification": {"fetchNews": "false"}}\n' >"$overrides"
+  chmod -R a+rX "$venv/share/jupyter/lab"
+fi
+
 command -v chromium >/dev/null
 printf 'chp=%s\n' "$chp"
 printf 'notebook_python=%s\n' "$venv/bin/python"

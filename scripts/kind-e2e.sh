@@ -50,7 +50,7 @@ diagnose() {
 
 cleanup() {
   local status=$?
-  [[ -n "$port_forward_pid" ]] && kill "$port_forward_pid" 2>/dev/null || true
+  if [[ -n "$port_forward_pid" ]]; then kill "$port_forward_pid" 2>/dev/null || true; fi
   ((status == 0)) || diagnose
   if [[ "$keep" == 1 ]]; then
     log "keeping cluster $cluster (KUBECONFIG=$KUBECONFIG); delete with: kind delete cluster --name $cluster"
@@ -58,7 +58,7 @@ cleanup() {
     kind delete cluster --name "$cluster" >/dev/null 2>&1 || true
     rm -rf "$work"
   fi
-  ((status == 0)) && log "PASSED" || log "FAILED (exit $status)"
+  if ((status == 0)); then log "PASSED"; else log "FAILED (exit $status)"; fi
 }
 trap cleanup EXIT
 
@@ -168,13 +168,13 @@ slurm() {
     -o ConnectTimeout=10 bbpmon@127.0.0.1 "$@"
 }
 for _ in $(seq 30); do slurm true 2>/dev/null && break; sleep 1; done
-state=$(slurm squeue -h -j "$job_id" -o %T)
+state=$(slurm squeue -h -j "$job_id" -o %T) || die "cannot ask the mock Geneva frontend over ssh"
 [[ "$state" == RUNNING ]] || die "job $job_id is '$state' in squeue, expected RUNNING"
 log "job $job_id is RUNNING at Geneva"
 
 log "deleting the session: its finalizer must cancel the job"
 kubectl delete -n "$sessions" notebooksession/e2e-alice --timeout=120s
-state=$(slurm sacct -n -X -P -j "$job_id" -o State)
+state=$(slurm sacct -a -n -X -P -j "$job_id" -o State) || die "sacct over ssh failed"
 [[ "$state" == CANCELLED* ]] || die "job $job_id ended as '$state', expected CANCELLED"
 [[ -z "$(slurm squeue -h -j "$job_id" -t PENDING,RUNNING -o %i)" ]] \
   || die "job $job_id still queued or running after its session was deleted"
@@ -186,7 +186,7 @@ helm upgrade "$release" "$root/charts/bbp-notebooks" --namespace "$namespace" --
   --set operator.replicas=2 --wait --timeout 5m
 for _ in $(seq 30); do
   priorities=$(kubectl get clusterkopfpeering bbp-notebooks \
-    -o go-template='{{range $id, $peer := .status}}{{$peer.priority}} {{end}}' 2>/dev/null || true)
+    -o go-template='{{range .status}}{{.priority}} {{end}}' 2>/dev/null || true)
   [[ $(wc -w <<<"$priorities") -eq 2 ]] && break
   sleep 2
 done

@@ -252,6 +252,11 @@ class Release:
             self.kubectl("delete", "notebooksessions", "--all", "-n", namespace, "--wait=false")
         status = run(["helm", "status", self.name, "--namespace", self.namespace], self.env)
         if status.returncode == 0:
+            # An operator that ran against this release left its daemon finalizer on the sites.
+            selector = f"app.kubernetes.io/instance={self.name}"
+            for site in self.kubectl("get", "slurmsites", "-l", selector, "-o", "name").split():
+                self.kubectl("patch", site, "--type=merge",
+                             "-p", '{"metadata":{"finalizers":null}}')
             self.uninstall()
 
 

@@ -197,3 +197,15 @@ def test_the_hub_configuration_for_oauth_takes_the_client_secret_from_the_enviro
     assert config.GenericOAuthenticator.token_url == f"{SSO}/token"
     assert config.Authenticator.allowed_users == {"alice"}
     assert "allow_all" not in config.Authenticator
+
+
+def test_notebooks_reach_the_hub_api_at_the_connect_url_and_the_proxy_keeps_the_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    public = "https://notebooks.example.org"
+    config = load_hub_config(tmp_path, {"hub": {"connectUrl": public}}, monkeypatch)
+    assert config.Spawner.hub_connect_url == public
+    assert config.JupyterHub.hub_connect_url == "http://bbp-bbp-notebooks-hub.bbp.svc:8081"
+    (tmp_path / "default").mkdir()
+    default = load_hub_config(tmp_path / "default", {}, monkeypatch)
+    assert "hub_connect_url" not in default.Spawner

@@ -166,7 +166,7 @@ async def test_a_site_config_rejects_inconsistent_clusters(
         )
 
 
-async def test_job_ids_continue_after_a_restart(
+async def test_job_ids_never_repeat_after_a_restart(
     mockslurm_site_factory: SiteFactory,
     mockslurm_site_config: SiteConfigFactory,
     mockslurm_ssh: SshFactory,
@@ -179,4 +179,37 @@ async def test_job_ids_continue_after_a_restart(
     second = await mockslurm_site_factory(config)
     conn = await mockslurm_ssh(second, "alice")
     again = await slurm(conn, "sbatch", "--parsable", "-o", "/dev/null", input="#!/bin/sh\ntrue\n")
-    assert again.stdout == "1000001\n"
+    assert int(again.stdout) > 1000000
+
+
+async def test_a_restart_keeps_the_job_table_and_fails_jobs_that_were_running(
+    mockslurm_site_factory: SiteFactory,
+    mockslurm_site_config: SiteConfigFactory,
+    mockslurm_ssh: SshFactory,
+) -> None:
+    config = mockslurm_site_config(min_job_age=300)
+    first = await mockslurm_site_factory(config)
+    conn = await mockslurm_ssh(first, "alice")
+    sleeper = "#!/bin/bash\nsleep 60\n"
+    done = int(
+        (
+            await slurm(conn, "sbatch", "--parsable", "-o", "/dev/null", input="#!/bin/sh\ntrue\n")
+        ).stdout
+    )
+    running = int(
+        (
+            await slurm(conn, "sbatch", "--parsable", "-c", "4", "-o", "/dev/null", input=sleeper)
+        ).stdout
+    )
+    await first.wait_for_state(done, {"COMPLETED"})
+    await first.wait_for_state(running, {"RUNNING"})
+    await first.stop()
+    second = await mockslurm_site_factory(config)
+    conn = await mockslurm_ssh(second, "alice")
+    listed = await slurm(conn, "squeue", "-h", "-t", "all", "-o", "%i %T")
+    assert listed.stdout == f"{done} COMPLETED\n{running} NODE_FAIL\n"
+    accounted = await slurm(
+        conn, "sacct", "-X", "-n", "-P", "-j", f"{done},{running}", "-o", "State"
+    )
+    assert accounted.stdout == "COMPLETED\nNODE_FAIL\n"
+    assert not second.cluster.nodes["gva-cn01"].jobs

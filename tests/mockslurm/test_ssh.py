@@ -154,7 +154,7 @@ async def test_more_than_max_sessions_channels_are_refused_like_sshd(
     mockslurm_site: MockSite, mockslurm_ssh: SshFactory
 ) -> None:
     conn = await mockslurm_ssh(mockslurm_site, "alice")
-    mockslurm_site.set_faults(controller_latency=0.5)
+    mockslurm_site.set_faults(controller_latency=1.0)
     results = await asyncio.gather(
         *(slurm(conn, "squeue", "-h") for _ in range(11)), return_exceptions=True
     )

@@ -210,7 +210,8 @@ class MockSlurm:
         return result
 
     def commands(self, site: str) -> dict[str, int]:
-        result: dict[str, int] = self.control("GET", f"/sites/{site}/commands")
+        """Slurm commands the site ran since the last reset, by command name."""
+        result: dict[str, int] = self.control("GET", f"/sites/{site}/commands")["commands"]
         return result
 
     def reset_commands(self, site: str) -> None:

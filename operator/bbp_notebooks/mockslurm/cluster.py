@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import grp
+import json
 import logging
 import os
 import pwd
@@ -16,7 +17,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 from typing import Protocol
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 SLURM_VERSION = "22.05.8"
 TOP_PRIORITY = 4294901760
+ID_BLOCK = 100
 
 
 class JobState(Enum):
@@ -106,10 +108,19 @@ class Job:
     pid: int | None = None
     kill_deadline: float | None = None
     export: str | None = None
+    ntasks: int | None = None
+
+    @property
+    def tasks_per_node(self) -> int:
+        return max(1, -(-(self.ntasks or 1) // self.num_nodes))
+
+    @property
+    def cpus_per_node(self) -> int:
+        return self.cpus_per_task * self.tasks_per_node
 
     @property
     def num_cpus(self) -> int:
-        return self.cpus_per_task * self.num_nodes
+        return self.cpus_per_node * self.num_nodes
 
     def state_name(self) -> str:
         return "COMPLETING" if self.completing else self.state.value
@@ -202,6 +213,7 @@ class Faults:
     ssh_refused: bool = False
     stuck_pending: bool = False
     sbatch_response_lost: bool = False
+    database_down: bool = False
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -210,6 +222,7 @@ class Faults:
             "ssh_refused": self.ssh_refused,
             "stuck_pending": self.stuck_pending,
             "sbatch_response_lost": self.sbatch_response_lost,
+            "database_down": self.database_down,
         }
 
 
@@ -222,7 +235,12 @@ class Runner(Protocol):
 
 
 class SubmitError(Exception):
-    """A submission slurmctld rejects; the message is Slurm's error string."""
+    """A submission slurmctld rejects; the message is Slurm's error string, `notes` are the
+    lines sbatch prints before it."""
+
+    def __init__(self, message: str, notes: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.notes = notes
 
 
 @dataclass
@@ -263,10 +281,15 @@ class Cluster:
         self.next_job_id = config.first_job_id
         self.version = 0
         self.stopped = False
+        self._last_save = 0.0
         self._wakeup = asyncio.Event()
         self._estimate_cache: tuple[tuple[int, int], dict[int, float | None]] | None = None
         self._id_file = config.state_dir / "next_job_id"
+        self._state_file = config.state_dir / "jobs.json"
+        self._saved_version = -1
         self._load_next_job_id()
+        self._reserved_ids = self.next_job_id
+        self._load_jobs()
 
     # ---- identities
 
@@ -330,6 +353,7 @@ class Cluster:
         comment: str | None,
         environment: dict[str, str],
         export: str | None = None,
+        ntasks: int | None = None,
     ) -> Job:
         """Validate like slurmctld's job_allocate and queue the job; raises SubmitError."""
         part_name = partition or self.default_partition
@@ -339,7 +363,10 @@ class Cluster:
             part_name = part_name.split(",")[0]
         part = self.partitions.get(part_name)
         if part is None:
-            raise SubmitError("Invalid partition name specified")
+            # sbatch checks the name itself first, then slurmctld refuses it (22.05 prints both).
+            raise SubmitError(
+                "Invalid partition name specified", (f"invalid partition specified: {part_name}",)
+            )
         if account is None:
             account = self.default_account(user.name)
         if account is None or account not in self.accounts_of(user.name):
@@ -348,7 +375,7 @@ class Cluster:
         over_limit = part.max_time is not None and (limit is None or limit > part.max_time)
         if over_limit and self.config.enforce_partition_limits:
             raise SubmitError("Requested time limit is invalid (missing or exceeds some limit)")
-        cpus = cpus_per_task or 1
+        cpus = (cpus_per_task or 1) * max(1, -(-(ntasks or 1) // num_nodes))
         memory = memory_mb or 0
         if num_nodes > len(part.nodes):
             raise SubmitError("Node count specification invalid")
@@ -358,12 +385,16 @@ class Cluster:
             if self.nodes[n].cpus >= cpus and self.nodes[n].memory_mb >= memory
         ]
         if len(capable) < num_nodes:
+            notes: tuple[str, ...] = ()
             if memory and not any(self.nodes[n].memory_mb >= memory for n in part.nodes):
-                raise SubmitError("Memory required by task is not available")
-            raise SubmitError("Requested node configuration is not available")
+                notes = ("Memory specification can not be satisfied",)
+            raise SubmitError("Requested node configuration is not available", notes)
         job_id = self.next_job_id
         self.next_job_id += 1
-        self._save_next_job_id()
+        if self.next_job_id > self._reserved_ids:
+            # Persist a block of ids at a time: after a restart ids continue past the block.
+            self._reserved_ids = self.next_job_id + ID_BLOCK
+            self._save_next_job_id(self._reserved_ids)
         values = {"j": str(job_id), "u": user.name, "x": name, "A": str(job_id), "a": "4294967294"}
         stdout = _expand_pattern(stdout_pattern or "slurm-%j.out", values, workdir)
         stderr = _expand_pattern(stderr_pattern, values, workdir) if stderr_pattern else stdout
@@ -375,7 +406,7 @@ class Cluster:
             partition=part.name,
             comment=comment,
             time_limit=limit,
-            cpus_per_task=cpus,
+            cpus_per_task=cpus_per_task or 1,
             cpus_per_task_set=cpus_per_task is not None,
             memory_mb=memory,
             num_nodes=num_nodes,
@@ -388,6 +419,7 @@ class Cluster:
             submit_time=self.clock(),
             priority=max(1, TOP_PRIORITY - (job_id - self.config.first_job_id)),
             export=export,
+            ntasks=ntasks,
         )
         if over_limit:
             job.reason = "PartitionTimeLimit"
@@ -494,6 +526,8 @@ class Cluster:
                 )
         job.kill_deadline = None
         self._release(job)
+        log.info("%s: job %s ended %s (%s)", self.config.name, job.job_id,
+                 job.accounting_state(), job.batch_exit_code())  # fmt: skip
         self._changed()
 
     # ---- the scheduler
@@ -533,6 +567,11 @@ class Cluster:
         else:
             self._mark_blocked()
         self._purge(now)
+        if (
+            self.version != self._saved_version
+            and now - self._last_save >= self.config.state_save_interval
+        ):
+            self.save_jobs()
 
     def _schedule(self, now: float) -> None:
         blocked: set[str] = set()
@@ -573,7 +612,7 @@ class Cluster:
     def _find_nodes(self, job: Job) -> list[str] | None:
         chosen: list[str] = []
         for name in self.partitions[job.partition].nodes:
-            if self.nodes[name].fits(job.cpus_per_task, job.memory_mb):
+            if self.nodes[name].fits(job.cpus_per_node, job.memory_mb):
                 chosen.append(name)
                 if len(chosen) == job.num_nodes:
                     return chosen
@@ -582,7 +621,7 @@ class Cluster:
     def _start(self, job: Job, nodes: list[str], now: float) -> None:
         for name in nodes:
             node = self.nodes[name]
-            node.alloc_cpus += job.cpus_per_task
+            node.alloc_cpus += job.cpus_per_node
             node.alloc_memory_mb += job.memory_mb
             node.jobs.add(job.job_id)
         job.nodes = nodes
@@ -592,6 +631,8 @@ class Cluster:
         job.ran = True
         job.batch_state = JobState.RUNNING
         self.running[job.job_id] = job
+        log.info("%s: job %s of %s started on %s", self.config.name, job.job_id, job.user.name,
+                 ",".join(nodes))  # fmt: skip
         self.runner.launch(self, job)
 
     def _release(self, job: Job) -> None:
@@ -599,7 +640,7 @@ class Cluster:
             node = self.nodes[name]
             if job.job_id in node.jobs:
                 node.jobs.discard(job.job_id)
-                node.alloc_cpus -= job.cpus_per_task
+                node.alloc_cpus -= job.cpus_per_node
                 node.alloc_memory_mb -= job.memory_mb
         self.running.pop(job.job_id, None)
 
@@ -670,7 +711,55 @@ class Cluster:
         self._estimate_cache = (key, estimates)
         return estimates
 
-    # ---- persistence of the id counter
+    # ---- persistence (like slurmctld's StateSaveLocation)
+
+    def save_jobs(self) -> None:
+        """Write the job table; finished jobs are kept for sacct."""
+        self._last_save = self.clock()
+        self._saved_version = self.version
+        records = [_job_record(job) for job in self.accounting.values()]
+        visible = sorted(self.jobs)
+        try:
+            tmp = self._state_file.with_suffix(".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                json.dump({"jobs": records, "in_squeue": visible}, handle)
+            os.replace(tmp, self._state_file)
+        except OSError:
+            log.warning("cannot save the job table in %s", self._state_file)
+
+    def _load_jobs(self) -> None:
+        """Reload saved jobs. Their processes died with the previous emulator, so jobs that were
+        running end NODE_FAIL (as if their node had rebooted); pending jobs queue again."""
+        try:
+            data = json.loads(self._state_file.read_text())
+        except (OSError, ValueError):
+            return
+        now = self.clock()
+        visible = set(data.get("in_squeue", []))
+        for record in data.get("jobs", []):
+            try:
+                job = _job_from_record(record)
+            except (KeyError, TypeError, ValueError):
+                log.warning("skipping an unreadable saved job")
+                continue
+            if job.partition not in self.partitions:
+                continue
+            if job.state is JobState.RUNNING or job.completing:
+                if job.state is JobState.RUNNING:
+                    job.state = JobState.NODE_FAIL
+                    job.reason = "NodeDown"
+                    job.end_time = now
+                job.completing = False
+                job.batch_state = JobState.CANCELLED
+                job.exit_status, job.exit_signal = 0, signal.SIGKILL
+                job.pid = None
+            self.accounting[job.job_id] = job
+            if job.job_id in visible or job.state is JobState.NODE_FAIL:
+                self.jobs[job.job_id] = job
+            if job.state is JobState.PENDING:
+                self.pending.append(job)
+            self.next_job_id = max(self.next_job_id, job.job_id + 1)
 
     def _load_next_job_id(self) -> None:
         try:
@@ -679,14 +768,32 @@ class Cluster:
             return
         self.next_job_id = max(self.next_job_id, saved)
 
-    def _save_next_job_id(self) -> None:
+    def _save_next_job_id(self, value: int) -> None:
         try:
             self._id_file.parent.mkdir(parents=True, exist_ok=True)
             tmp = self._id_file.with_suffix(".tmp")
-            tmp.write_text(f"{self.next_job_id}\n")
+            tmp.write_text(f"{value}\n")
             os.replace(tmp, self._id_file)
         except OSError:
             log.warning("cannot persist the job id counter in %s", self._id_file)
+
+
+def _job_record(job: Job) -> dict[str, object]:
+    record = {f.name: getattr(job, f.name) for f in fields(Job)}
+    record["user"] = asdict(job.user)
+    record["state"] = job.state.value
+    record["batch_state"] = job.batch_state.value if job.batch_state else None
+    return record
+
+
+def _job_from_record(record: dict[str, object]) -> Job:
+    values = dict(record)
+    values["user"] = Identity(**values["user"])  # type: ignore[arg-type]
+    values["state"] = JobState(values["state"])
+    batch = values.get("batch_state")
+    values["batch_state"] = JobState(batch) if isinstance(batch, str) else None
+    known = {f.name for f in fields(Job)}
+    return Job(**{k: v for k, v in values.items() if k in known})  # type: ignore[arg-type]
 
 
 def _result_state(exit_status: int, exit_signal: int) -> JobState:

@@ -125,6 +125,9 @@ class SiteConfig(_Model):
     controller_down_delay: float = Field(
         9.0, ge=0, description="Seconds a command waits before reporting the controller down."
     )
+    state_save_interval: float = Field(
+        5.0, gt=0, description="Seconds between saves of the job table to state_dir/jobs.json."
+    )
     max_sessions: int = Field(
         10, ge=1, description="sshd MaxSessions: open channels allowed per connection."
     )

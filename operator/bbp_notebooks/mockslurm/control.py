@@ -6,8 +6,8 @@
   POST /sites/{site}/commands/reset
   GET  /sites/{site}/faults                 POST the same keys to change them:
        {"controller_down": bool, "controller_latency": s, "ssh_refused": bool,
-        "stuck_pending": bool, "sbatch_response_lost": bool, "controller_down_delay": s,
-        "ssh_down": bool}
+        "stuck_pending": bool, "sbatch_response_lost": bool, "database_down": bool,
+        "controller_down_delay": s, "ssh_down": bool}
   POST /sites/{site}/nodes/{node}/fail | /resume
   POST /sites/{site}/jobs/{id}/kill         {"state": "FAILED" | "CANCELLED"}
 With a single site, /faults, /jobs and /commands address it directly.
@@ -21,6 +21,16 @@ from aiohttp import web
 
 from bbp_notebooks.mockslurm.site import MockSite
 
+FAULT_KEYS = {
+    "controller_down",
+    "controller_latency",
+    "controller_down_delay",
+    "ssh_refused",
+    "ssh_down",
+    "stuck_pending",
+    "sbatch_response_lost",
+    "database_down",
+}
 SITES: web.AppKey[dict[str, MockSite]] = web.AppKey("sites", dict)
 
 
@@ -97,9 +107,7 @@ async def _get_faults(request: web.Request) -> web.Response:
 async def _set_faults(request: web.Request) -> web.Response:
     site = _site(request)
     body = await _body(request)
-    known = {"controller_down", "controller_latency", "ssh_refused", "stuck_pending",
-             "controller_down_delay", "ssh_down", "sbatch_response_lost"}  # fmt: skip
-    unknown = set(body) - known
+    unknown = set(body) - FAULT_KEYS
     if unknown:
         raise web.HTTPBadRequest(text=f"unknown faults: {sorted(unknown)}")
     try:
@@ -109,6 +117,7 @@ async def _set_faults(request: web.Request) -> web.Response:
             ssh_refused=_opt_bool(body, "ssh_refused"),
             stuck_pending=_opt_bool(body, "stuck_pending"),
             sbatch_response_lost=_opt_bool(body, "sbatch_response_lost"),
+            database_down=_opt_bool(body, "database_down"),
             controller_down_delay=_opt_float(body, "controller_down_delay"),
         )
     except (TypeError, ValueError) as error:

@@ -235,8 +235,8 @@ def parse_datetime(text: str, now: float | None = None) -> float | None:
         rest = lowered[3:]
         if not rest:
             return current
-        match = re.match(r"^([+-])(\d+)(seconds|minutes|hours|days|weeks|s|m|h|d|w)?$", rest)
-        if not match:
+        match = re.match(r"^([+-])(\d+)([a-z]*)$", rest)
+        if not match or (match.group(3) and match.group(3)[0] not in "smhdw"):
             return None
         sign = 1 if match.group(1) == "+" else -1
         unit = match.group(3) or "seconds"

@@ -29,6 +29,7 @@ class ProcessRunner:
         self.spool_dir = spool_dir
         self.run_as_users = run_as_users
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._closing = False
 
     def launch(self, cluster: Cluster, job: Job) -> None:
         task = asyncio.get_running_loop().create_task(self._run(cluster, job))
@@ -49,13 +50,17 @@ class ProcessRunner:
 
     async def shutdown(self, cluster: Cluster) -> None:
         """Kill every job's processes (the node goes away with the emulator)."""
+        self._closing = True
         for job in list(cluster.running.values()):
             self.signal(job, signal.SIGKILL)
         tasks = list(self._tasks.values())
-        if tasks:
-            await asyncio.wait(tasks, timeout=5)
-        for task in tasks:
+        if not tasks:
+            return
+        _, stuck = await asyncio.wait(tasks, timeout=5)
+        for task in stuck:
             task.cancel()
+        if stuck:
+            await asyncio.wait(stuck, timeout=5)
 
     def _switch_user(self, job: Job) -> bool:
         return self.run_as_users and os.geteuid() == 0 and job.user.posix
@@ -100,13 +105,13 @@ class ProcessRunner:
             if stderr_fd != stdout_fd:
                 os.close(stderr_fd)
         cluster.process_started(job, process.pid)
-        returncode = await process.wait()
-        # The batch script is gone; like slurmstepd, take any stragglers with it.
         try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        return returncode
+            if self._closing:  # started while the emulator was shutting down
+                _kill_group(process.pid)
+            return await process.wait()
+        finally:
+            # The batch script is gone (or we are); like slurmstepd, take stragglers with it.
+            _kill_group(process.pid)
 
     def _prepare(self, job: Job, switch: bool) -> tuple[Path, str, int, int, list[str]]:
         """Spool the script and open the output files (blocking file work, done up front)."""
@@ -157,7 +162,7 @@ class ProcessRunner:
         config = cluster.config
         env = dict(job.environment)
         nodelist = compress_hostlist(job.nodes)
-        cpus_on_node = str(job.cpus_per_task)
+        cpus_on_node = str(job.cpus_per_node)
         slurm = {
             "SLURM_JOB_ID": str(job.job_id),
             "SLURM_JOBID": str(job.job_id),
@@ -194,6 +199,8 @@ class ProcessRunner:
             slurm["SLURM_CPUS_PER_TASK"] = str(job.cpus_per_task)
         if job.memory_mb:
             slurm["SLURM_MEM_PER_NODE"] = str(job.memory_mb)
+        if job.ntasks is not None:
+            slurm["SLURM_NTASKS"] = slurm["SLURM_NPROCS"] = str(job.ntasks)
         if job.time_limit is not None:
             slurm["SLURM_JOB_END_TIME"] = str(int((job.start_time or 0) + job.time_limit * 60))
         if job.start_time is not None:
@@ -208,12 +215,21 @@ class ProcessRunner:
         return env
 
 
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def _cpus_per_node(job: Job) -> str:
-    return f"{job.cpus_per_task}(x{job.num_nodes})" if job.num_nodes > 1 else str(job.cpus_per_task)
+    cpus = job.cpus_per_node
+    return f"{cpus}(x{job.num_nodes})" if job.num_nodes > 1 else str(cpus)
 
 
 def _tasks_per_node(job: Job) -> str:
-    return f"1(x{job.num_nodes})" if job.num_nodes > 1 else "1"
+    tasks = job.tasks_per_node
+    return f"{tasks}(x{job.num_nodes})" if job.num_nodes > 1 else str(tasks)
 
 
 def _writable_by(path: str, uid: int, gid: int) -> bool:

@@ -120,6 +120,8 @@ class MockSite:
             except TimeoutError:
                 self._scheduler.cancel()
             self._scheduler = None
+        # Saved before the processes are killed: a restart reports them as NODE_FAIL.
+        self.cluster.save_jobs()
         await self.runner.shutdown(self.cluster)
         if self._own_spool:
             shutil.rmtree(self.spool_dir, ignore_errors=True)
@@ -198,6 +200,7 @@ class MockSite:
         ssh_refused: bool | None = None,
         stuck_pending: bool | None = None,
         sbatch_response_lost: bool | None = None,
+        database_down: bool | None = None,
         controller_down_delay: float | None = None,
     ) -> None:
         faults = self.cluster.faults
@@ -211,6 +214,8 @@ class MockSite:
             faults.stuck_pending = stuck_pending
         if sbatch_response_lost is not None:
             faults.sbatch_response_lost = sbatch_response_lost
+        if database_down is not None:
+            faults.database_down = database_down
         if controller_down_delay is not None:
             self.config.controller_down_delay = controller_down_delay
 
@@ -221,6 +226,7 @@ class MockSite:
             ssh_refused=False,
             stuck_pending=False,
             sbatch_response_lost=False,
+            database_down=False,
         )
 
     def fail_node(self, name: str) -> None:

@@ -113,7 +113,7 @@ async def _run_process(site: MockSite, process: asyncssh.SSHServerProcess[str]) 
             cwd=user.home,
         )
         if not user.posix:
-            Path(user.home).mkdir(parents=True, exist_ok=True)
+            _make_home(user.home)
         result = await execute(context, command)
         if site.cluster.faults.sbatch_response_lost and result.stdout and _is_sbatch(command):
             # The job exists, but the client never hears about it (a dropped connection).
@@ -139,6 +139,10 @@ async def _run_process(site: MockSite, process: asyncssh.SSHServerProcess[str]) 
             process.exit(255)
         except Exception:
             process.close()
+
+
+def _make_home(path: str) -> None:
+    Path(path).mkdir(parents=True, exist_ok=True)
 
 
 def _is_sbatch(command: str) -> bool:

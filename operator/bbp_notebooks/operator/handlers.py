@@ -38,7 +38,12 @@ from bbp_notebooks.api.settings import OperatorSettings
 from bbp_notebooks.operator import observe, sessions, sites
 from bbp_notebooks.operator.http import EndpointReport, build_app, serve
 from bbp_notebooks.operator.kube import Kube
-from bbp_notebooks.operator.metrics import RECONCILE_ERRORS, SSH_CHANNELS, SSH_CONNECTIONS
+from bbp_notebooks.operator.metrics import (
+    POLL_SECONDS,
+    RECONCILE_ERRORS,
+    SSH_CHANNELS,
+    SSH_CONNECTIONS,
+)
 from bbp_notebooks.operator.planning import NoSiteAvailable, SiteView
 from bbp_notebooks.operator.runtime import CredentialsUnavailable, Runtime
 from bbp_notebooks.ssh import SshError
@@ -277,7 +282,10 @@ async def poll_site(
         refs = list(_values(session_index))
         here = [s for s in refs if s.status.site == name]
         try:
-            new = await sites.poll_once(rt, view, body["metadata"].get("generation"), here, state)
+            with POLL_SECONDS.labels(name).time():
+                new = await sites.poll_once(
+                    rt, view, body["metadata"].get("generation"), here, state
+                )
             if dump(new) != dump(view.status):
                 await rt.kube.patch_site_status(name, dump(new))
             sites.publish_session_gauge(refs)

@@ -62,6 +62,13 @@ RECONCILE_ERRORS = Counter(
     ["handler", "kind"],
     registry=REGISTRY,
 )
+POLL_SECONDS = Histogram(
+    "bbp_notebooks_site_poll_seconds",
+    "Duration of one site poll (Slurm commands, status computation and writes).",
+    ["site"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+    registry=REGISTRY,
+)
 SITE_POLLS = Counter(
     "bbp_notebooks_site_polls_total",
     "Site polls, by outcome.",

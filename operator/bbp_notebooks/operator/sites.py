@@ -7,6 +7,7 @@ sessions whose jobs left the queue. A failed command never reads as "job gone".
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 from collections import Counter
@@ -167,6 +168,26 @@ async def _write_session(
     state.last_phase[session.uid] = new.phase
 
 
+# Status writes of one poll go out concurrently, but boundedly: many sessions change at once
+# after an outage or a burst of submissions, and the API server has its own limits.
+WRITE_CONCURRENCY = 16
+
+
+async def _write_all(
+    rt: Runtime,
+    state: PollState,
+    site: str,
+    changes: list[tuple[SessionRef, NotebookSessionStatus]],
+) -> None:
+    gate = asyncio.Semaphore(WRITE_CONCURRENCY)
+
+    async def write(session: SessionRef, new: NotebookSessionStatus) -> None:
+        async with gate:
+            await _write_session(rt, state, session, new, site)
+
+    await asyncio.gather(*(write(s, n) for s, n in changes if dump(n) != dump(s.status)))
+
+
 async def poll_once(
     rt: Runtime,
     site: SiteView,
@@ -204,11 +225,11 @@ async def poll_once(
         SITE_POLLS.labels(site.name, type(error).__name__).inc()
         message = str(error)
         log.warning("site %s unreachable: %s", site.name, message)
-        for session in active:
-            new = observe.site_unreachable(
-                session.status, message, now=now, generation=session.generation
-            )
-            await _write_session(rt, state, session, new, site.name)
+        unreachable = [
+            (s, observe.site_unreachable(s.status, message, now=now, generation=s.generation))
+            for s in active
+        ]
+        await _write_all(rt, state, site.name, unreachable)
         return site_status(
             site.status, reachable=False, message=message, now=now, generation=generation
         )
@@ -217,6 +238,7 @@ async def poll_once(
     zone = ZoneInfo(site.spec.time_zone)
     state.polls += 1
     grace = dt.timedelta(seconds=max(60, 3 * site.spec.poll_interval_seconds))
+    changes = []
     for session in active:
         entry = tagged.get(session.uid)
         job: observe.JobObservation | None
@@ -240,7 +262,8 @@ async def poll_once(
             now=now,
             generation=session.generation,
         )
-        await _write_session(rt, state, session, new, site.name)
+        changes.append((session, new))
+    await _write_all(rt, state, site.name, changes)
 
     if (
         state.polls % rt.settings.orphan_sweep_every_polls == 1

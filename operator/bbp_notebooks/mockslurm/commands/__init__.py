@@ -6,6 +6,7 @@ Anything else is answered the way bash would: "command not found", exit 127.
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 
@@ -19,6 +20,8 @@ from bbp_notebooks.mockslurm.commands import (
     squeue,
 )
 from bbp_notebooks.mockslurm.commands.base import CommandResult, Context, Handler
+
+log = logging.getLogger(__name__)
 
 HANDLERS: dict[str, Handler] = {
     "sbatch": sbatch.main,
@@ -59,6 +62,7 @@ async def execute(context: Context, command_line: str) -> CommandResult:
         context.cluster.command_counts["<not found>"] += 1
         return CommandResult(127, "", f"bash: {argv[0]}: command not found\n")
     context.cluster.command_counts[name] += 1
+    log.debug("%s: %s runs %s", context.cluster.config.name, context.user.name, name)
     status = await HANDLERS[name](context, argv[1:])
     return context.result(status)
 

@@ -105,7 +105,7 @@ FieldFn = Callable[[Row], str]
 # name (canonical capitalisation) -> (default width, value)
 FIELDS: dict[str, tuple[int, FieldFn]] = {
     "Account": (10, lambda r: r.job.account),
-    "AllocCPUS": (10, lambda r: str(r.job.cpus_per_task if r.is_step else r.job.num_cpus)),
+    "AllocCPUS": (10, lambda r: str(r.job.cpus_per_node if r.is_step else r.job.num_cpus)),
     "AllocNodes": (10, lambda r: str(1 if r.is_step else len(r.job.nodes))),
     "Cluster": (10, lambda r: ""),
     "Comment": (15, lambda r: "" if r.is_step else (r.job.comment or "")),
@@ -120,14 +120,14 @@ FIELDS: dict[str, tuple[int, FieldFn]] = {
     "JobID": (12, lambda r: f"{r.job.job_id}.{r.step}" if r.is_step else str(r.job.job_id)),
     "JobIDRaw": (12, lambda r: f"{r.job.job_id}.{r.step}" if r.is_step else str(r.job.job_id)),
     "JobName": (10, lambda r: r.step if r.step else r.job.name),
-    "NCPUS": (10, lambda r: str(r.job.cpus_per_task if r.is_step else r.job.num_cpus)),
+    "NCPUS": (10, lambda r: str(r.job.cpus_per_node if r.is_step else r.job.num_cpus)),
     "NNodes": (8, lambda r: str(1 if r.is_step else r.job.num_nodes)),
     "NodeList": (15, _nodelist),
     "Partition": (10, lambda r: "" if r.is_step else r.job.partition),
     "Priority": (10, lambda r: "" if r.is_step else str(r.job.priority)),
     "QOS": (10, lambda r: "" if r.is_step else "normal"),
     "Reason": (22, lambda r: "" if r.is_step else r.job.reason),
-    "ReqCPUS": (8, lambda r: str(r.job.cpus_per_task if r.is_step else r.job.num_cpus)),
+    "ReqCPUS": (8, lambda r: str(r.job.cpus_per_node if r.is_step else r.job.num_cpus)),
     "ReqMem": (10, lambda r: memory_mb(r.job.memory_mb) if r.job.memory_mb else "0"),
     "ReqNodes": (8, lambda r: str(1 if r.is_step else r.job.num_nodes)),
     "Start": (19, _start),
@@ -197,6 +197,8 @@ async def main(ctx: Context, argv: list[str]) -> int:
     columns, bad = _columns(fmt)
     if bad is not None:
         ctx.err(f'sacct: error: Invalid field requested: "{bad}"\n')
+        return 1
+    if not await ctx.contact_database("sacct"):
         return 1
     now = time.time()
     job_ids: set[int] | None = None

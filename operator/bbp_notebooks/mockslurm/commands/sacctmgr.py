@@ -80,6 +80,8 @@ async def main(ctx: Context, argv: list[str]) -> int:
         key = {"users": "user", "accounts": "account", "clusters": "cluster",
                "partitions": "partition", "names": "name"}.get(key, key)  # fmt: skip
         conditions.setdefault(key, set()).update(v for v in value.split(",") if v)
+    if not await ctx.contact_database("sacctmgr"):
+        return 1
     cluster = ctx.cluster
     site = cluster.config.name
     rows: list[dict[str, str]] = []

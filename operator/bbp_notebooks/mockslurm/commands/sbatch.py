@@ -157,6 +157,13 @@ async def main(ctx: Context, argv: list[str]) -> int:
     except _Fail as failure:
         ctx.err("".join(f"sbatch: error: {line}\n" for line in failure.lines))
         return 1
+    cluster_name = settings.get("clusters")
+    if cluster_name is not None and cluster_name != ctx.cluster.config.name:
+        ctx.err(
+            f"sbatch: error: '{cluster_name}' can't be reached now, or it is an invalid entry "
+            "for --cluster.  Use 'sacctmgr list clusters' to see available clusters.\n"
+        )
+        return 1
     environment = _environment(ctx, settings.get("export"), cwd)
     if environment is None:
         ctx.err(f"sbatch: error: Invalid --export specification: {settings.get('export')}\n")
@@ -182,14 +189,22 @@ async def main(ctx: Context, argv: list[str]) -> int:
             comment=settings.get("comment"),
             environment=environment,
             export=settings.get("export"),
+            ntasks=request.ntasks,
         )
     except SubmitError as error:
+        for note in error.notes:
+            ctx.err(f"sbatch: error: {note}\n")
         ctx.err(f"sbatch: error: Batch job submission failed: {error}\n")
         return 1
+    if "quiet" in settings:
+        return 0
+    # sbatch.c names the cluster only when -M/--clusters picked one.
+    cluster = settings.get("clusters")
     if "parsable" in settings:
-        ctx.out(f"{job.job_id}\n")
+        ctx.out(f"{job.job_id};{cluster}\n" if cluster else f"{job.job_id}\n")
     else:
-        ctx.out(f"Submitted batch job {job.job_id}\n")
+        suffix = f" on cluster {cluster}" if cluster else ""
+        ctx.out(f"Submitted batch job {job.job_id}{suffix}\n")
     return 0
 
 
@@ -206,6 +221,7 @@ class _Request:
         self.cpus: int | None = None
         self.memory_mb: int | None = None
         self.nodes = 1
+        self.ntasks: int | None = None
         self.workdir = ""
 
 
@@ -229,15 +245,22 @@ def _request(settings: dict[str, str | None], cwd: str) -> _Request:
         per_cpu = parse_memory(settings["mem_per_cpu"] or "")
         if per_cpu is None:
             raise _Fail("Invalid --mem-per-cpu specification")
-        request.memory_mb = per_cpu * (request.cpus or 1)
+        request.memory_mb = per_cpu * (request.cpus or 1) * _tasks(settings, request.nodes)
     if "nodes" in settings:
         text = (settings["nodes"] or "").split("-")[0]
         if not text.isdigit() or int(text) < 1:
             raise _Fail(f'"{settings["nodes"]}" is not a valid node count')
         request.nodes = int(text)
+    if "ntasks" in settings:
+        request.ntasks = _positive(settings["ntasks"], "--ntasks")
     chdir = settings.get("chdir")
     request.workdir = os.path.normpath(os.path.join(cwd, chdir)) if chdir else cwd
     return request
+
+
+def _tasks(settings: dict[str, str | None], nodes: int) -> int:
+    text = settings.get("ntasks") or "1"
+    return max(1, -(-int(text) // nodes)) if text.isdigit() and int(text) > 0 else 1
 
 
 def _positive(value: str | None, option: str) -> int:

@@ -34,6 +34,12 @@ OPTIONS = [
 STATES = {"PENDING": JobState.PENDING, "PD": JobState.PENDING,
           "RUNNING": JobState.RUNNING, "R": JobState.RUNNING}  # fmt: skip
 
+# scancel exits with the largest Slurm errno it met, truncated to 8 bits by exit(3), as 22.05 does
+# (checked against real Slurm: tests/slurm/test_contract.py, tests/realslurm/samples).
+EXIT_ACCESS_DENIED = 2002 & 0xFF  # ESLURM_ACCESS_DENIED -> 210
+EXIT_TRANSITION_STATE = 2020 & 0xFF  # ESLURM_TRANSITION_STATE_NO_UPDATE -> 228
+EXIT_CONTROLLER_DOWN = 1800 & 0xFF  # SLURMCTLD_COMMUNICATIONS_CONNECTION_ERROR -> 8
+
 
 def _signal_number(text: str) -> int | None:
     if text.isdigit():
@@ -101,7 +107,7 @@ async def main(ctx: Context, argv: list[str]) -> int:
                 ctx.err(f"scancel: error: Kill job error on job id {job_id}: {CONNECT_FAILURE}\n")
         else:
             ctx.err(f"scancel: error: slurm_load_jobs error: {CONNECT_FAILURE}\n")
-        return 1
+        return EXIT_CONTROLLER_DOWN if job_ids else 1
     cluster = ctx.cluster
     names = _csv(settings.get("name"))
     partitions = _csv(settings.get("partition"))
@@ -131,33 +137,38 @@ async def main(ctx: Context, argv: list[str]) -> int:
             if not job.state.finished and wanted(job)
         ]
         explicit = False
+    verbose = "verbose" in settings
     for job_id, job in targets:
+        if explicit and verbose:
+            ctx.err(f"scancel: Terminating job {job_id}\n")
+        if job is not None and explicit and not wanted(job):
+            continue
+        gone = None
         if job is None:
-            ctx.err(
-                f"scancel: error: Kill job error on job id {job_id}: Invalid job id specified\n"
-            )
-            status = 1
-            continue
-        if explicit and not wanted(job):
-            continue
-        if job.user.uid != ctx.user.uid and ctx.user.uid != 0:
+            gone = "Invalid job id specified"
+        elif job.user.uid != ctx.user.uid and ctx.user.uid != 0:
             ctx.err(
                 f"scancel: error: Kill job error on job id {job_id}: Access/permission denied\n"
             )
-            status = 1
+            status = max(status, EXIT_ACCESS_DENIED)
             continue
-        if job.state.finished or job.completing:
-            ctx.err(
-                f"scancel: error: Kill job error on job id {job_id}: "
-                "Job/step already completing or completed\n"
-            )
-            status = 1
+        elif job.state.finished or job.completing:
+            gone = "Job/step already completing or completed"
+        if gone is not None:
+            # A job that is over (or unknown) counts as cancelled: silent and exit 0 unless -v;
+            # only a signal other than KILL makes it an error.
+            if verbose or signum != signals.SIGKILL:
+                ctx.err(f"scancel: error: Kill job error on job id {job_id}: {gone}\n")
+            if signum != signals.SIGKILL:
+                status = max(status, 1)
             continue
+        assert job is not None
         if signum != signals.SIGKILL and job.state is JobState.PENDING:
             ctx.err(
-                f"scancel: error: Kill job error on job id {job_id}: Job is pending execution\n"
+                f"scancel: error: Kill job error on job id {job_id}: "
+                "Job can not be altered now, try again later\n"
             )
-            status = 1
+            status = max(status, EXIT_TRANSITION_STATE)
             continue
         cluster.cancel(job, ctx.user.uid, signum)
     return status

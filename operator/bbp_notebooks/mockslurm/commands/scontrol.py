@@ -58,11 +58,11 @@ def show_job(cluster: Cluster, job: Job, now: float, oneliner: bool) -> str:
         "ReqNodeList=(null) ExcNodeList=(null)",
         f"NodeList={nodes}",
         *([f"BatchHost={job.nodes[0]}"] if job.nodes else []),
-        f"NumNodes={job.num_nodes} NumCPUs={job.num_cpus} NumTasks={job.num_nodes} "
+        f"NumNodes={job.num_nodes} NumCPUs={job.num_cpus} NumTasks={job.ntasks or job.num_nodes} "
         f"CPUs/Task={job.cpus_per_task} ReqB:S:C:T=0:0:*:*",
         f"TRES={tres}",
         "Socks/Node=* NtasksPerN:B:S:C=0:0:*:* CoreSpec=*",
-        f"MinCPUsNode={job.cpus_per_task} MinMemoryNode={mem} MinTmpDiskNode=0",
+        f"MinCPUsNode={job.cpus_per_node} MinMemoryNode={mem} MinTmpDiskNode=0",
         "Features=(null) DelayBoot=00:00:00",
         "OverSubscribe=OK Contiguous=0 Licenses=(null) Network=(null)",
         f"Command={job.command or '(null)'}",
@@ -101,7 +101,8 @@ async def main(ctx: Context, argv: list[str]) -> int:
 
 
 async def _show(ctx: Context, args: list[str], oneliner: bool) -> int:
-    if not await ctx.contact_controller():
+    # Like squeue -j: one job is asked for with an RPC that gives up after two tries.
+    if not await ctx.contact_controller(attempts=2 if args else 1):
         ctx.err(f"slurm_load_jobs error: {CONNECT_FAILURE}\n")
         return 1
     cluster = ctx.cluster

@@ -143,7 +143,7 @@ FIELDS: dict[str, tuple[str, FieldFn, bool]] = {
     "a": ("ACCOUNT", lambda j, v: j.account, True),
     "A": ("JOBID", lambda j, v: str(j.job_id), True),
     "B": ("EXEC_HOST", lambda j, v: j.nodes[0] if j.nodes else "n/a", True),
-    "c": ("MIN_CPUS", lambda j, v: str(j.cpus_per_task), True),
+    "c": ("MIN_CPUS", lambda j, v: str(j.cpus_per_node), True),
     "C": ("CPUS", lambda j, v: str(j.num_cpus), True),
     "d": ("MIN_TMP_DISK", lambda j, v: "0", True),
     "D": ("NODES", lambda j, v: str(j.num_nodes), True),
@@ -389,7 +389,9 @@ async def main(ctx: Context, argv: list[str]) -> int:
         fmt = START_FORMAT if start_flag else (LONG_FORMAT if long_list else DEFAULT_FORMAT)
     if sort is None:
         sort = "S" if start_flag else "P,t,-p"
-    if not await ctx.contact_controller():
+    # One job id or one user: squeue asks with a narrower RPC, which gives up after two tries.
+    single = len(job_ids) == 1 if job_ids is not None else uids is not None and len(uids) == 1
+    if not await ctx.contact_controller(attempts=2 if single else 1):
         ctx.err(f"slurm_load_jobs error: {CONNECT_FAILURE}\n")
         return 1
     cluster = ctx.cluster

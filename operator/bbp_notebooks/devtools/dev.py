@@ -1,0 +1,356 @@
+"""`make dev`: the whole system on this machine, on 127.0.0.1, until Ctrl-C.
+
+A local control plane (kube-apiserver + etcd) with the CRDs, two emulated Slurm sites (Geneva with
+8 nodes, Lugano with 4 and a required project), the sample profiles, the operator, and JupyterHub
+with the NotebookSessionSpawner behind configurable-http-proxy. :func:`start_dev_system` returns
+the running pieces; the browser end-to-end test starts the system through it too, so `make dev`
+and the test share their wiring.
+
+    python -m bbp_notebooks.devtools.dev [--workdir .dev] [--port 8000]
+
+Stopping deletes the sessions first, so that the operator's finalizers cancel their Slurm jobs
+(with a deadline), then stops the hub, the operator, the sites and the control plane.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from bbp_notebooks.devtools import stack
+from bbp_notebooks.devtools.controlplane import ControlPlane, repo_root
+from bbp_notebooks.devtools.stack import Keys, MockSlurm, Operator, free_port, wait_for
+
+HOST = "127.0.0.1"
+DEV_USERS = ("alice", "bob")
+SESSION_NAMESPACE = "default"
+HUB_START_TIMEOUT_S = 60.0
+SESSIONS_GONE_TIMEOUT_S = 60.0
+DEPS_TIMEOUT_S = 1800.0
+
+
+class DevError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class DevDeps:
+    """What scripts/install-dev-deps.sh installs: the proxy, the jobs' notebook python, chromium."""
+
+    chp: Path
+    notebook_python: Path
+    chromium: Path
+
+    @property
+    def singleuser(self) -> Path:
+        return self.notebook_python.parent / "jupyterhub-singleuser"
+
+
+def ensure_dev_deps(root: Path | None = None) -> DevDeps:
+    """Run scripts/install-dev-deps.sh (a no-op when everything is there) and read what it found."""
+    script = (root or repo_root()) / "scripts" / "install-dev-deps.sh"
+    # stderr passes through: a first install takes a minute and says what it does.
+    result = subprocess.run(
+        ["bash", str(script)],
+        stdout=subprocess.PIPE,
+        text=True,
+        check=False,
+        timeout=DEPS_TIMEOUT_S,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    if result.returncode != 0:
+        raise DevError(f"{script} failed with exit status {result.returncode}")
+    found = dict(
+        line.split("=", 1) for line in result.stdout.splitlines() if "=" in line
+    )  # fmt: skip
+    try:
+        deps = DevDeps(Path(found["chp"]), Path(found["notebook_python"]), Path(found["chromium"]))
+    except KeyError as error:
+        raise DevError(f"{script} did not report {error}: {result.stdout!r}") from None
+    for path in (deps.chp, deps.notebook_python, deps.singleuser, deps.chromium):
+        if not os.access(path, os.X_OK):
+            raise DevError(f"{path} is missing or not executable; run {script}")
+    return deps
+
+
+@dataclass
+class Hub:
+    """JupyterHub (examples/jupyterhub_config.py), which starts configurable-http-proxy itself."""
+
+    workdir: Path
+    kubeconfig: Path
+    chp: Path
+    port: int = 0
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(12), repr=False)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "jupyterhub.log"
+
+    def start(self, timeout: float = HUB_START_TIMEOUT_S) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "JPY_COOKIE_SECRET": secrets.token_hex(32),
+            "CONFIGPROXY_AUTH_TOKEN": secrets.token_hex(32),
+            "BBP_DEV_PASSWORD": self.password,
+            "BBP_CHP": str(self.chp),
+            "BBP_HUB_PORT": str(self.port),
+            "BBP_HUB_API_PORT": str(free_port()),
+            "BBP_PROXY_API_PORT": str(free_port()),
+            "BBP_HUB_STATE_DIR": str(self.workdir),
+            "BBP_SESSION_NAMESPACE": SESSION_NAMESPACE,
+        }
+        config = repo_root() / "examples" / "jupyterhub_config.py"
+        with self.log_path.open("ab") as log:
+            # A session of its own (the proxy joins it): Ctrl-C reaches only `make dev`, which
+            # stops the pieces in order.
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "jupyterhub", "-f", str(config)],
+                cwd=self.workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_for(lambda: self.alive() and self._healthy(), timeout, "JupyterHub behind the proxy")
+
+    def alive(self) -> bool:
+        if self.process is None or self.process.poll() is not None:
+            raise DevError(f"JupyterHub exited:\n{_tail(self.log_path)}")
+        return True
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/hub/health", timeout=2) as response:  # noqa: S310
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self) -> None:
+        # SIGTERM: the hub stops the proxy it started; the sessions stay (cleanup_servers=False),
+        # they are deleted by DevSystem.stop.
+        stack._stop(self.process, timeout=20)
+
+
+@dataclass
+class DevSystem:
+    """Every running piece of `make dev`; stop() undoes start_dev_system()."""
+
+    workdir: Path
+    deps: DevDeps
+    control_plane: ControlPlane
+    mock: MockSlurm
+    operator: Operator
+    hub: Hub
+
+    @property
+    def url(self) -> str:
+        return self.hub.url
+
+    def kubectl(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["kubectl", *args], input=stdin, env=self.control_plane.env, capture_output=True,
+            text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    def sessions(self) -> list[str]:
+        """namespace/name of every NotebookSession, or an error when the API cannot be asked."""
+        result = self.kubectl("get", "notebooksessions", "-A", "-o", "json")
+        if result.returncode != 0:
+            raise DevError(f"kubectl get notebooksessions failed: {result.stderr}")
+        items = json.loads(result.stdout)["items"]
+        return [f"{i['metadata']['namespace']}/{i['metadata']['name']}" for i in items]
+
+    def check_alive(self) -> None:
+        """Raise if a child process died."""
+        self.hub.alive()
+        self.operator._alive()
+        self.mock._alive()
+
+    def stop(self, timeout: float = SESSIONS_GONE_TIMEOUT_S) -> None:
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("JupyterHub and the proxy", self.hub.stop),
+            ("the sessions (the operator cancels their jobs)", lambda: self._end_sessions(timeout)),
+            ("the operator", self.operator.stop),
+            ("the emulated Slurm sites", self.mock.stop),
+            ("the control plane", self.control_plane.stop),
+        ]
+        failures = []
+        for what, step in steps:
+            try:
+                step()
+            except Exception as error:  # keep stopping the rest
+                failures.append(f"stopping {what}: {error}")
+        if failures:
+            raise DevError("; ".join(failures))
+
+    def _end_sessions(self, timeout: float) -> None:
+        if self.operator.process is None or self.operator.process.poll() is not None:
+            return  # nobody would remove the finalizers; the mock kills the jobs when it stops
+        result = self.kubectl("delete", "notebooksessions", "--all", "-A", "--wait=false")
+        if result.returncode != 0:
+            raise DevError(f"kubectl delete notebooksessions failed: {result.stderr}")
+        try:
+            wait_for(lambda: not self.sessions(), timeout, "the sessions to be gone", 0.5)
+        except TimeoutError:
+            raise DevError(
+                f"sessions still present after {timeout:.0f} s: {', '.join(self.sessions())} "
+                f"(see {self.operator.log_path})"
+            ) from None
+
+
+def start_dev_system(
+    workdir: Path,
+    *,
+    hub_port: int = 0,
+    deps: DevDeps | None = None,
+    poll_interval: int = 2,
+) -> DevSystem:
+    """Start everything under `workdir` (wiped first: every start is a fresh system)."""
+    deps = deps or ensure_dev_deps()
+    workdir = workdir.resolve()
+    for part in ("keys", "mockslurm", "operator", "hub"):
+        shutil.rmtree(workdir / part, ignore_errors=True)
+    control_plane = ControlPlane(workdir / "controlplane")
+    started: list[ControlPlane | MockSlurm | Operator | Hub] = []
+    try:
+        control_plane.start()
+        started.append(control_plane)
+        control_plane.install_crds(repo_root() / "crds")
+        control_plane.ensure_namespace(SESSION_NAMESPACE)
+
+        mock = MockSlurm(workdir / "mockslurm", Keys.create(workdir / "keys"))
+        mock.start()
+        started.append(mock)
+
+        def kubectl(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                ["kubectl", *args], input=stdin, env=control_plane.env, capture_output=True,
+                text=True, timeout=60, check=False,
+            )  # fmt: skip
+
+        stack.install_objects(
+            kubectl,
+            mock,
+            poll_interval=poll_interval,
+            profiles=repo_root() / "examples" / "profiles.yaml",
+        )
+        operator = Operator(
+            workdir / "operator",
+            control_plane.kubeconfig,
+            settings={
+                "BBP_TOKEN_KEY": secrets.token_hex(32),
+                # Jobs run as alice or bob with Debian's python3 on PATH: the notebook comes from
+                # the world-readable environment that install-dev-deps.sh built for them.
+                "BBP_NOTEBOOK_COMMAND": json.dumps(
+                    [str(deps.singleuser), "--ip={host}", "--port={port}"]
+                ),
+            },
+        )
+        operator.start()
+        started.append(operator)
+
+        hub = Hub(workdir / "hub", control_plane.kubeconfig, deps.chp, port=hub_port)
+        hub.start()
+        started.append(hub)
+    except BaseException:
+        for piece in reversed(started):
+            try:
+                piece.stop()
+            except Exception as error:
+                print(f"dev: while cleaning up: {error}", file=sys.stderr)
+        if control_plane not in started:
+            control_plane.stop()
+        raise
+    return DevSystem(workdir, deps, control_plane, mock, operator, hub)
+
+
+def _tail(path: Path, chars: int = 4000) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return f"({path} unreadable)"
+
+
+def _banner(system: DevSystem) -> str:
+    sites = ", ".join(
+        f"{site.display_name} {site.address}:{system.mock.ports[site.name]} ({site.nodes} nodes"
+        + (", project required" if site.require_account else "")
+        + ")"
+        for site in system.mock.sites
+    )
+    return "\n".join(
+        [
+            "",
+            "bbp-notebooks dev system is up",
+            f"  JupyterHub:  {system.url}/",
+            f"  log in as:   {' or '.join(DEV_USERS)}, password {system.hub.password}",
+            f"  sites:       {sites}",
+            f"  kubectl:     export KUBECONFIG={system.control_plane.kubeconfig}",
+            f"  logs:        {system.workdir}/{{controlplane,mockslurm,operator,hub}}/*.log",
+            "Ctrl-C stops everything.",
+            "",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make dev", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, default=Path(".dev"), help="state (default .dev)")
+    parser.add_argument("--port", type=int, default=8000, help="the hub's port (default 8000)")
+    args = parser.parse_args(argv)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    began = time.monotonic()
+    system = start_dev_system(args.workdir, hub_port=args.port)
+    print(_banner(system), flush=True)
+    print(f"(started in {time.monotonic() - began:.1f} s)", flush=True)
+    status = 0
+    try:
+        while not stop.wait(1.0):
+            system.check_alive()
+    except DevError as error:
+        print(f"dev: {error}", file=sys.stderr)
+        status = 1
+    print("dev: stopping (deleting sessions first, so their jobs are cancelled)", flush=True)
+    try:
+        system.stop()
+    except DevError as error:
+        print(f"dev: {error}", file=sys.stderr)
+        status = 1
+    print("dev: stopped", flush=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""A scientist's whole path in a real browser: log in to JupyterHub, choose a profile and a site,
+get a JupyterLab that runs as a Slurm job on an emulated site, run a cell, stop the server.
+
+Everything is real except Slurm (the emulator): the control plane, the operator, JupyterHub with
+the NotebookSessionSpawner, configurable-http-proxy from npm, jupyterhub-singleuser in the job, and
+Debian's chromium driven by Playwright. The system is started by devtools.dev, as `make dev` does.
+Screenshots go to artifacts/.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import BrowserContext, Page, Playwright, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+from bbp_notebooks.devtools.controlplane import repo_root
+from bbp_notebooks.devtools.dev import DevSystem, ensure_dev_deps, start_dev_system
+from bbp_notebooks.devtools.stack import wait_for
+
+pytestmark = [pytest.mark.kube, pytest.mark.timeout(900)]
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+UI_TIMEOUT_MS = 60_000
+NOTEBOOK_TIMEOUT_MS = 180_000  # Start pressed -> JupyterLab usable; the emulator takes ~20 s
+CELL = (
+    "import os, socket; "
+    'print("JOB", os.environ["SLURM_JOB_ID"], "HOST", socket.gethostname(), '
+    '"NODE", os.environ["SLURMD_NODENAME"])'
+)
+OUTPUT = re.compile(r"JOB (\d+) HOST (\S+) NODE (\S+)")
+
+
+@pytest.fixture(scope="module")
+def artifacts() -> Path:
+    folder = repo_root() / "artifacts"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevSystem]:
+    # Installs what is missing (a no-op after `make test` ran scripts/install-dev-deps.sh), and
+    # fails, never skips, when chromium, npm's proxy or the notebook environment cannot be had.
+    deps = ensure_dev_deps()
+    started = start_dev_system(tmp_path_factory.mktemp("dev"), deps=deps, poll_interval=1)
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
+    with sync_playwright() as driver:
+        yield driver
+
+
+def browser(playwright: Playwright, system: DevSystem, profile: Path) -> BrowserContext:
+    """A fresh headless Debian chromium with its own profile directory (no shared cookies)."""
+    context = playwright.chromium.launch_persistent_context(
+        str(profile),
+        executable_path=str(system.deps.chromium),
+        headless=True,
+        args=CHROMIUM_ARGS,
+        viewport={"width": 1280, "height": 800},
+    )
+    context.set_default_timeout(UI_TIMEOUT_MS)
+    return context
+
+
+def log_in(context: BrowserContext, system: DevSystem, user: str) -> Page:
+    page = context.pages[0] if context.pages else context.new_page()
+    page.goto(f"{system.url}/hub/login")
+    page.fill("#username_input", user)
+    page.fill("#password_input", system.hub.password)
+    page.click("#login_submit")
+    page.wait_for_url(re.compile(r".*/hub/(spawn|home)"))
+    return page
+
+
+def sessions(system: DevSystem) -> list[dict[str, Any]]:
+    result = system.kubectl("get", "notebooksessions", "-A", "-o", "json")
+    assert result.returncode == 0, result.stderr
+    items: list[dict[str, Any]] = json.loads(result.stdout)["items"]
+    return items
+
+
+def run_cell_in_a_new_notebook(page: Page, code: str) -> str:
+    """Open a Python notebook from the JupyterLab launcher, run `code`, return its output."""
+    page.locator(".jp-LauncherCard[data-category='Notebook']").first.click()
+    cell = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell").first
+    editor = cell.locator(".cm-content")
+    editor.wait_for(state="visible")
+    editor.click()
+    # insert_text: no key events, so JupyterLab's bracket auto-closing cannot double quotes.
+    page.keyboard.insert_text(code)
+    prompt = cell.locator(".jp-InputArea-prompt")
+    output = cell.locator(".jp-OutputArea-output").first
+    # JupyterLab silently drops a run asked for before its kernel connection is up (the prompt
+    # stays "[ ]:"); ask again until the cell is queued ("[*]:") or has run ("[1]:").
+    deadline = time.monotonic() + NOTEBOOK_TIMEOUT_MS / 1000
+    while True:
+        page.keyboard.press("Control+Enter")
+        try:
+            output.wait_for(state="visible", timeout=5_000)
+            return output.inner_text()
+        except PlaywrightTimeoutError:
+            if prompt.inner_text().strip() != "[ ]:" or time.monotonic() > deadline:
+                break
+    output.wait_for(state="visible", timeout=max(1_000, (deadline - time.monotonic()) * 1000))
+    return output.inner_text()
+
+
+def test_a_scientist_runs_a_cell_in_a_slurm_notebook_that_only_she_can_open_until_she_stops_it(
+    system: DevSystem,
+    playwright: Playwright,
+    artifacts: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    alice = browser(playwright, system, tmp_path / "chromium-alice")
+    try:
+        page = log_in(alice, system, "alice")
+
+        # The spawn form offers the profiles alice may use and both sites with availability.
+        page.goto(f"{system.url}/hub/spawn")
+        profiles = page.locator("#bbpnb-profile option").all_inner_texts()
+        sites = page.locator("#bbpnb-site option").all_inner_texts()
+        assert {"BluePy", "Synthesis Pipeline", "Thalamus"} <= set(profiles), profiles
+        assert any(s.startswith("Geneva — ") and "available" in s for s in sites), sites
+        assert any(s.startswith("Lugano — ") for s in sites), sites
+        page.select_option("#bbpnb-profile", "bluepy")
+        page.select_option("#bbpnb-site", "geneva")
+        page.screenshot(path=str(artifacts / "spawn-form.png"), full_page=True)
+
+        pressed = time.monotonic()
+        page.locator("form button[type=submit], form input[type=submit]").first.click()
+        page.wait_for_url("**/user/alice/lab**", timeout=NOTEBOOK_TIMEOUT_MS)
+        page.locator("#jp-main-dock-panel").wait_for(timeout=NOTEBOOK_TIMEOUT_MS)
+        usable = time.monotonic() - pressed
+        # JupyterLab restores alice's last layout (an earlier run may have left a notebook open);
+        # ?reset gives the default one, with the launcher.
+        page.goto(page.url.split("?")[0] + "?reset")
+        page.locator(".jp-LauncherCard").first.wait_for(timeout=NOTEBOOK_TIMEOUT_MS)
+
+        (session,) = sessions(system)
+        status = session["status"]
+        assert session["spec"]["user"] == "alice" and status["phase"] == "Ready", status
+        job_id = int(status["jobId"])
+
+        output = run_cell_in_a_new_notebook(page, CELL)
+        found = OUTPUT.search(output)
+        assert found, output
+        assert int(found[1]) == job_id, (output, status)
+        assert found[2] and found[3].startswith("gva-cn"), output
+        page.screenshot(path=str(artifacts / "running-notebook.png"))
+        with capsys.disabled():
+            print(
+                f"\ne2e: Start pressed -> usable JupyterLab in {usable:.1f} s "
+                f"(job {job_id} at geneva, node {found[3]}, host {found[2]}); "
+                f"screenshots in {artifacts}"
+            )
+        (artifacts / "e2e-start-to-notebook.txt").write_text(f"{usable:.1f}\n")
+
+        notebook_url = page.url.split("?")[0]
+        bob_cannot_open(playwright, system, tmp_path / "chromium-bob", notebook_url, artifacts)
+
+        # Stop from the hub's control panel: the session goes, and Slurm says the job was cancelled.
+        page.goto(f"{system.url}/hub/home")
+        page.locator("#stop").click()
+        page.locator("#start").wait_for(state="visible", timeout=NOTEBOOK_TIMEOUT_MS)
+        wait_for(lambda: not sessions(system), 60, "the session to be gone", 0.5)
+
+        def job_state() -> str | None:
+            jobs = [j for j in system.mock.jobs("geneva") if j["job_id"] == job_id]
+            state = jobs[0]["state"] if jobs else None
+            return state if state not in ("RUNNING", "PENDING", "COMPLETING") else None
+
+        assert wait_for(job_state, 60, f"job {job_id} to end", 0.5) == "CANCELLED"
+    except BaseException:
+        for number, open_page in enumerate(alice.pages):
+            open_page.screenshot(path=str(artifacts / f"failure-alice-{number}.png"))
+        raise
+    finally:
+        alice.close()
+
+
+def bob_cannot_open(
+    playwright: Playwright, system: DevSystem, profile: Path, url: str, artifacts: Path
+) -> None:
+    """Bob, logged in, gets neither alice's JupyterLab nor her notebook server's API."""
+    bob = browser(playwright, system, profile)
+    try:
+        page = log_in(bob, system, "bob")
+        response = page.goto(url)
+        page.wait_for_load_state()
+        # Alice's server sends him to the hub for a token, and the hub refuses: 403 on a hub page.
+        assert response is not None and response.status == 403, (page.url, response)
+        assert "/hub/" in page.url, page.url
+        assert page.locator(".jp-LauncherCard, .jp-NotebookPanel").count() == 0
+        # Nor can he reach her server's API.
+        api = page.request.get(f"{url.rsplit('/lab', 1)[0]}/api/kernels")
+        assert api.status == 403, (api.status, api.url)
+    except BaseException:
+        for number, open_page in enumerate(bob.pages):
+            open_page.screenshot(path=str(artifacts / f"failure-bob-{number}.png"))
+        raise
+    finally:
+        bob.close()
