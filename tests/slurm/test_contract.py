@@ -226,6 +226,12 @@ async def test_accounting_tells_how_each_job_ended(site: Contract) -> None:
     never = await s.submit("alice", s.spec("never", partition="debug", minutes=120), SLEEP)
     stuck = await wait_queue_state(s, never, {JobState.PENDING})
     assert stuck.partition == "debug"
+
+    async def held_by_the_partition_limit() -> bool:
+        entry = await queued(s, never)
+        return entry is not None and entry.reason == "PartitionTimeLimit"
+
+    await wait_for("reason PartitionTimeLimit", held_by_the_partition_limit, 10.0)
     await wait_queue_state(s, cancelled, {JobState.RUNNING})
     await s.client.cancel(alice, [cancelled, never])
 

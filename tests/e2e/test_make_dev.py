@@ -1,0 +1,131 @@
+"""`make dev` (python -m bbp_notebooks.devtools.dev): it prints a hub URL and a login that work, and
+Ctrl-C cancels the running notebooks' Slurm jobs and stops everything it started."""
+
+from __future__ import annotations
+
+import http.cookiejar
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bbp_notebooks.devtools.controlplane import repo_root, tools_bin
+from bbp_notebooks.devtools.dev import ensure_dev_deps
+from bbp_notebooks.devtools.stack import wait_for
+
+pytestmark = [pytest.mark.kube, pytest.mark.timeout(600)]
+
+BANNER = re.compile(
+    r"JupyterHub:\s+(?P<url>http://127\.0\.0\.1:\d+)/.*?password (?P<password>\S+).*?"
+    r"sites:\s+(?P<sites>.*?)\n.*?KUBECONFIG=(?P<kubeconfig>\S+)",
+    re.DOTALL,
+)
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+class Browserless:
+    """Just enough of a browser for JupyterHub's login and spawn forms (cookies, _xsrf)."""
+
+    def __init__(self, base: str):
+        self.base = base
+        self.jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+
+    def xsrf(self) -> str:
+        return next(c.value for c in self.jar if c.name == "_xsrf" and c.value)
+
+    def get(self, path: str) -> str:
+        with self.opener.open(self.base + path, timeout=30) as response:
+            return str(response.read().decode())
+
+    def post(self, path: str, form: dict[str, str]) -> str:
+        data = urllib.parse.urlencode({**form, "_xsrf": self.xsrf()}).encode()
+        with self.opener.open(self.base + path, data=data, timeout=60) as response:
+            return str(response.geturl())
+
+
+def test_make_dev_serves_a_notebook_and_ctrl_c_cancels_its_job_and_stops_everything(
+    tmp_path: Path,
+) -> None:
+    ensure_dev_deps()
+    workdir = tmp_path / "dev"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bbp_notebooks.devtools.dev", "--workdir", str(workdir),
+         "--port", "0"],
+        cwd=repo_root(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    output = ""
+    try:
+        deadline = time.monotonic() + 240
+        while "Ctrl-C stops everything" not in output:
+            line = process.stdout.readline()
+            assert line or process.poll() is None, f"make dev exited:\n{output}"
+            assert time.monotonic() < deadline, f"make dev did not come up:\n{output}"
+            output += line
+        banner = BANNER.search(output)
+        assert banner, output
+        url, password = banner["url"], banner["password"]
+        site_ports = [
+            (host, int(port))
+            for host, port in re.findall(r"(127\.0\.0\.\d+):(\d+)", banner["sites"])
+        ]
+        assert len(site_ports) == 2, banner["sites"]
+        env = {
+            **os.environ,
+            "KUBECONFIG": banner["kubeconfig"],
+            "PATH": f"{tools_bin()}{os.pathsep}{os.environ['PATH']}",
+        }
+
+        def session() -> dict[str, Any] | None:
+            result = subprocess.run(
+                ["kubectl", "get", "notebooksessions", "-A", "-o", "json"],
+                env=env, capture_output=True, text=True, timeout=30, check=True,
+            )  # fmt: skip
+            items: list[dict[str, Any]] = json.loads(result.stdout)["items"]
+            return items[0] if items else None
+
+        # The printed login works, and the spawn form starts a notebook.
+        hub = Browserless(url)
+        hub.get("/hub/login")
+        assert hub.post("/hub/login", {"username": "bob", "password": password}).endswith(
+            ("/hub/spawn", "/hub/home")
+        )
+        hub.post("/hub/spawn", {"profile": "bluepy", "site": "geneva"})
+        ready = wait_for(
+            lambda: (s := session()) and s.get("status", {}).get("phase") == "Ready" and s,
+            180, "bob's session to be Ready", 0.5,
+        )  # fmt: skip
+        job_id = ready["status"]["jobId"]
+
+        process.send_signal(signal.SIGINT)
+        rest, _ = process.communicate(timeout=180)
+        output += rest
+        assert process.returncode == 0, output
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+
+    mock_log = (workdir / "mockslurm" / "mockslurm.log").read_text()
+    assert f"job {job_id} ended CANCELLED" in mock_log, output
+    for host, port in [*site_ports, ("127.0.0.1", int(url.rsplit(":", 1)[1]))]:
+        assert not _port_open(host, port), f"{host}:{port} still listens\n{output}"
+    assert not (workdir / "controlplane" / "processes.json").exists(), output

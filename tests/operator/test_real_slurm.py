@@ -1,0 +1,135 @@
+"""The operator's main path against real Slurm 22.05 (slurm-wlm behind OpenSSH), not the mock."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fixtures.operator import RECORDING_NOTEBOOK
+from fixtures.realslurm import RealSlurm
+
+from bbp_notebooks.api.constants import API_VERSION
+from bbp_notebooks.devtools.controlplane import ControlPlane, repo_root
+from bbp_notebooks.devtools.stack import OPERATOR_NAMESPACE, USER_CA_SECRET, Operator, wait_for
+
+pytestmark = [pytest.mark.kube, pytest.mark.realslurm]
+
+
+class RealStack:
+    def __init__(self, cp: ControlPlane, operator: Operator, slurm: RealSlurm) -> None:
+        self.cp, self.operator, self.slurm = cp, operator, slurm
+
+    def kubectl(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["kubectl", *args], input=stdin, env=self.cp.env, capture_output=True, text=True,
+            timeout=60, check=False,
+        )  # fmt: skip
+
+    def status(self, name: str) -> dict[str, Any]:
+        result = self.kubectl("get", "notebooksession", name, "-o", "json")
+        if result.returncode != 0:
+            return {}
+        status: dict[str, Any] = json.loads(result.stdout).get("status", {})
+        return status
+
+    def squeue(self, job_id: int) -> str:
+        site = self.slurm.sites["geneva"]
+        result = subprocess.run(
+            ["squeue", "-h", "--states=all", "-j", str(job_id), "-o", "%T"],
+            env={"SLURM_CONF": site.slurm_conf, "PATH": "/usr/bin:/bin"},
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        return result.stdout.strip()
+
+
+def site_object(name: str, info: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "SlurmSite",
+        "metadata": {"name": name},
+        "spec": {
+            "displayName": name.title(),
+            "frontend": {"host": info.ssh_host, "port": info.ssh_port},
+            "hostKeys": {"knownHosts": [line for line in info.known_hosts.splitlines() if line]},
+            "partitions": [{"name": p, "default": p == info.default_partition} for p in info.partitions],
+            "auth": {"method": "Certificate", "caSecretName": USER_CA_SECRET},
+            "monitorUser": "bob",
+            "pollIntervalSeconds": 1,
+            "notebookHost": "127.0.0.1",
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def real(real_slurm: RealSlurm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealStack]:
+    workdir = tmp_path_factory.mktemp("real-operator")
+    cp = ControlPlane(workdir / "controlplane")
+    cp.start()
+    try:
+        cp.install_crds(repo_root() / "crds")
+        geneva = real_slurm.sites["geneva"]
+        ca = Path(geneva.user_ca_key).read_bytes()
+        objects = [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}},
+            {
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": USER_CA_SECRET, "namespace": OPERATOR_NAMESPACE},
+                "data": {"ca": base64.b64encode(ca).decode()},
+            },  # fmt: skip
+            site_object("geneva", geneva),
+        ]
+        stack = RealStack(cp, Operator(workdir / "operator", cp.kubeconfig), real_slurm)
+        result = stack.kubectl("apply", "-f", "-", stdin="\n---\n".join(json.dumps(o) for o in objects))
+        assert result.returncode == 0, result.stderr
+        result = stack.kubectl("apply", "-f", str(repo_root() / "examples" / "profiles.yaml"))
+        assert result.returncode == 0, result.stderr
+        stack.operator.settings.update(
+            {"BBP_NOTEBOOK_COMMAND": json.dumps(RECORDING_NOTEBOOK), "BBP_TOKEN_KEY": "real-slurm-key"}
+        )
+        stack.operator.start()
+        yield stack
+    finally:
+        if "stack" in locals():
+            stack.operator.stop()
+        cp.stop()
+
+
+def test_on_real_slurm_a_session_becomes_ready_and_deleting_it_cancels_the_job(real: RealStack) -> None:
+    body = {
+        "apiVersion": API_VERSION,
+        "kind": "NotebookSession",
+        "metadata": {"name": "real", "namespace": "default"},
+        "spec": {"user": "alice", "profile": "bluepy", "site": "geneva"},
+    }
+    assert real.kubectl("apply", "-f", "-", stdin=json.dumps(body)).returncode == 0
+
+    def ready() -> dict[str, Any] | None:
+        status = real.status("real")
+        return status if status.get("phase") == "Ready" else None
+
+    try:
+        status = wait_for(ready, 90, "the session on real Slurm to be Ready", 0.5)
+    except TimeoutError as error:
+        raise AssertionError(f"{error}: {real.status('real')}\n{real.operator.log_path.read_text()[-3000:]}") from None
+    assert status["jobId"] >= real.slurm.sites["geneva"].first_job_id
+    assert status["node"] == real.slurm.sites["geneva"].node_name
+    assert real.squeue(status["jobId"]) == "RUNNING"
+    with urllib.request.urlopen(status["endpoint"]["url"], timeout=5) as response:  # noqa: S310
+        assert response.status == 200
+    env_file = Path(f"~alice/.bbpnb-test-env-{status['jobId']}").expanduser()
+    assert json.loads(env_file.read_text())["USER"] == "alice"
+
+    site = json.loads(real.kubectl("get", "slurmsite", "geneva", "-o", "json").stdout)["status"]
+    assert site["slurmVersion"].startswith("22.05")
+    assert {c["type"]: c["status"] for c in site["conditions"]}["Reachable"] == "True"
+    assert site["runningJobs"] >= 1
+
+    assert real.kubectl("delete", "notebooksession", "real", "--wait=false").returncode == 0
+    wait_for(lambda: not real.status("real"), 60, "the session to go", 0.5)
+    assert real.squeue(status["jobId"]) in {"CANCELLED", ""}
