@@ -34,11 +34,13 @@ kind-e2e:
 crds-check:
 	$(PYTHON) -m bbp_notebooks.api.crdgen --root . --check
 
-unit: python-deps
+unit: deps
 	$(PYTHON) -m pytest tests/unit $(PYTEST_ARGS)
 
+# The suite, then the benchmarks in their own session (they load the stack and print numbers).
 test: deps
-	$(PYTHON) -m pytest -ra $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -ra --ignore=tests/benchmarks $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -ra -s tests/benchmarks $(PYTEST_ARGS)
 
 dev: deps
 	$(PYTHON) -m bbp_notebooks.devtools.dev

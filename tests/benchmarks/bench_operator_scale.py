@@ -46,14 +46,27 @@ def _poll_seconds(stack: Stack) -> float:
 
 
 def _delete_all(stack: Stack) -> None:
-    """One deletecollection call; the operator's finalizers then cancel every job."""
+    """Delete every scale session (a few in parallel); the operator's finalizers cancel the jobs."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
 
     api = stack.cp.api_client()
+    custom = client.CustomObjectsApi(api)
+
+    def delete(name: str) -> None:
+        try:
+            custom.delete_namespaced_custom_object(
+                "notebooks.bbp.epfl.ch", "v1alpha1", NAMESPACE, "notebooksessions", name
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
     try:
-        client.CustomObjectsApi(api).delete_collection_namespaced_custom_object(
-            "notebooks.bbp.epfl.ch", "v1alpha1", NAMESPACE, "notebooksessions"
-        )
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(delete, [f"s{i:04d}" for i in range(STEPS[-1])]))
     finally:
         api.close()
 
@@ -84,7 +97,6 @@ def test_slurm_commands_per_interval_do_not_grow_with_sessions(stack: Stack) -> 
             per_interval = sum(counts.values()) / INTERVALS
             rows.append((created, per_interval, dict(counts), submit_seconds, _poll_seconds(stack)))
     finally:
-        stack.mock.faults("geneva", stuck_pending=False)
         try:
             _delete_all(stack)
         except Exception as error:  # never hide the measurement's own failure behind cleanup's
@@ -105,4 +117,10 @@ def test_slurm_commands_per_interval_do_not_grow_with_sessions(stack: Stack) -> 
         result = stack.kubectl("get", "notebooksessions", "-n", NAMESPACE, "-o", "name")
         return result.returncode == 0 and not result.stdout.strip()
 
-    wait_for(drained, 900, "the scale sessions to be deleted (jobs cancelled)", 2.0)
+    started = time.monotonic()
+    try:
+        wait_for(drained, 900, "the scale sessions to be deleted (jobs cancelled)", 2.0)
+    finally:
+        # Only now may the queue move: releasing it earlier would start 1000 notebooks.
+        stack.mock.faults("geneva", stuck_pending=False)
+    print(f"deleting {STEPS[-1]} sessions (cancel + confirm each job): {time.monotonic() - started:.0f} s")

@@ -129,6 +129,7 @@ async def configure(
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
     )
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)  # one INFO line per channel otherwise
     settings.posting.level = logging.WARNING  # our own Events carry the transitions
     settings.watching.server_timeout = 300
     settings.peering.standalone = not config.peering
