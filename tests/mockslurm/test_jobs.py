@@ -207,7 +207,9 @@ async def test_over_limit_and_unknown_requests_are_rejected_like_slurmctld(
     for args, message in cases.items():
         result = await slurm(conn, "sbatch", *args, input=SLEEPER)
         assert result.exit_status == 1
-        assert result.stderr == f"sbatch: error: Batch job submission failed: {message}\n"
+        # Real sbatch names the bad partition on a line of its own first.
+        first = "sbatch: error: invalid partition specified: nosuch\n" if args[1] == "nosuch" else ""
+        assert result.stderr == f"{first}sbatch: error: Batch job submission failed: {message}\n"
     too_big = await slurm(conn, "sbatch", "--mem=64G", input=SLEEPER)
     assert too_big.stderr == (
         "sbatch: error: Memory specification can not be satisfied\n"
@@ -250,15 +252,12 @@ async def test_scancel_refuses_other_users_jobs_and_unknown_ids(
     job_id = int((await slurm(alice, "sbatch", "--parsable", input=SLEEPER)).stdout)
     denied = await slurm(bob, "scancel", str(job_id))
     assert (denied.exit_status, denied.stderr) == (
-        1,
+        210,
         f"scancel: error: Kill job error on job id {job_id}: Access/permission denied\n",
     )
     unknown = await slurm(bob, "scancel", "4242")
-    assert (
-        unknown.stderr
-        == "scancel: error: Kill job error on job id 4242: Invalid job id specified\n"
-    )
-    assert unknown.exit_status == 1
+    # Real 22.05 is silent and exits 0 for an unknown id (the error shows only with -v).
+    assert (unknown.exit_status, unknown.stderr) == (0, "")
     by_name = await slurm(alice, "scancel", "-n", mockslurm_site.job(job_id).name)
     assert by_name.exit_status == 0
     await mockslurm_site.wait_for_state(job_id, {"CANCELLED"})

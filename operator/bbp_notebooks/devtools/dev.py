@@ -15,6 +15,7 @@ Stopping deletes the sessions first, so that the operator's finalizers cancel th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -153,6 +154,8 @@ class Hub:
         # SIGTERM: the hub stops the proxy it started; the sessions stay (cleanup_servers=False),
         # they are deleted by DevSystem.stop.
         stack._stop(self.process, timeout=20)
+        # The proxy runs in a session of its own: a hub that died or had to be killed leaves it.
+        _stop_pid_file(self.workdir / "jupyterhub-proxy.pid", "configurable-http-proxy")
 
 
 @dataclass
@@ -288,6 +291,28 @@ def start_dev_system(
     return DevSystem(workdir, deps, control_plane, mock, operator, hub)
 
 
+def _stop_pid_file(pid_file: Path, expected: str, timeout: float = 10.0) -> None:
+    """SIGTERM (then SIGKILL) the process in `pid_file` if it is still `expected`."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except (OSError, ValueError):
+        return  # no file, or the process is gone
+    if expected not in command:
+        return  # the PID was reused
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if Path(f"/proc/{pid}").exists():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
+
+
 def _tail(path: Path, chars: int = 4000) -> str:
     try:
         return path.read_text(errors="replace")[-chars:]
@@ -339,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         while not stop.wait(1.0):
             system.check_alive()
-    except DevError as error:
+    except Exception as error:  # a piece died: stop the others all the same
         print(f"dev: {error}", file=sys.stderr)
         status = 1
     print("dev: stopping (deleting sessions first, so their jobs are cancelled)", flush=True)

@@ -157,6 +157,8 @@ class MockSlurm:
                     "sched_interval": 0.1,
                     "kill_wait": 2.0,
                     "controller_down_delay": 1.0,
+                    # Slurm's default (and our real test clusters'): over-limit jobs pend.
+                    "enforce_partition_limits": False,
                 }
                 for site in self.sites
             ],
