@@ -11,9 +11,9 @@ import json
 import time
 
 import pytest
-from fixtures.operator import Stack
 
 from bbp_notebooks.devtools.stack import wait_for
+from fixtures.operator import Stack
 
 pytestmark = [pytest.mark.kube, pytest.mark.benchmark, pytest.mark.timeout(1200)]
 NAMESPACE = "scale"
@@ -40,7 +40,7 @@ def _poll_seconds(stack: Stack) -> float:
     values = {}
     for line in stack.operator.metrics().splitlines():
         for key in ("sum", "count"):
-            if line.startswith(f"bbp_notebooks_site_poll_seconds_{key}{{site=\"geneva\"}}"):
+            if line.startswith(f'bbp_notebooks_site_poll_seconds_{key}{{site="geneva"}}'):
                 values[key] = float(line.split()[-1])
     return values["sum"] / max(values["count"], 1)
 
@@ -86,10 +86,14 @@ def test_slurm_commands_per_interval_do_not_grow_with_sessions(stack: Stack) -> 
     try:
         for target in STEPS:
             started = time.monotonic()
-            result = stack.kubectl("apply", "--server-side", "-f", "-", stdin=_sessions(created, target))
+            result = stack.kubectl(
+                "apply", "--server-side", "-f", "-", stdin=_sessions(created, target)
+            )
             assert result.returncode == 0, result.stderr
             created = target
-            wait_for(lambda: _observed(stack) >= created, 600, f"{created} sessions queued", 1.0)
+            wait_for(
+                lambda n=created: _observed(stack) >= n, 600, f"{created} sessions queued", 1.0
+            )
             submit_seconds = time.monotonic() - started
             stack.mock.reset_commands("geneva")
             time.sleep(INTERVALS * POLL_SECONDS)
@@ -123,4 +127,7 @@ def test_slurm_commands_per_interval_do_not_grow_with_sessions(stack: Stack) -> 
     finally:
         # Only now may the queue move: releasing it earlier would start 1000 notebooks.
         stack.mock.faults("geneva", stuck_pending=False)
-    print(f"deleting {STEPS[-1]} sessions (cancel + confirm each job): {time.monotonic() - started:.0f} s")
+    print(
+        f"deleting {STEPS[-1]} sessions (cancel + confirm each job): "
+        f"{time.monotonic() - started:.0f} s"
+    )

@@ -208,7 +208,8 @@ async def test_over_limit_and_unknown_requests_are_rejected_like_slurmctld(
         result = await slurm(conn, "sbatch", *args, input=SLEEPER)
         assert result.exit_status == 1
         # Real sbatch names the bad partition on a line of its own first.
-        first = "sbatch: error: invalid partition specified: nosuch\n" if args[1] == "nosuch" else ""
+        bad = args[1] == "nosuch"
+        first = "sbatch: error: invalid partition specified: nosuch\n" if bad else ""
         assert result.stderr == f"{first}sbatch: error: Batch job submission failed: {message}\n"
     too_big = await slurm(conn, "sbatch", "--mem=64G", input=SLEEPER)
     assert too_big.stderr == (

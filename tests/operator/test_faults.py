@@ -8,9 +8,9 @@ import uuid
 
 import asyncssh
 import pytest
-from fixtures.operator import Stack, session
 
 from bbp_notebooks.devtools.stack import wait_for
+from fixtures.operator import Stack, session
 
 pytestmark = pytest.mark.kube
 
@@ -49,7 +49,10 @@ def test_a_session_deleted_while_the_operator_is_down_has_its_job_cancelled(stac
     stack.apply(session("deleted-while-down"))
     status = stack.wait_phase("deleted-while-down", {"Ready"})
     stack.operator.kill()
-    assert stack.kubectl("delete", "notebooksession", "deleted-while-down", "--wait=false").returncode == 0
+    assert (
+        stack.kubectl("delete", "notebooksession", "deleted-while-down", "--wait=false").returncode
+        == 0
+    )
     assert stack.get("notebooksession", "deleted-while-down") is not None, "the finalizer holds it"
     running = [j for j in stack.jobs() if j["job_id"] == status["jobId"]]
     assert running[0]["state"] == "RUNNING"
@@ -63,14 +66,20 @@ async def _submit_as(stack: Stack, user: str, name: str) -> int:
     ca = stack.mock.keys.user_ca
     key = asyncssh.generate_private_key("ssh-ed25519")
     now = int(time.time())
-    cert = ca.generate_user_certificate(key, user, principals=[user], valid_after=now - 60, valid_before=now + 300)
+    cert = ca.generate_user_certificate(
+        key, user, principals=[user], valid_after=now - 60, valid_before=now + 300
+    )
     site = stack.mock.sites[0]
-    known = asyncssh.import_known_hosts(f"[{site.address}]:{stack.mock.ports[site.name]} {stack.mock.keys.host_public}\n")
+    known = asyncssh.import_known_hosts(
+        f"[{site.address}]:{stack.mock.ports[site.name]} {stack.mock.keys.host_public}\n"
+    )
     async with asyncssh.connect(
         site.address, stack.mock.ports[site.name], username=user, client_keys=[(key, cert)],
         known_hosts=known, agent_path=None, config=[],
     ) as conn:  # fmt: skip
-        result = await conn.run(f"sbatch --parsable --job-name={name} --time=10", input="#!/bin/bash\nsleep 300\n")
+        result = await conn.run(
+            f"sbatch --parsable --job-name={name} --time=10", input="#!/bin/bash\nsleep 300\n"
+        )
         assert result.exit_status == 0, result.stderr
         return int(str(result.stdout).strip())
 
@@ -92,6 +101,7 @@ def test_a_controller_outage_never_fails_sessions_and_they_recover(stack: Stack)
     before = stack.wait_phase("outage", {"Ready"})
     stack.mock.faults("geneva", controller_down=True)
     try:
+
         def unreachable() -> bool:
             conditions = {c["type"]: c for c in stack.status("outage").get("conditions", [])}
             return conditions["SiteReachable"]["status"] == "False"

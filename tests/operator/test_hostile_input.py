@@ -10,9 +10,9 @@ import shlex
 from pathlib import Path
 
 import pytest
-from fixtures.operator import Stack, session
 
 from bbp_notebooks.operator.tokens import session_token
+from fixtures.operator import Stack, session
 
 pytestmark = pytest.mark.kube
 
@@ -45,7 +45,9 @@ def recorded_environment(job_id: int) -> dict[str, str]:
     return env
 
 
-def test_hostile_environment_values_reach_the_notebook_verbatim_and_run_nothing(stack: Stack) -> None:
+def test_hostile_environment_values_reach_the_notebook_verbatim_and_run_nothing(
+    stack: Stack,
+) -> None:
     stack.apply(secret("hostile-env", HOSTILE))
     stack.apply(session("hostile", environmentSecretRef={"name": "hostile-env"}))
     status = stack.wait_phase("hostile", {"Ready"})
@@ -81,7 +83,12 @@ def _all_command_lines() -> str:
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:
-                lines.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+                lines.append(
+                    Path(f"/proc/{pid}/cmdline")
+                    .read_bytes()
+                    .replace(b"\0", b" ")
+                    .decode(errors="replace")
+                )
             except OSError:
                 continue
     return "\n".join(lines)
@@ -133,7 +140,9 @@ def _run_at_site(stack: Stack, argv: list[str]) -> str:
         )
         site = stack.mock.sites[0]
         port = stack.mock.ports[site.name]
-        known = asyncssh.import_known_hosts(f"[{site.address}]:{port} {stack.mock.keys.host_public}\n")
+        known = asyncssh.import_known_hosts(
+            f"[{site.address}]:{port} {stack.mock.keys.host_public}\n"
+        )
         async with asyncssh.connect(
             site.address, port, username="bob", client_keys=[(key, cert)], known_hosts=known,
             agent_path=None, config=[],

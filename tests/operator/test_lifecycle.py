@@ -5,6 +5,7 @@ from __future__ import annotations
 import urllib.request
 
 import pytest
+
 from fixtures.operator import Stack, session
 
 pytestmark = pytest.mark.kube

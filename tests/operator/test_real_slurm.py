@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures.operator import RECORDING_NOTEBOOK
-from fixtures.realslurm import RealSlurm
 
 from bbp_notebooks.api.constants import API_VERSION
 from bbp_notebooks.devtools.controlplane import ControlPlane, repo_root
 from bbp_notebooks.devtools.stack import OPERATOR_NAMESPACE, USER_CA_SECRET, Operator, wait_for
+from fixtures.operator import RECORDING_NOTEBOOK
+from fixtures.realslurm import RealSlurm
 
 pytestmark = [pytest.mark.kube, pytest.mark.realslurm]
 
@@ -57,7 +57,9 @@ def site_object(name: str, info: Any) -> dict[str, Any]:
             "displayName": name.title(),
             "frontend": {"host": info.ssh_host, "port": info.ssh_port},
             "hostKeys": {"knownHosts": [line for line in info.known_hosts.splitlines() if line]},
-            "partitions": [{"name": p, "default": p == info.default_partition} for p in info.partitions],
+            "partitions": [
+                {"name": p, "default": p == info.default_partition} for p in info.partitions
+            ],
             "auth": {"method": "Certificate", "caSecretName": USER_CA_SECRET},
             "monitorUser": "bob",
             "pollIntervalSeconds": 1,
@@ -78,19 +80,25 @@ def real(real_slurm: RealSlurm, tmp_path_factory: pytest.TempPathFactory) -> Ite
         objects = [
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}},
             {
-                "apiVersion": "v1", "kind": "Secret",
+                "apiVersion": "v1",
+                "kind": "Secret",
                 "metadata": {"name": USER_CA_SECRET, "namespace": OPERATOR_NAMESPACE},
                 "data": {"ca": base64.b64encode(ca).decode()},
             },  # fmt: skip
             site_object("geneva", geneva),
         ]
         stack = RealStack(cp, Operator(workdir / "operator", cp.kubeconfig), real_slurm)
-        result = stack.kubectl("apply", "-f", "-", stdin="\n---\n".join(json.dumps(o) for o in objects))
+        result = stack.kubectl(
+            "apply", "-f", "-", stdin="\n---\n".join(json.dumps(o) for o in objects)
+        )
         assert result.returncode == 0, result.stderr
         result = stack.kubectl("apply", "-f", str(repo_root() / "examples" / "profiles.yaml"))
         assert result.returncode == 0, result.stderr
         stack.operator.settings.update(
-            {"BBP_NOTEBOOK_COMMAND": json.dumps(RECORDING_NOTEBOOK), "BBP_TOKEN_KEY": "real-slurm-key"}
+            {
+                "BBP_NOTEBOOK_COMMAND": json.dumps(RECORDING_NOTEBOOK),
+                "BBP_TOKEN_KEY": "real-slurm-key",
+            }
         )
         stack.operator.start()
         yield stack
@@ -100,7 +108,9 @@ def real(real_slurm: RealSlurm, tmp_path_factory: pytest.TempPathFactory) -> Ite
         cp.stop()
 
 
-def test_on_real_slurm_a_session_becomes_ready_and_deleting_it_cancels_the_job(real: RealStack) -> None:
+def test_on_real_slurm_a_session_becomes_ready_and_deleting_it_cancels_the_job(
+    real: RealStack,
+) -> None:
     body = {
         "apiVersion": API_VERSION,
         "kind": "NotebookSession",
@@ -116,7 +126,9 @@ def test_on_real_slurm_a_session_becomes_ready_and_deleting_it_cancels_the_job(r
     try:
         status = wait_for(ready, 90, "the session on real Slurm to be Ready", 0.5)
     except TimeoutError as error:
-        raise AssertionError(f"{error}: {real.status('real')}\n{real.operator.log_path.read_text()[-3000:]}") from None
+        raise AssertionError(
+            f"{error}: {real.status('real')}\n{real.operator.log_path.read_text()[-3000:]}"
+        ) from None
     assert status["jobId"] >= real.slurm.sites["geneva"].first_job_id
     assert status["node"] == real.slurm.sites["geneva"].node_name
     assert real.squeue(status["jobId"]) == "RUNNING"

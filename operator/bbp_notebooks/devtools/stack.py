@@ -25,7 +25,7 @@ import yaml
 from bbp_notebooks.api.constants import API_VERSION
 
 OPERATOR_NAMESPACE = "bbp-notebooks"
-USER_CA_SECRET = "bbp-user-ca"
+USER_CA_SECRET = "bbp-user-ca"  # noqa: S105  (a Secret's name, not a secret)
 MONITOR_USER = "bbpmon"
 
 
@@ -44,11 +44,25 @@ class DevSite:
 
 DEV_SITES = (
     DevSite(
-        "geneva", "Geneva", "127.0.0.21", "gva-cn[01-08]", 8, 8, 1000000, False,
+        "geneva",
+        "Geneva",
+        "127.0.0.21",
+        "gva-cn[01-08]",
+        8,
+        8,
+        1000000,
+        False,
         (("prod", "1-00:00:00", True), ("debug", "1:00:00", False)),
     ),  # fmt: skip
     DevSite(
-        "lugano", "Lugano", "127.0.0.22", "lug-cn[01-04]", 4, 16, 2000000, True,
+        "lugano",
+        "Lugano",
+        "127.0.0.22",
+        "lug-cn[01-04]",
+        4,
+        16,
+        2000000,
+        True,
         (("prod", "1-00:00:00", True),),
     ),  # fmt: skip
 )

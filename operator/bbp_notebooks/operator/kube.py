@@ -18,7 +18,7 @@ MERGE_PATCH: dict[str, Any] = {"_content_type": "application/merge-patch+json"}
 
 
 class Kube:
-    """Thin typed wrapper over kubernetes_asyncio for the few calls handlers cannot make via kopf."""
+    """Typed wrapper over kubernetes_asyncio for the few calls handlers cannot make via kopf."""
 
     def __init__(self, api_client: k8s.ApiClient) -> None:
         self.api_client = api_client

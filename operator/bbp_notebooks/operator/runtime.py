@@ -55,7 +55,7 @@ class Runtime:
     kube: Kube
     pool: SshPool
     token_key: bytes
-    # uid -> (job id, endpoint) reported by jobs; also persisted in status, so a restart loses nothing.
+    # uid -> (job id, endpoint) reported by jobs; also persisted in status: a restart loses nothing.
     endpoints: dict[str, tuple[int, Endpoint]] = field(default_factory=dict)
     _identities: dict[tuple[str, str], _CachedIdentity] = field(default_factory=dict)
     _cas: dict[str, CertificateAuthority] = field(default_factory=dict)

@@ -251,7 +251,9 @@ async def poll_once(
         elif session.status.job_id in accounting:
             job = from_accounting(accounting[session.status.job_id], zone)
         elif entry is not None and entry.job_id == session.status.job_id:
-            job = from_queue(entry, zone)  # ended, not yet in accounting: squeue's final state will do
+            job = from_queue(
+                entry, zone
+            )  # ended, not yet in accounting: squeue's final state will do
         else:
             job = None
         new = observe.observed(
