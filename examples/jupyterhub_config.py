@@ -1,15 +1,17 @@
 """JupyterHub for `make dev`: the NotebookSessionSpawner against the local control plane.
 
-Everything listens on 127.0.0.1. Secrets come from the environment, never from this file:
+`make dev` (bbp_notebooks.devtools.dev) starts the hub with this file and sets every variable below;
+to run it by hand, set them yourself. Everything listens on 127.0.0.1. Secrets come from the
+environment, never from this file:
 
     JPY_COOKIE_SECRET        hex, e.g. `openssl rand -hex 32`
     CONFIGPROXY_AUTH_TOKEN   the hub <-> configurable-http-proxy token
     BBP_DEV_PASSWORD         the shared password of the development users
     KUBECONFIG               the control plane's kubeconfig (`bbp-notebooks-controlplane env`)
 
-Optional: BBP_CHP (path of configurable-http-proxy, e.g. node_modules/.bin/...), BBP_HUB_PORT
-(8000), BBP_HUB_API_PORT (8081), BBP_PROXY_API_PORT (8001), BBP_HUB_STATE_DIR (.), and
-BBP_SESSION_NAMESPACE (default).
+Optional: BBP_CHP (path of configurable-http-proxy; scripts/install-dev-deps.sh installs a pinned
+one from npm and prints its path), BBP_HUB_PORT (8000), BBP_HUB_API_PORT (8081),
+BBP_PROXY_API_PORT (8001), BBP_HUB_STATE_DIR (.), and BBP_SESSION_NAMESPACE (default).
 
     jupyterhub -f examples/jupyterhub_config.py
 

@@ -13,7 +13,8 @@
 #   PYTHON            the hub's python, whose jupyterhub version the notebooks match (python3)
 set -euo pipefail
 
-CHP_VERSION=5.3.0
+CHP_VERSION=5.3.0         # needs Node.js >= 20 (the machine's); 4.6.3 on Debian 12's Node.js 18
+CHP_VERSION_NODE18=4.6.3
 JUPYTERLAB_VERSION=4.6.6
 IPYKERNEL_VERSION=7.4.0
 PYTHON=${PYTHON:-python3}
@@ -50,6 +51,10 @@ apt_install chromium fonts-dejavu-core python3-venv
 command -v npm >/dev/null 2>&1 || apt_install nodejs npm
 
 # --- configurable-http-proxy ---------------------------------------------------------------------
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+if ((node_major < 20)); then
+  CHP_VERSION=$CHP_VERSION_NODE18
+fi
 cache=${BBP_DEV_CACHE:-$HOME/.cache/bbp-notebooks}
 chp_dir="$cache/configurable-http-proxy-$CHP_VERSION"
 chp="$chp_dir/node_modules/.bin/configurable-http-proxy"

@@ -30,7 +30,8 @@ from chart.helmchart import Release, install, ssh_keypair
 
 pytestmark = pytest.mark.kube
 DEADLINE_S = 60.0
-PERMISSION_PROBLEMS = ("Forbidden", "forbidden", "403", "Not enough permissions")
+# HTTP 403 as the clients print it ("(403)", "status=403"), not any number that contains 403.
+PERMISSION_PROBLEMS = ("Forbidden", "forbidden", "(403)", "status=403", "Not enough permissions")
 
 
 def wait_for(predicate: Callable[[], Any], what: str, timeout: float = DEADLINE_S) -> Any:

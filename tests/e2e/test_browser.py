@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,7 @@ def test_a_scientist_runs_a_cell_in_a_slurm_notebook_that_only_she_can_open_unti
 
         notebook_url = page.url.split("?")[0]
         bob_cannot_open(playwright, system, tmp_path / "chromium-bob", notebook_url, artifacts)
+        delete_notebook(page, notebook_url)
 
         # Stop from the hub's control panel: the session goes, and Slurm says the job was cancelled.
         page.goto(f"{system.url}/hub/home")
@@ -199,6 +201,19 @@ def test_a_scientist_runs_a_cell_in_a_slurm_notebook_that_only_she_can_open_unti
         raise
     finally:
         alice.close()
+
+
+def delete_notebook(page: Page, url: str) -> None:
+    """Remove the notebook the test made from alice's home (through her server's API)."""
+    server, _, path = url.partition("/lab/tree/")
+    assert path.endswith(".ipynb"), url
+    cookies = page.context.cookies(f"{server}/api/contents/")
+    xsrf = next((c["value"] for c in cookies if c["name"] == "_xsrf"), None)
+    assert xsrf, [(c["name"], c.get("path")) for c in page.context.cookies()]
+    response = page.request.delete(
+        f"{server}/api/contents/{path}", headers={"X-XSRFToken": urllib.parse.unquote(xsrf)}
+    )
+    assert response.status == 204, (response.status, response.text()[:300])
 
 
 def bob_cannot_open(

@@ -6,11 +6,13 @@ from __future__ import annotations
 import http.cookiejar
 import json
 import os
+import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -72,14 +74,24 @@ def test_make_dev_serves_a_notebook_and_ctrl_c_cancels_its_job_and_stops_everyth
         cwd=repo_root(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     assert process.stdout is not None
+    lines: queue.Queue[str] = queue.Queue()
+    stdout = process.stdout
+
+    def read() -> None:
+        for line in stdout:
+            lines.put(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     output = ""
     try:
         deadline = time.monotonic() + 240
         while "Ctrl-C stops everything" not in output:
-            line = process.stdout.readline()
-            assert line or process.poll() is None, f"make dev exited:\n{output}"
-            assert time.monotonic() < deadline, f"make dev did not come up:\n{output}"
-            output += line
+            try:
+                output += lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"make dev did not come up in time:\n{output}") from None
+            assert process.poll() is None, f"make dev exited:\n{output}"
         banner = BANNER.search(output)
         assert banner, output
         url, password = banner["url"], banner["password"]
@@ -116,13 +128,17 @@ def test_make_dev_serves_a_notebook_and_ctrl_c_cancels_its_job_and_stops_everyth
         job_id = ready["status"]["jobId"]
 
         process.send_signal(signal.SIGINT)
-        rest, _ = process.communicate(timeout=180)
-        output += rest
+        process.wait(timeout=180)
+        reader.join(timeout=10)
+        while not lines.empty():
+            output += lines.get_nowait()
         assert process.returncode == 0, output
     finally:
         if process.poll() is None:
             process.kill()
             process.wait(timeout=30)
+        reader.join(timeout=10)
+        stdout.close()
 
     mock_log = (workdir / "mockslurm" / "mockslurm.log").read_text()
     assert f"job {job_id} ended CANCELLED" in mock_log, output
