@@ -181,10 +181,10 @@ def test_a_scientist_runs_a_cell_in_a_slurm_notebook_that_only_she_can_open_unti
 
         notebook_url = page.url.split("?")[0]
         bob_cannot_open(playwright, system, tmp_path / "chromium-bob", notebook_url, artifacts)
-        delete_notebook(page, notebook_url)
 
         # Stop from the hub's control panel: the session goes, and Slurm says the job was cancelled.
         page.goto(f"{system.url}/hub/home")
+        delete_notebook(page, notebook_url)  # now that JupyterLab is closed and cannot save it
         page.locator("#stop").click()
         page.locator("#start").wait_for(state="visible", timeout=NOTEBOOK_TIMEOUT_MS)
         wait_for(lambda: not sessions(system), 60, "the session to be gone", 0.5)

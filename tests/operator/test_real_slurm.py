@@ -145,3 +145,46 @@ def test_on_real_slurm_a_session_becomes_ready_and_deleting_it_cancels_the_job(
     assert real.kubectl("delete", "notebooksession", "real", "--wait=false").returncode == 0
     wait_for(lambda: not real.status("real"), 60, "the session to go", 0.5)
     assert real.squeue(status["jobId"]) in {"CANCELLED", ""}
+
+
+def test_on_real_slurm_a_lost_callback_is_covered_by_the_connection_file(real: RealStack) -> None:
+    """The job cannot reach the operator (callback URL points nowhere); the operator reads the
+    connection file the job wrote, over ssh as the user, and the session still becomes Ready."""
+    real.operator.stop()
+    real.operator.settings.update(
+        {"BBP_CALLBACK_URL": "http://127.0.0.1:9", "BBP_ENDPOINT_FALLBACK_AFTER_SECONDS": "2"}
+    )
+    patch = {"spec": {"connectionFileFallback": True}}
+    assert (
+        real.kubectl(
+            "patch", "slurmsite", "geneva", "--type=merge", "-p", json.dumps(patch)
+        ).returncode
+        == 0
+    )
+    real.operator.start()
+    try:
+        body = {
+            "apiVersion": API_VERSION,
+            "kind": "NotebookSession",
+            "metadata": {"name": "no-callback", "namespace": "default"},
+            "spec": {"user": "alice", "profile": "bluepy", "site": "geneva"},
+        }
+        assert real.kubectl("apply", "-f", "-", stdin=json.dumps(body)).returncode == 0
+        status = wait_for(
+            lambda: (s := real.status("no-callback")) and s.get("phase") == "Ready" and s,
+            90,
+            "Ready through the connection file",
+            0.5,
+        )
+        with urllib.request.urlopen(status["endpoint"]["url"], timeout=5) as response:  # noqa: S310
+            assert response.status == 200
+        assert "read from its connection file" in real.operator.log_path.read_text()
+        assert (
+            real.kubectl("delete", "notebooksession", "no-callback", "--wait=false").returncode == 0
+        )
+        wait_for(lambda: not real.status("no-callback"), 60, "the session to go", 0.5)
+    finally:
+        real.operator.stop()
+        for key in ("BBP_CALLBACK_URL", "BBP_ENDPOINT_FALLBACK_AFTER_SECONDS"):
+            real.operator.settings.pop(key, None)
+        real.operator.start()

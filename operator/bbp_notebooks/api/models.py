@@ -483,6 +483,13 @@ class SlurmSiteSpec(Model):
     poll_interval_seconds: int = Field(
         default=15, alias="pollIntervalSeconds", ge=1, le=3600, description="Polling period."
     )
+    connection_file_fallback: bool = Field(
+        default=False,
+        alias="connectionFileFallback",
+        description="When a running job has not reported its endpoint within a minute, read the "
+        "connection file it wrote (~/.bbp-notebooks/<session uid>/connection.json) over ssh as "
+        "the user. Needs a frontend that allows `cat`, not only Slurm commands.",
+    )
     time_zone: str = Field(
         default="UTC",
         alias="timeZone",

@@ -65,6 +65,13 @@ class OperatorSettings(BaseSettings):
         le=86400,
         description="A tagged job younger than this is never treated as an orphan.",
     )
+    endpoint_fallback_after_seconds: int = Field(
+        default=60,
+        ge=1,
+        le=3600,
+        description="At sites with connectionFileFallback, how long a running job may go without "
+        "reporting its endpoint before the operator reads its connection file.",
+    )
     command_timeout_seconds: int = Field(
         default=30, ge=1, le=600, description="Deadline for one Slurm command over ssh."
     )

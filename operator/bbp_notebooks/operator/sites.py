@@ -168,6 +168,39 @@ async def _write_session(
     state.last_phase[session.uid] = new.phase
 
 
+async def _endpoint_fallback(
+    rt: Runtime, site: SiteView, session: SessionRef, new: NotebookSessionStatus, now: dt.datetime
+) -> NotebookSessionStatus:
+    """The status with the endpoint from the job's connection file, when the callback never came.
+
+    One command per such session, and only for jobs running a minute without an endpoint: the
+    callback is the normal path, so this stays rare."""
+    running = get(new.conditions, ConditionType.RUNNING)
+    if (
+        new.phase != SessionPhase.RUNNING
+        or new.job_id is None
+        or running is None
+        or (now - running.last_transition_time).total_seconds()
+        < rt.settings.endpoint_fallback_after_seconds
+    ):
+        return new
+    try:
+        identity = await rt.identity(site.name, site.spec, session.spec.user)
+        found = await rt.client(site.name, site.spec).read_connection(identity, session.uid)
+    except (SshError, CredentialsUnavailable) as error:
+        log.warning("connection file of session %s unreadable: %s", session.uid, error)
+        return new
+    if found is None or found.job_id != new.job_id:
+        return new
+    endpoint = Endpoint(host=found.host, port=found.port, url=f"http://{found.host}:{found.port}")
+    rt.endpoints[session.uid] = (found.job_id, endpoint)
+    log.info("session %s: endpoint %s read from its connection file", session.uid, endpoint.url)
+    job = observe.JobObservation(job_id=found.job_id, state="RUNNING", node=new.node)
+    return observe.observed(
+        new, job, endpoint=endpoint, vanished=False, now=now, generation=session.generation
+    )
+
+
 # Status writes of one poll go out concurrently, but boundedly: many sessions change at once
 # after an outage or a burst of submissions, and the API server has its own limits.
 WRITE_CONCURRENCY = 16
@@ -265,6 +298,10 @@ async def poll_once(
             generation=session.generation,
         )
         changes.append((session, new))
+    if site.spec.connection_file_fallback:
+        changes = [
+            (s, await _endpoint_fallback(rt, site, s, new, now)) for s, new in changes
+        ]
     await _write_all(rt, state, site.name, changes)
 
     if (
