@@ -14,8 +14,9 @@ help:
 python-deps:
 	$(PIP) install --quiet --disable-pip-version-check -e '.[test]'
 
-system-deps:
+system-deps: python-deps
 	bash scripts/install-test-deps.sh
+	PYTHON=$(PYTHON) bash scripts/install-dev-deps.sh >/dev/null
 
 tools:
 	bash scripts/build-tools.sh

@@ -41,3 +41,25 @@ def test_a_session_goes_queued_running_ready_and_its_notebook_answers(stack: Sta
     stack.wait_gone("lifecycle")
     ended = [j for j in stack.jobs() if j["job_id"] == status["jobId"]]
     assert ended and ended[0]["state"] == "CANCELLED", ended
+
+
+def test_site_status_reports_availability_version_and_users_accounts(stack: Stack) -> None:
+    from bbp_notebooks.devtools.stack import wait_for
+
+    def polled() -> dict[str, object] | None:
+        site = stack.get("slurmsite", "lugano", namespace="")
+        status = (site or {}).get("status", {})
+        return status if status.get("userAccounts") else None
+
+    status = wait_for(polled, 30, "lugano's status")
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {"Reachable": "True"}
+    assert status["slurmVersion"].startswith("22.05")
+    assert status["partitions"][0]["totalNodes"] == 4 and status["idleNodes"] <= 4
+    accounts = {entry["user"]: entry["accounts"] for entry in status["userAccounts"]}
+    assert accounts["alice"] == ["proj-a", "proj-b"] and accounts["bob"] == ["proj-b"]
+    geneva = stack.get("slurmsite", "geneva", namespace="")
+    assert geneva is not None
+    # prod and debug share geneva's 8 nodes: the site's idle count must not add them up.
+    assert geneva["status"]["idleNodes"] <= 8
+    listing = stack.kubectl("get", "slurmsites")
+    assert "lugano" in listing.stdout and "True" in listing.stdout

@@ -412,3 +412,15 @@ def test_scontrol_show_job_becomes_a_dict_with_spaces_kept_in_values() -> None:
 def test_unreadable_scontrol_output_is_an_error(stdout: str) -> None:
     with pytest.raises(SlurmOutputError):
         parse_scontrol_show_job(stdout)
+
+
+def test_associations_list_every_users_accounts_in_one_query() -> None:
+    from bbp_notebooks.slurm.commands import associations_argv, parse_associations
+
+    assert associations_argv() == [
+        "sacctmgr", "--noheader", "--parsable2", "show", "associations", "format=User,Account",
+    ]  # fmt: skip
+    parsed = parse_associations("|root\n|bbp\nalice|bbp\nalice|proj16\nbob|proj42\nalice|bbp\n")
+    assert parsed == {"alice": ["bbp", "proj16"], "bob": ["proj42"]}
+    with pytest.raises(SlurmOutputError):
+        parse_associations("alice;rm -rf /\n")

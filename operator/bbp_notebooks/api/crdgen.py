@@ -117,7 +117,7 @@ CRDS: tuple[CrdDescription, ...] = (
 )
 
 # Lists of named objects are maps keyed by name (server-side apply merges them per item).
-_LIST_MAP_KEYS = {"conditions": "type", "partitions": "name"}
+_LIST_MAP_KEYS = {"conditions": "type", "partitions": "name", "userAccounts": "user"}
 
 
 def _inline(schema: Any, defs: dict[str, Any]) -> Any:

@@ -517,6 +517,15 @@ class PartitionStatus(StatusModel):
     total_cores: int = Field(alias="totalCores", ge=0, description="Cores in the partition.")
 
 
+class UserAccounts(StatusModel):
+    """The Slurm accounts (projects) one user may charge at the site."""
+
+    user: str = Field(max_length=32, description="POSIX user name.")
+    accounts: list[Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=list, max_length=256, description="Accounts, as sacctmgr reports them."
+    )
+
+
 class SlurmSiteStatus(StatusModel):
     """Live state of the site, refreshed every poll interval."""
 
@@ -525,13 +534,23 @@ class SlurmSiteStatus(StatusModel):
         default_factory=list, description="Live availability per partition."
     )
     idle_nodes: int | None = Field(
-        default=None, alias="idleNodes", ge=0, description="Idle nodes over all partitions."
+        default=None,
+        alias="idleNodes",
+        ge=0,
+        description="Idle nodes in the default partition (where sessions run).",
     )
     pending_jobs: int | None = Field(
         default=None, alias="pendingJobs", ge=0, description="Pending jobs at the site."
     )
     running_jobs: int | None = Field(
         default=None, alias="runningJobs", ge=0, description="Running jobs at the site."
+    )
+    user_accounts: list[UserAccounts] = Field(
+        default_factory=list,
+        alias="userAccounts",
+        max_length=10000,
+        description="Each user's accounts at the site (refreshed every few minutes), so the "
+        "spawner can offer the projects a user may charge.",
     )
     slurm_version: str | None = Field(
         default=None, alias="slurmVersion", max_length=64, description="Reported by sinfo -V."

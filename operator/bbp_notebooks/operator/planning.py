@@ -44,7 +44,10 @@ class SiteView:
 
     @property
     def idle_cores(self) -> int:
-        return sum(p.idle_cores for p in self.status.partitions)
+        """Idle cores where sessions run (the default partition): partitions often share nodes,
+        so a sum over partitions would count the same cores twice."""
+        default = self.default_partition
+        return next((p.idle_cores for p in self.status.partitions if p.name == default), 0)
 
     @property
     def default_partition(self) -> str:

@@ -23,6 +23,7 @@ from bbp_notebooks.api.models import (
     PartitionStatus,
     SessionPhase,
     SlurmSiteStatus,
+    UserAccounts,
     dump,
 )
 from bbp_notebooks.operator import observe
@@ -39,7 +40,7 @@ from bbp_notebooks.operator.runtime import CredentialsUnavailable, Runtime
 from bbp_notebooks.operator.sessions import SessionRef
 from bbp_notebooks.slurm.commands import AccountingEntry, QueueEntry
 from bbp_notebooks.slurm.values import JobState
-from bbp_notebooks.ssh import SshError
+from bbp_notebooks.ssh import CommandFailed, Identity, SlurmClient, SshError
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class PollState:
 
     polls: int = 0
     version: str | None = None
+    associations: dict[str, list[str]] | None = None
     last_phase: dict[str, SessionPhase | None] = field(default_factory=dict)
 
 
@@ -105,6 +107,8 @@ def site_status(
     partitions: list[PartitionStatus] | None = None,
     queue: Iterable[QueueEntry] = (),
     version: str | None = None,
+    associations: dict[str, list[str]] | None = None,
+    default_partition: str | None = None,
 ) -> SlurmSiteStatus:
     conditions = set_condition(
         previous.conditions,
@@ -124,10 +128,17 @@ def site_status(
     return SlurmSiteStatus(
         conditions=conditions,
         partitions=parts,
-        idle_nodes=sum(p.idle_nodes for p in parts),
+        # Sessions run in the default partition; partitions share nodes, so no sum.
+        idle_nodes=next((p.idle_nodes for p in parts if p.name == default_partition), 0),
         pending_jobs=states[JobState.PENDING],
         running_jobs=states[JobState.RUNNING] + states[JobState.COMPLETING],
         slurm_version=version or previous.slurm_version,
+        user_accounts=[
+            UserAccounts(user=user, accounts=accounts)
+            for user, accounts in sorted((associations or {}).items())
+        ]
+        if associations is not None
+        else previous.user_accounts,
         last_poll_time=now,
         observed_generation=generation,
     )
@@ -241,6 +252,7 @@ async def poll_once(
         availability = await client.partitions(identity)
         if state.version is None or state.polls % 20 == 0:
             state.version = await client.version(identity)
+            state.associations = await _associations(client, identity, site.name)
         queue = await client.queue_all(identity)
         tagged = {uid: e for e in queue if (uid := session_uid(e.name)) is not None}
         ask_accounting = [
@@ -329,7 +341,20 @@ async def poll_once(
         partitions=partitions,
         queue=queue,
         version=state.version,
+        associations=state.associations,
+        default_partition=site.default_partition,
     )
+
+
+async def _associations(
+    client: SlurmClient, identity: Identity, site: str
+) -> dict[str, list[str]] | None:
+    """Users' accounts, or None where the site keeps no association table (no slurmdbd)."""
+    try:
+        return await client.associations(identity)
+    except CommandFailed as error:
+        log.info("site %s lists no associations: %s", site, error)
+        return None
 
 
 async def sweep_orphans(

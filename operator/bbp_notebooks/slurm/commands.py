@@ -457,6 +457,32 @@ def accounts_argv(user: str) -> list[str]:
     ]
 
 
+def associations_argv() -> list[str]:
+    """Every (user, account) association of the cluster: one query for all users' accounts."""
+    return [
+        "sacctmgr",
+        "--noheader",
+        "--parsable2",
+        "show",
+        "associations",
+        "format=User,Account",
+    ]
+
+
+def parse_associations(stdout: str) -> dict[str, list[str]]:
+    """User -> accounts; rows without a user (account-level associations) are skipped."""
+    result: dict[str, list[str]] = {}
+    for line in stdout.splitlines():
+        if not line.strip():
+            continue
+        user, sep, account = line.strip().partition("|")
+        if not sep or not _IDENTIFIER.match(account) or (user and not _USER.match(user)):
+            raise SlurmOutputError(f"not a user|account association: {line!r}")
+        if user and account not in result.setdefault(user, []):
+            result[user].append(account)
+    return result
+
+
 def parse_accounts(stdout: str) -> list[str]:
     """Distinct account names in the order sacctmgr printed them."""
     accounts = [line.strip() for line in stdout.splitlines() if line.strip()]

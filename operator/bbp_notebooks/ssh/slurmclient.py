@@ -181,6 +181,15 @@ class SlurmClient:
         except SlurmOutputError as error:
             raise self._parse_error(argv, error) from None
 
+    async def associations(self, identity: Identity) -> dict[str, list[str]]:
+        """Every user's accounts at the site, in one sacctmgr call."""
+        argv = commands.associations_argv()
+        result = await self._run(identity, argv)
+        try:
+            return commands.parse_associations(result.stdout)
+        except SlurmOutputError as error:
+            raise self._parse_error(argv, error) from None
+
     async def read_connection(self, identity: Identity, session_uid: str) -> Connection | None:
         """The connection file a job wrote, for sites that allow ``cat`` over ssh; None if absent.
 
