@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 
-import asyncssh
 import pytest
 
 from bbp_notebooks.devtools.stack import wait_for
@@ -62,31 +60,16 @@ def test_a_session_deleted_while_the_operator_is_down_has_its_job_cancelled(stac
     assert ended[0]["state"] == "CANCELLED"
 
 
-async def _submit_as(stack: Stack, user: str, name: str) -> int:
-    ca = stack.mock.keys.user_ca
-    key = asyncssh.generate_private_key("ssh-ed25519")
-    now = int(time.time())
-    cert = ca.generate_user_certificate(
-        key, user, principals=[user], valid_after=now - 60, valid_before=now + 300
-    )
-    site = stack.mock.sites[0]
-    known = asyncssh.import_known_hosts(
-        f"[{site.address}]:{stack.mock.ports[site.name]} {stack.mock.keys.host_public}\n"
-    )
-    async with asyncssh.connect(
-        site.address, stack.mock.ports[site.name], username=user, client_keys=[(key, cert)],
-        known_hosts=known, agent_path=None, config=[],
-    ) as conn:  # fmt: skip
-        result = await conn.run(
-            f"sbatch --parsable --job-name={name} --time=10", input="#!/bin/bash\nsleep 300\n"
-        )
-        assert result.exit_status == 0, result.stderr
-        return int(str(result.stdout).strip())
+def _submit_as(stack: Stack, user: str, name: str) -> int:
+    argv = ["sbatch", "--parsable", f"--job-name={name}", "--time=10"]
+    status, stdout, stderr = stack.ssh_run(user, argv, stdin="#!/bin/bash\nsleep 300\n")
+    assert status == 0, stderr
+    return int(stdout.strip())
 
 
 def test_an_orphan_tagged_job_is_cancelled_and_foreign_jobs_are_left_alone(stack: Stack) -> None:
-    orphan = asyncio.run(_submit_as(stack, "bob", f"bbpnb-{uuid.uuid4()}"))
-    foreign = asyncio.run(_submit_as(stack, "bob", "my-own-analysis"))
+    orphan = _submit_as(stack, "bob", f"bbpnb-{uuid.uuid4()}")
+    foreign = _submit_as(stack, "bob", "my-own-analysis")
 
     def state(job_id: int) -> str:
         return str(next(j for j in stack.jobs() if j["job_id"] == job_id)["state"])
