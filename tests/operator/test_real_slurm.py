@@ -120,8 +120,9 @@ def test_on_real_slurm_a_session_becomes_ready_and_deleting_it_cancels_the_job(
     assert real.kubectl("apply", "-f", "-", stdin=json.dumps(body)).returncode == 0
 
     def ready() -> dict[str, Any] | None:
+        # The job's callback may make the session Ready before the next poll names its node.
         status = real.status("real")
-        return status if status.get("phase") == "Ready" else None
+        return status if status.get("phase") == "Ready" and status.get("node") else None
 
     try:
         status = wait_for(ready, 90, "the session on real Slurm to be Ready", 0.5)
@@ -137,10 +138,15 @@ def test_on_real_slurm_a_session_becomes_ready_and_deleting_it_cancels_the_job(
     env_file = Path(f"~alice/.bbpnb-test-env-{status['jobId']}").expanduser()
     assert json.loads(env_file.read_text())["USER"] == "alice"
 
-    site = json.loads(real.kubectl("get", "slurmsite", "geneva", "-o", "json").stdout)["status"]
+    def site_sees_the_job() -> dict[str, Any] | None:
+        site = json.loads(real.kubectl("get", "slurmsite", "geneva", "-o", "json").stdout)
+        status: dict[str, Any] = site.get("status", {})
+        return status if status.get("runningJobs", 0) >= 1 else None
+
+    site = wait_for(site_sees_the_job, 30, "geneva's status to count the running job", 0.5)
     assert site["slurmVersion"].startswith("22.05")
     assert {c["type"]: c["status"] for c in site["conditions"]}["Reachable"] == "True"
-    assert site["runningJobs"] >= 1
+    assert {e["user"]: e["accounts"] for e in site["userAccounts"]}["alice"] == ["bbp"]
 
     assert real.kubectl("delete", "notebooksession", "real", "--wait=false").returncode == 0
     wait_for(lambda: not real.status("real"), 60, "the session to go", 0.5)
