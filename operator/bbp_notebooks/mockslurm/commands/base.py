@@ -6,7 +6,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from bbp_notebooks.mockslurm.cluster import Cluster, Identity
+from bbp_notebooks.mockslurm.cluster import SLURM_VERSION, Cluster, Identity
+from bbp_notebooks.mockslurm.getopt import GetoptError, Option, parse
 
 
 @dataclass
@@ -68,3 +69,25 @@ class Context:
 CONNECT_FAILURE = "Unable to contact slurm controller (connect failure)"
 
 Handler = Callable[["Context", list[str]], Awaitable[int]]
+
+
+def parse_options(
+    ctx: Context, command: str, argv: list[str], options: list[Option], usage: str
+) -> tuple[dict[str, str | None], list[str]] | int:
+    """Options as a dict and the positional arguments, the way Slurm's tools read them; or the
+    exit status when the command is already answered (--version, --help, a getopt error)."""
+    try:
+        parsed, positional = parse(command, argv, options)
+    except GetoptError as error:
+        ctx.err(f'{error}\nTry "{command} --help" for more information\n')
+        return 1
+    settings: dict[str, str | None] = {}
+    for key, value in parsed:
+        if key == "version":
+            ctx.out(f"slurm {SLURM_VERSION}\n")
+            return 0
+        if key in ("help", "usage"):
+            ctx.out(f"Usage: {command} {usage}\n")
+            return 0
+        settings[key] = value
+    return settings, positional

@@ -6,8 +6,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bbp_notebooks.mockslurm.cluster import SLURM_VERSION, Job, JobState
-from bbp_notebooks.mockslurm.commands.base import Context
+from bbp_notebooks.mockslurm.cluster import Job, JobState
+from bbp_notebooks.mockslurm.commands.base import Context, parse_options
 from bbp_notebooks.mockslurm.formats import (
     compress_hostlist,
     memory_mb,
@@ -16,7 +16,7 @@ from bbp_notebooks.mockslurm.formats import (
     slurm_limit,
     slurm_time,
 )
-from bbp_notebooks.mockslurm.getopt import Arg, GetoptError, Option, parse
+from bbp_notebooks.mockslurm.getopt import Arg, Option
 
 R = Arg.REQUIRED
 OPTIONS = [
@@ -176,20 +176,10 @@ def _cell(value: str, width: int) -> str:
 
 
 async def main(ctx: Context, argv: list[str]) -> int:
-    try:
-        options, positional = parse("sacct", argv, OPTIONS)
-    except GetoptError as error:
-        ctx.err(f'{error}\nTry "sacct --help" for more information\n')
-        return 1
-    settings: dict[str, str | None] = {}
-    for key, value in options:
-        if key == "version":
-            ctx.out(f"slurm {SLURM_VERSION}\n")
-            return 0
-        if key in ("help", "usage"):
-            ctx.out("Usage: sacct [OPTIONS]\n")
-            return 0
-        settings[key] = value
+    parsed = parse_options(ctx, "sacct", argv, OPTIONS, "[OPTIONS]")
+    if isinstance(parsed, int):
+        return parsed
+    settings, positional = parsed
     if positional:
         ctx.err(f"sacct: error: Unknown arguments: {' '.join(positional)}\n")
         return 1

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import signal as signals
 
-from bbp_notebooks.mockslurm.cluster import SLURM_VERSION, Job, JobState
-from bbp_notebooks.mockslurm.commands.base import CONNECT_FAILURE, Context
-from bbp_notebooks.mockslurm.getopt import Arg, GetoptError, Option, parse
+from bbp_notebooks.mockslurm.cluster import Job, JobState
+from bbp_notebooks.mockslurm.commands.base import CONNECT_FAILURE, Context, parse_options
+from bbp_notebooks.mockslurm.getopt import Arg, Option
 
 R = Arg.REQUIRED
 OPTIONS = [
@@ -52,27 +52,18 @@ def _signal_number(text: str) -> int | None:
 
 
 async def main(ctx: Context, argv: list[str]) -> int:
-    try:
-        options, positional = parse("scancel", argv, OPTIONS)
-    except GetoptError as error:
-        ctx.err(f'{error}\nTry "scancel --help" for more information\n')
-        return 1
-    settings: dict[str, str | None] = {}
-    for key, value in options:
-        if key == "version":
-            ctx.out(f"slurm {SLURM_VERSION}\n")
-            return 0
-        if key in ("help", "usage"):
-            ctx.out("Usage: scancel [OPTIONS] [job_id[_array_id][.step_id]]\n")
-            return 0
-        settings[key] = value
+    usage = "[OPTIONS] [job_id[_array_id][.step_id]]"
+    parsed = parse_options(ctx, "scancel", argv, OPTIONS, usage)
+    if isinstance(parsed, int):
+        return parsed
+    settings, positional = parsed
     signum: int = signals.SIGKILL
     if "signal" in settings:
-        parsed = _signal_number(settings["signal"] or "")
-        if parsed is None:
+        number = _signal_number(settings["signal"] or "")
+        if number is None:
             ctx.err(f"scancel: error: Invalid job signal: {settings['signal']}\n")
             return 1
-        signum = parsed
+        signum = number
     job_ids: list[int] = []
     for token in positional:
         head = token.split(".")[0].split("_")[0]

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bbp_notebooks.mockslurm.cluster import SLURM_VERSION, Node, Partition
-from bbp_notebooks.mockslurm.commands.base import CONNECT_FAILURE, Context
+from bbp_notebooks.mockslurm.cluster import Node, Partition
+from bbp_notebooks.mockslurm.commands.base import CONNECT_FAILURE, Context, parse_options
 from bbp_notebooks.mockslurm.formats import compress_hostlist, fit, sinfo_time_limit
-from bbp_notebooks.mockslurm.getopt import Arg, GetoptError, Option, parse
+from bbp_notebooks.mockslurm.getopt import Arg, Option
 
 R = Arg.REQUIRED
 OPTIONS = [
@@ -136,20 +136,10 @@ def _parse_format(fmt: str) -> tuple[str, list[Column]]:
 
 
 async def main(ctx: Context, argv: list[str]) -> int:
-    try:
-        options, positional = parse("sinfo", argv, OPTIONS)
-    except GetoptError as error:
-        ctx.err(f'{error}\nTry "sinfo --help" for more information\n')
-        return 1
-    settings: dict[str, str | None] = {}
-    for key, value in options:
-        if key == "version":
-            ctx.out(f"slurm {SLURM_VERSION}\n")
-            return 0
-        if key in ("help", "usage"):
-            ctx.out("Usage: sinfo [OPTIONS]\n")
-            return 0
-        settings[key] = value
+    parsed = parse_options(ctx, "sinfo", argv, OPTIONS, "[OPTIONS]")
+    if isinstance(parsed, int):
+        return parsed
+    settings, positional = parsed
     if positional:
         ctx.err(f"sinfo: error: Unrecognized option: {positional[0]}\n")
         return 1
