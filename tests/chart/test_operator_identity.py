@@ -13,11 +13,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,29 +24,13 @@ import yaml
 
 from bbp_notebooks.api.constants import FINALIZER
 from bbp_notebooks.devtools.controlplane import ControlPlane
+from bbp_notebooks.devtools.stack import free_port, wait_for
 from chart.helmchart import Release, install, ssh_keypair
 
 pytestmark = pytest.mark.kube
 DEADLINE_S = 60.0
 # HTTP 403 as the clients print it ("(403)", "status=403"), not any number that contains 403.
 PERMISSION_PROBLEMS = ("Forbidden", "forbidden", "(403)", "status=403", "Not enough permissions")
-
-
-def wait_for(predicate: Callable[[], Any], what: str, timeout: float = DEADLINE_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +161,7 @@ def test_the_operator_peers_through_the_charts_peering_object(
 ) -> None:
     peers = wait_for(
         lambda: get(release, "clusterkopfpeering", "bbp-notebooks").get("status"),
+        DEADLINE_S,
         "the operator's keep-alive in the ClusterKopfPeering",
     )
     (peer,) = peers.values()
@@ -197,7 +180,7 @@ def test_the_operator_reconciles_a_session_with_the_charts_rbac_alone(
             return body
         return None
 
-    body = wait_for(reconciled, "the finalizer and a status written by the operator")
+    body = wait_for(reconciled, DEADLINE_S, "the finalizer and a status written by the operator")
     assert body["metadata"]["uid"] == session["metadata"]["uid"]
     # The invalid session is refused before any ssh: its phase and a Warning Event say so.
     wait_for(
@@ -207,6 +190,7 @@ def test_the_operator_reconciles_a_session_with_the_charts_rbac_alone(
             .get("phase")
             == "InvalidSpec"
         ),
+        DEADLINE_S,
         "the invalid session's InvalidSpec phase",
     )
     events = wait_for(
@@ -215,11 +199,13 @@ def test_the_operator_reconciles_a_session_with_the_charts_rbac_alone(
             for e in get(release, "events", "-n", namespace)["items"]
             if e["involvedObject"].get("name") == "smoke-invalid"
         ],
+        DEADLINE_S,
         "an Event about it",
     )
     assert [(e["type"], e["reason"]) for e in events] == [("Warning", "InvalidSpec")]
     site = wait_for(
         lambda: get(release, "slurmsite", "smoke-site").get("status", {}).get("conditions"),
+        DEADLINE_S,
         "the site poller's status",
     )
     assert {c["type"]: c["status"] for c in site}["Reachable"] == "False"
@@ -228,7 +214,9 @@ def test_the_operator_reconciles_a_session_with_the_charts_rbac_alone(
 def test_the_operator_log_shows_no_permission_problem(
     release: Release, session: dict[str, Any], operator_log: Path
 ) -> None:
-    wait_for(lambda: get(release, "slurmsite", "smoke-site").get("status"), "a site poll")
+    wait_for(
+        lambda: get(release, "slurmsite", "smoke-site").get("status"), DEADLINE_S, "a site poll"
+    )
     text = operator_log.read_text(errors="replace")
     problems = [
         line for line in text.splitlines() if any(word in line for word in PERMISSION_PROBLEMS)

@@ -20,7 +20,14 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 from tornado import web
 
-from bbp_notebooks.api.constants import GROUP, PROFILE_PLURAL, SESSION_PLURAL, SITE_PLURAL, VERSION
+from bbp_notebooks.api.constants import (
+    GROUP,
+    GROUPS_ANNOTATION,
+    PROFILE_PLURAL,
+    SESSION_PLURAL,
+    SITE_PLURAL,
+    VERSION,
+)
 from bbp_notebooks.api.models import (
     Condition,
     ConditionStatus,
@@ -407,7 +414,7 @@ async def test_start_creates_the_secret_and_session_and_returns_the_url_once_rea
         "environmentSecretRef": {"name": secret_name},
     }
     meta = session["metadata"]
-    assert meta["annotations"][naming.GROUPS_ANNOTATION] == "thalamus"  # "bad,group" refused
+    assert meta["annotations"][GROUPS_ANNOTATION] == "thalamus"  # "bad,group" refused
     assert meta["labels"][naming.HUB_USER_LABEL] == "alice"
     assert meta["labels"][naming.SERVER_NAME_LABEL] == ""
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 import yaml
 from aiohttp import web
 
+from bbp_notebooks.devtools.stack import free_port
 from bbp_notebooks.mockslurm.__main__ import serve
 from bbp_notebooks.mockslurm.config import MockSlurmConfig, load_config
 from bbp_notebooks.mockslurm.control import make_app
@@ -101,18 +101,11 @@ def test_the_example_config_describes_geneva_and_lugano() -> None:
     assert geneva.state_dir.is_absolute()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def test_the_entry_point_serves_every_site_of_the_config(
     tmp_path: Path, mockslurm_ca: UserCA
 ) -> None:
     raw = yaml.safe_load(EXAMPLE.read_text())
-    raw["control"]["port"] = _free_port()
+    raw["control"]["port"] = free_port()
     for site in raw["sites"]:
         site["port"] = 0
         site["state_dir"] = str(tmp_path / site["name"])

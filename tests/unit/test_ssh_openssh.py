@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 import asyncssh
 import pytest
 
+from bbp_notebooks.devtools.stack import free_port
 from bbp_notebooks.ssh import (
     AuthenticationFailed,
     CertificateAuthority,
@@ -47,13 +48,6 @@ HOSTILE = [
     "ünïcødé ✓",
     "x" * 2048,
 ]
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")

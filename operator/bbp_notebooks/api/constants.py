@@ -13,6 +13,8 @@ SITE_KIND, SITE_PLURAL = "SlurmSite", "slurmsites"
 FINALIZER = f"{GROUP}/cancel-slurm-job"
 ANNOTATION_PREFIX = GROUP
 LABEL_PREFIX = GROUP
+# Comma-separated hub groups of a session's user, set by the spawner, read by profile checks.
+GROUPS_ANNOTATION = f"{ANNOTATION_PREFIX}/groups"
 
 # A Slurm job belongs to a session when its name is JOB_NAME_PREFIX + the session's uid.
 # Job names are visible to every user of the cluster, so the tag carries nothing secret.

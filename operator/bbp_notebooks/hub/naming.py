@@ -19,7 +19,6 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "bbp-notebooks-hub"
 
 # The operator reads the hub groups of a session's user from this annotation (comma-separated).
-GROUPS_ANNOTATION = f"{ANNOTATION_PREFIX}/groups"
 # Exact hub user and server names: labels must be sanitised, annotations need not be.
 HUB_USER_ANNOTATION = f"{ANNOTATION_PREFIX}/hub-user"
 SERVER_NAME_ANNOTATION = f"{ANNOTATION_PREFIX}/server-name"

@@ -24,7 +24,12 @@ from tornado import web
 from traitlets import Bool, Float, Integer, Unicode, default
 from traitlets import Callable as CallableTrait
 
-from bbp_notebooks.api.constants import API_VERSION, POSIX_USER_PATTERN, SESSION_KIND
+from bbp_notebooks.api.constants import (
+    API_VERSION,
+    GROUPS_ANNOTATION,
+    POSIX_USER_PATTERN,
+    SESSION_KIND,
+)
 from bbp_notebooks.api.models import (
     NotebookSession,
     NotebookSessionSpec,
@@ -283,7 +288,7 @@ class NotebookSessionSpawner(Spawner):  # type: ignore[misc]
                 "namespace": self.namespace,
                 "labels": naming.labels(hub_user, self.name),
                 "annotations": {
-                    naming.GROUPS_ANNOTATION: ",".join(self.group_names()),
+                    GROUPS_ANNOTATION: ",".join(self.group_names()),
                     naming.HUB_USER_ANNOTATION: hub_user,
                     naming.SERVER_NAME_ANNOTATION: self.name,
                 },

@@ -19,6 +19,7 @@ from bbp_notebooks.api.constants import (
     ANNOTATION_PREFIX,
     FINALIZER,
     GROUP,
+    GROUPS_ANNOTATION,
     PROFILE_PLURAL,
     SESSION_PLURAL,
     SITE_PLURAL,
@@ -49,7 +50,6 @@ from bbp_notebooks.operator.runtime import CredentialsUnavailable, Runtime
 from bbp_notebooks.ssh import SshError
 
 log = logging.getLogger(__name__)
-GROUPS_ANNOTATION = f"{ANNOTATION_PREFIX}/groups"
 
 
 # Indexes: other objects are read from memory, never fetched per event -----------------------
