@@ -22,3 +22,11 @@ JOB_NAME_PREFIX = "bbpnb-"
 
 POSIX_USER_PATTERN = r"^[a-z_][a-z0-9_-]{0,31}$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+
+# Who created a session, as the API server's admission policy saw them (required equal to the
+# requesting user, immutable). Only the hub may set GROUPS_ANNOTATION.
+CREATED_BY_ANNOTATION = f"{ANNOTATION_PREFIX}/created-by"
+# RBAC that grants running sessions as a POSIX user: verb RUNAS_VERB on the virtual resource
+# POSIX_USERS_RESOURCE of API group GROUP, with resourceNames: [<user>].
+RUNAS_VERB = "runas"
+POSIX_USERS_RESOURCE = "posixusers"

@@ -262,6 +262,14 @@ class NotebookSessionStatus(StatusModel):
     time_limit_minutes: int | None = Field(
         default=None, alias="timeLimitMinutes", ge=0, description="The job's wall-clock limit."
     )
+    callback_token_sha256: str | None = Field(
+        default=None,
+        alias="callbackTokenSHA256",
+        pattern=r"^[0-9a-f]{64}$",
+        description="SHA-256 of the random token given to this session's current job for its "
+        "endpoint callback (the token itself is only in the job's script). Written before "
+        "sbatch, so it survives restarts and every replica can check a report.",
+    )
     message: str | None = Field(default=None, max_length=4096, description="Latest explanation.")
     observed_generation: int | None = Field(
         default=None, alias="observedGeneration", ge=0, description="The generation last seen."
@@ -455,6 +463,33 @@ class SiteAuth(Model):
     )
 
 
+class UserPolicy(Model):
+    """Which POSIX users sessions may run as at this site: the operator's own check, decided
+    before any certificate is minted, behind the admission policy."""
+
+    allowed_pattern: str = Field(
+        default=POSIX_USER_PATTERN,
+        alias="allowedPattern",
+        max_length=256,
+        description="A regular expression (Python syntax, matched against the whole name) that "
+        "every session's user must match.",
+    )
+    denied_users: list[PosixUser] = Field(
+        default_factory=list,
+        alias="deniedUsers",
+        max_length=1024,
+        description="Users refused at this site, in addition to the operator's protected users "
+        "and the site's monitorUser.",
+    )
+    require_association: bool = Field(
+        default=False,
+        alias="requireAssociation",
+        description="Refuse users without a Slurm association at the site (from the sacctmgr "
+        "data in status.userAccounts). A site whose association table is not known yet "
+        "refuses too.",
+    )
+
+
 class SlurmSiteSpec(Model):
     """A Slurm cluster reachable over ssh."""
 
@@ -482,6 +517,22 @@ class SlurmSiteSpec(Model):
     )
     poll_interval_seconds: int = Field(
         default=15, alias="pollIntervalSeconds", ge=1, le=3600, description="Polling period."
+    )
+    user_policy: UserPolicy = Field(
+        default_factory=UserPolicy,
+        alias="userPolicy",
+        description="Which users sessions may run as here (pattern, denied users, Slurm "
+        "association required).",
+    )
+    node_address_template: str = Field(
+        default="{node}",
+        alias="nodeAddressTemplate",
+        max_length=253,
+        pattern=r"^[A-Za-z0-9{}]([A-Za-z0-9.{}-]*[A-Za-z0-9}])?$",
+        description="How a compute node's Slurm name becomes the address its notebook is "
+        "reached at: {node} is replaced by the node name (e.g. '{node}.cluster.example.org'). "
+        "A job's endpoint report is accepted only for that address of the node Slurm "
+        "allocated to it (or for notebookHost, when set).",
     )
     connection_file_fallback: bool = Field(
         default=False,

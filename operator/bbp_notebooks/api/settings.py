@@ -12,6 +12,41 @@ from typing import Any
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+# System accounts on a Debian/RHEL frontend; nobody's notebook runs as these.
+DEFAULT_PROTECTED_USERS = (
+    "root",
+    "daemon",
+    "bin",
+    "sys",
+    "sync",
+    "games",
+    "man",
+    "lp",
+    "mail",
+    "news",
+    "uucp",
+    "proxy",
+    "www-data",
+    "backup",
+    "list",
+    "irc",
+    "nobody",
+    "systemd-network",
+    "sshd",
+    "messagebus",
+    "polkitd",
+    "munge",
+    "slurm",
+    "mysql",
+    "adm",
+    "operator",
+    "halt",
+    "shutdown",
+    "ftp",
+    "postfix",
+    "chrony",
+)
+
 
 class OperatorSettings(BaseSettings):
     """How the operator runs. Every field may be set as BBP_<FIELD> in the environment."""
@@ -55,6 +90,38 @@ class OperatorSettings(BaseSettings):
         default_factory=lambda: ["jupyterhub-singleuser", "--ip={host}", "--port={port}"],
         description="Command (argv) that starts the notebook server in the job; {host} and "
         "{port} are replaced by the address the job binds.",
+    )
+    installation_id: str = Field(
+        default="default",
+        min_length=1,
+        max_length=20,
+        pattern=r"^[a-z0-9]+$",
+        description="Names this installation in its Slurm job names (bbpnb-<id>-<session uid>): "
+        "the orphan sweep only ever considers jobs carrying its own id, so two installations "
+        "at one site never cancel each other's jobs. Give each installation its own.",
+    )
+    require_admission_policy: bool = Field(
+        default=True,
+        description="Serve sessions only while the chart's ValidatingAdmissionPolicy and its "
+        "binding are installed: the policy is what makes spec.user and the groups annotation "
+        "trustworthy. Without it sessions stay Pending with reason AdmissionPolicyMissing.",
+    )
+    admission_policy_name: str = Field(
+        default="bbp-notebooks-sessions",
+        max_length=253,
+        description="Name of that ValidatingAdmissionPolicy (and of its binding).",
+    )
+    protected_users: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_PROTECTED_USERS),
+        description="POSIX users no session may run as, at any site (checked before any "
+        "certificate is minted, in addition to the admission policy). Every site's "
+        "monitorUser is protected too.",
+    )
+    certificate_source_addresses: list[str] = Field(
+        default_factory=list,
+        description="The operator's egress addresses or CIDRs as seen by the frontends; when "
+        "set, minted certificates carry them as the source-address critical option, so a "
+        "stolen certificate is useless from anywhere else.",
     )
     orphan_sweep_every_polls: int = Field(
         default=4, ge=1, le=1000, description="Sweep for orphan jobs every N site polls."
