@@ -246,8 +246,15 @@ class Release:
         namespace = self.session_namespace
         names = self.kubectl("get", "notebooksessions", "-n", namespace, "-o", "name").split()
         for name in names:
-            self.kubectl("patch", name, "-n", namespace, "--type=merge",
-                         "-p", '{"metadata":{"finalizers":null}}')
+            self.kubectl(
+                "patch",
+                name,
+                "-n",
+                namespace,
+                "--type=merge",
+                "-p",
+                '{"metadata":{"finalizers":null}}',
+            )
         if names:
             self.kubectl("delete", "notebooksessions", "--all", "-n", namespace, "--wait=false")
         status = run(["helm", "status", self.name, "--namespace", self.namespace], self.env)
@@ -255,8 +262,9 @@ class Release:
             # An operator that ran against this release left its daemon finalizer on the sites.
             selector = f"app.kubernetes.io/instance={self.name}"
             for site in self.kubectl("get", "slurmsites", "-l", selector, "-o", "name").split():
-                self.kubectl("patch", site, "--type=merge",
-                             "-p", '{"metadata":{"finalizers":null}}')
+                self.kubectl(
+                    "patch", site, "--type=merge", "-p", '{"metadata":{"finalizers":null}}'
+                )
             self.uninstall()
 
 

@@ -19,8 +19,15 @@ SCRIPT = REPO / "scripts" / "kind-e2e.sh"
 def run_script(path_dirs: list[Path]) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "DOCKER_HOST")}
     env["PATH"] = os.pathsep.join(str(d) for d in path_dirs)
-    return subprocess.run(["/bin/bash", str(SCRIPT)], env=env, capture_output=True, text=True,
-                          timeout=60, check=False, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        ["/bin/bash", str(SCRIPT)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def tool_dir(tmp_path: Path, **stubs: str) -> Path:

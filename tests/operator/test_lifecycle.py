@@ -6,6 +6,7 @@ import urllib.request
 
 import pytest
 
+from bbp_notebooks.operator.planning import job_name
 from fixtures.operator import Stack, session
 
 pytestmark = pytest.mark.kube
@@ -35,7 +36,9 @@ def test_a_session_goes_queued_running_ready_and_its_notebook_answers(stack: Sta
     with urllib.request.urlopen(status["endpoint"]["url"], timeout=5) as response:  # noqa: S310
         assert response.status == 200
 
-    job = stack.jobs(name=f"bbpnb-{stack.get('notebooksession', 'lifecycle')['metadata']['uid']}")
+    job = stack.jobs(
+        name=job_name("default", stack.get("notebooksession", "lifecycle")["metadata"]["uid"])
+    )
     assert [j["job_id"] for j in job] == [status["jobId"]]
     assert stack.kubectl("delete", "notebooksession", "lifecycle", "--wait=false").returncode == 0
     stack.wait_gone("lifecycle")

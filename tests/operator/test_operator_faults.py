@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from bbp_notebooks.devtools.stack import wait_for
+from bbp_notebooks.operator.planning import job_name
 from fixtures.operator import Stack, session
 
 pytestmark = pytest.mark.kube
@@ -25,7 +26,7 @@ def test_a_crash_between_sbatch_and_the_status_write_leaves_exactly_one_job(stac
     stack.operator.start()
     try:
         stack.apply(session("crash"))
-        tag = f"bbpnb-{uid_of(stack, 'crash')}"
+        tag = job_name("default", uid_of(stack, "crash"))
         assert stack.operator.process is not None
         wait_for(lambda: stack.operator.process.poll() is not None, 60, "the failpoint to kill it")  # type: ignore[union-attr]
         assert stack.operator.process.returncode == 137
@@ -68,7 +69,7 @@ def _submit_as(stack: Stack, user: str, name: str) -> int:
 
 
 def test_an_orphan_tagged_job_is_cancelled_and_foreign_jobs_are_left_alone(stack: Stack) -> None:
-    orphan = _submit_as(stack, "bob", f"bbpnb-{uuid.uuid4()}")
+    orphan = _submit_as(stack, "bob", job_name("default", str(uuid.uuid4())))
     foreign = _submit_as(stack, "bob", "my-own-analysis")
 
     def state(job_id: int) -> str:

@@ -129,9 +129,13 @@ def test_auto_picks_the_reachable_allowed_site_with_most_idle_cores() -> None:
 
 
 def test_job_names_round_trip_to_session_uids() -> None:
-    assert session_uid(job_name("0b9c-uid")) == "0b9c-uid"
-    assert session_uid("interactive") is None
-    assert session_uid("bbpnb-") is None
+    uid = "0b9c1d2e-0000-4000-8000-00000000abcd"
+    assert session_uid(job_name("prod", uid), "prod") == uid
+    assert session_uid(job_name("other", uid), "prod") is None
+    assert session_uid(job_name("prod", uid) + "x", "prod") is None
+    assert session_uid("bbpnb-prod-not-a-uid", "prod") is None
+    assert session_uid("interactive", "prod") is None
+    assert session_uid("bbpnb-", "prod") is None
 
 
 def _submitted() -> NotebookSessionStatus:

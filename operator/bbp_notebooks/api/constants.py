@@ -16,7 +16,8 @@ LABEL_PREFIX = GROUP
 # Comma-separated hub groups of a session's user, set by the spawner, read by profile checks.
 GROUPS_ANNOTATION = f"{ANNOTATION_PREFIX}/groups"
 
-# A Slurm job belongs to a session when its name is JOB_NAME_PREFIX + the session's uid.
+# A Slurm job belongs to a session of an installation when its name is
+# JOB_NAME_PREFIX + <installation id> + '-' + <session uid>.
 # Job names are visible to every user of the cluster, so the tag carries nothing secret.
 JOB_NAME_PREFIX = "bbpnb-"
 

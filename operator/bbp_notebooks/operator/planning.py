@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -69,16 +70,26 @@ class Plan:
     profile: NotebookProfileSpec
 
 
-def job_name(uid: str) -> str:
-    """The tag that ties a Slurm job to its session (visible to all users, so nothing secret)."""
-    return JOB_NAME_PREFIX + uid
+def job_name(installation: str, uid: str) -> str:
+    """The tag that ties a Slurm job to its session and to this installation (visible to all
+    users, so nothing secret): ``bbpnb-<installation id>-<session uid>``."""
+    return f"{JOB_NAME_PREFIX}{installation}-{uid}"
 
 
-def session_uid(job_name_: str) -> str | None:
-    """The session uid a tagged job belongs to, or None for a job that is not ours."""
-    if job_name_.startswith(JOB_NAME_PREFIX) and len(job_name_) > len(JOB_NAME_PREFIX):
-        return job_name_[len(JOB_NAME_PREFIX) :]
-    return None
+_UID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def session_uid(job_name_: str, installation: str) -> str | None:
+    """The session uid a job of this installation belongs to; None for any other name.
+
+    Only the exact pattern counts: another installation's jobs, a user's own job that happens to
+    start with the prefix, or a name with anything after the uid are never ours.
+    """
+    prefix = f"{JOB_NAME_PREFIX}{installation}-"
+    if not job_name_.startswith(prefix):
+        return None
+    uid = job_name_[len(prefix) :]
+    return uid if _UID.match(uid) else None
 
 
 def profile_allows(profile: NotebookProfileSpec, groups: Iterable[str] | None) -> bool:

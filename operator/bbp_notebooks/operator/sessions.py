@@ -67,9 +67,9 @@ async def environment_for(rt: Runtime, session: SessionRef) -> dict[str, str]:
     return {key: value.decode() for key, value in data.items()}
 
 
-def job_spec(uid: str, chosen: Plan) -> JobSpec:
+def job_spec(name: str, chosen: Plan) -> JobSpec:
     return JobSpec(
-        name=job_name(uid),
+        name=name,
         partition=chosen.partition,
         account=chosen.account,
         cpus_per_task=chosen.cores,
@@ -123,7 +123,7 @@ async def ensure_submitted(
     site = sites[chosen.site]
     client = rt.client(site.name, site.spec)
     identity = await rt.identity(site.name, site.spec, session.spec.user)
-    tag = job_name(session.uid)
+    tag = job_name(rt.settings.installation_id, session.uid)
 
     existing = await client.queue(identity, names=[tag], users=[session.spec.user])
     adopted_id = next((entry.job_id for entry in existing if entry.name == tag), None)
@@ -131,7 +131,7 @@ async def ensure_submitted(
         env = await environment_for(rt, session)
         script = render_job_script(job_script(rt, session, site, chosen, env))
         adopted = False
-        job_id = await client.submit(identity, job_spec(session.uid, chosen), script)
+        job_id = await client.submit(identity, job_spec(tag, chosen), script)
         SUBMISSIONS.labels(site.name).inc()
         if "exit-after-sbatch" in rt.settings.failpoints:
             log.error("failpoint exit-after-sbatch: dying after submitting job %d", job_id)
@@ -171,7 +171,7 @@ async def cancel(rt: Runtime, session: SessionRef, sites: Mapping[str, SiteView]
     """
     site_name = session.status.site or (session.spec.site if session.spec.site != "auto" else None)
     candidates = [sites[site_name]] if site_name and site_name in sites else list(sites.values())
-    tag = job_name(session.uid)
+    tag = job_name(rt.settings.installation_id, session.uid)
     for site in candidates:
         client = rt.client(site.name, site.spec)
         identity = await rt.identity(site.name, site.spec, session.spec.user)

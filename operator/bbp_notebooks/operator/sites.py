@@ -254,7 +254,11 @@ async def poll_once(
             state.version = await client.version(identity)
             state.associations = await _associations(client, identity, site.name)
         queue = await client.queue_all(identity)
-        tagged = {uid: e for e in queue if (uid := session_uid(e.name)) is not None}
+        tagged = {
+            uid: e
+            for e in queue
+            if (uid := session_uid(e.name, rt.settings.installation_id)) is not None
+        }
         ask_accounting = [
             s.status.job_id
             for s in active
@@ -311,9 +315,7 @@ async def poll_once(
         )
         changes.append((session, new))
     if site.spec.connection_file_fallback:
-        changes = [
-            (s, await _endpoint_fallback(rt, site, s, new, now)) for s, new in changes
-        ]
+        changes = [(s, await _endpoint_fallback(rt, site, s, new, now)) for s, new in changes]
     await _write_all(rt, state, site.name, changes)
 
     if (
