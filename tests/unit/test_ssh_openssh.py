@@ -170,6 +170,17 @@ async def test_real_sshd_refuses_a_certificate_for_another_principal(
         await pool.run(openssh, Identity(USER, bobs.key, bobs.certificate), ["true"])
 
 
+async def test_real_sshd_refuses_a_certificate_whose_source_address_excludes_the_client(
+    openssh: SiteEndpoint, pool: SshPool, user_ca: CertificateAuthority
+) -> None:
+    elsewhere = user_ca.mint(USER, source_addresses=["192.0.2.0/24"])
+    with pytest.raises(AuthenticationFailed):
+        await pool.run(openssh, elsewhere, ["true"])
+    here = user_ca.mint(USER, source_addresses=["192.0.2.0/24", "127.0.0.1"])
+    result = await pool.run(openssh, here, ["id", "-un"])
+    assert result.stdout == f"{USER}\n"
+
+
 async def test_a_changed_real_host_key_is_refused(
     openssh: SiteEndpoint, pool: SshPool, user_ca: CertificateAuthority
 ) -> None:

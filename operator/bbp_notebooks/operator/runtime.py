@@ -97,7 +97,11 @@ class Runtime:
         if auth.method == AuthMethod.CERTIFICATE:
             ca = await self._ca(auth.ca_secret_name or f"{site}-user-ca")
             validity = dt.timedelta(minutes=auth.certificate_validity_minutes)
-            identity = ca.mint(user, validity=validity)
+            identity = ca.mint(
+                user,
+                validity=validity,
+                source_addresses=self.settings.certificate_source_addresses,
+            )
             renew_after = now + validity / 2
         elif auth.method == AuthMethod.USER_KEY:
             data = await self.kube.read_secret(

@@ -6,7 +6,9 @@ import dataclasses
 import datetime as dt
 import enum
 import re
+import ipaddress
 import secrets
+from collections.abc import Sequence
 
 import asyncssh
 
@@ -121,6 +123,8 @@ class CertificateAuthority:
 
     Certificates carry one principal (the user), a validity starting a minute in the past (clock
     skew), and none of the interactive extensions: no pty, no port/agent/X11 forwarding, no rc.
+    Given ``source_addresses`` (the operator's egress addresses or CIDRs), they also carry the
+    ``source-address`` critical option: sshd then refuses them from anywhere else.
     """
 
     def __init__(self, ca_private_key: bytes | str | asyncssh.SSHKey) -> None:
@@ -140,11 +144,15 @@ class CertificateAuthority:
         validity: dt.timedelta = dt.timedelta(minutes=10),
         *,
         now: dt.datetime | None = None,
+        source_addresses: Sequence[str] = (),
     ) -> Identity:
         if not _USER.match(user):
             raise ValueError(f"not a POSIX user name: {user!r}")
         if validity <= dt.timedelta(0):
             raise ValueError("certificate validity must be positive")
+        if isinstance(source_addresses, str):
+            raise TypeError("source_addresses is a sequence of addresses, not one string")
+        sources = [_source_address(address) for address in source_addresses]
         moment = now or dt.datetime.now(dt.UTC)
         valid_after = moment - dt.timedelta(minutes=1)
         valid_before = moment + validity
@@ -157,6 +165,7 @@ class CertificateAuthority:
             principals=[user],
             valid_after=int(valid_after.timestamp()),
             valid_before=int(valid_before.timestamp()),
+            source_address=sources or None,
             permit_x11_forwarding=False,
             permit_agent_forwarding=False,
             permit_port_forwarding=False,
@@ -169,3 +178,12 @@ class CertificateAuthority:
             certificate,
             valid_before=valid_before.replace(microsecond=0),
         )
+
+
+def _source_address(address: str) -> str:
+    """An address or CIDR as sshd's source-address option reads it; anything else is refused
+    here, because sshd refuses a certificate whose source-address it cannot parse."""
+    try:
+        return str(ipaddress.ip_network(address.strip(), strict=False))
+    except ValueError:
+        raise ValueError(f"not an IP address or CIDR: {address!r}") from None
