@@ -20,6 +20,7 @@ from bbp_notebooks.devtools.controlplane import ControlPlane
 from bbp_notebooks.devtools.stack import Keys, MockSlurm, Operator, free_port, wait_for
 from chart.helmchart import Release, install
 from fixtures.operator import RECORDING_NOTEBOOK
+from fixtures.ownership import owner_patch
 
 pytestmark = pytest.mark.kube
 SESSIONS = "life-sessions"
@@ -123,6 +124,13 @@ def test_the_operator_with_only_the_charts_rbac_runs_a_whole_session(
     ]
     result = kubectl("apply", "-f", "-", stdin="\n---\n".join(json.dumps(o) for o in objects))
     assert result.returncode == 0, result.stderr
+    created = json.loads(
+        kubectl("get", "notebooksession", "life", "-n", SESSIONS, "-o", "json").stdout
+    )
+    owned = kubectl(
+        "patch", "secret", "life-env", "-n", SESSIONS, "--type=merge", "-p", owner_patch(created)
+    )
+    assert owned.returncode == 0, owned.stderr
 
     def status() -> dict[str, Any]:
         found = kubectl("get", "notebooksession", "life", "-n", SESSIONS, "-o", "json")

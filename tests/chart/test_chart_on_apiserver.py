@@ -277,7 +277,6 @@ def test_upgrade_keeps_sessions_their_status_and_every_generated_secret(
     secrets = {
         name: secret_data(installed, name)
         for name in (
-            "bbp-bbp-notebooks-operator-token-key",
             "bbp-bbp-notebooks-proxy-token",
             "bbp-bbp-notebooks-hub",
         )
@@ -337,7 +336,6 @@ def test_the_operator_environment_from_the_release_makes_valid_settings(
         monkeypatch.setenv(name, value)
     settings = OperatorSettings()
     assert settings.namespace == installed.namespace
-    assert len(settings.token_key.get_secret_value()) == 48
 
 
 def test_uninstall_leaves_the_session_namespace_and_its_sessions(installed: Release) -> None:

@@ -162,7 +162,6 @@ def test_the_operator_environment_is_the_settings_asked_for(
     for name, value in variables.items():
         if isinstance(value, str):
             monkeypatch.setenv(name, value)
-    monkeypatch.setenv("BBP_TOKEN_KEY", "from-the-secret")
     monkeypatch.delenv("BBP_SETTINGS_FILE", raising=False)
     settings = OperatorSettings()
     assert settings.watch_namespaces == ["team-a", "team-b"]

@@ -26,6 +26,7 @@ from bbp_notebooks.api.constants import FINALIZER
 from bbp_notebooks.devtools.controlplane import ControlPlane
 from bbp_notebooks.devtools.stack import free_port, wait_for
 from chart.helmchart import Release, install, ssh_keypair
+from fixtures.ownership import owner_patch
 
 pytestmark = pytest.mark.kube
 DEADLINE_S = 60.0
@@ -139,6 +140,8 @@ def session(release: Release, operator_log: Path) -> Iterator[dict[str, Any]]:
         "--from-literal=JUPYTERHUB_API_TOKEN=not-a-real-token",
     )
     release.kubectl("create", "-f", "-", stdin=session_body("smoke", namespace, "smoke"))
+    owner = owner_patch(get(release, "notebooksession", "smoke", "-n", namespace))
+    release.kubectl("patch", "secret", "smoke-env", "-n", namespace, "--type=merge", "-p", owner)
     release.kubectl("create", "-f", "-", stdin=session_body("smoke-invalid", namespace, "nope"))
     yield get(release, "notebooksession", "smoke", "-n", namespace)
     # The operator is stopped by now or soon: release the finalizers ourselves.

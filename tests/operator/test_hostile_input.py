@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bbp_notebooks.operator.tokens import session_token
+from bbp_notebooks.operator.tokens import digest
 from fixtures.operator import Stack, session
 
 pytestmark = pytest.mark.kube
@@ -49,6 +49,7 @@ def test_hostile_environment_values_reach_the_notebook_verbatim_and_run_nothing(
 ) -> None:
     stack.apply(secret("hostile-env", HOSTILE))
     stack.apply(session("hostile", environmentSecretRef={"name": "hostile-env"}))
+    stack.own_secret("hostile-env", "hostile")
     status = stack.wait_phase("hostile", {"Ready"})
     env = recorded_environment(status["jobId"])
     assert {k: env.get(k) for k in HOSTILE} == HOSTILE
@@ -97,10 +98,12 @@ def test_tokens_never_appear_in_argv_job_names_comments_slurm_output_or_logs(sta
     api_token = secrets.token_hex(24)
     stack.apply(secret("token-env", {"JUPYTERHUB_API_TOKEN": api_token}))
     stack.apply(session("secretive", environmentSecretRef={"name": "token-env"}))
+    stack.own_secret("token-env", "secretive")
     status = stack.wait_phase("secretive", {"Ready"})
     found = stack.get("notebooksession", "secretive")
     assert found is not None
-    callback_token = session_token(b"test-token-key-0123456789abcdef", found["metadata"]["uid"])
+    callback_token = stack.callback_token(status["jobId"])
+    assert digest(callback_token) == found["status"]["callbackTokenSHA256"]
     assert recorded_environment(status["jobId"])["JUPYTERHUB_API_TOKEN"] == api_token
     assert "BBPNB_CALLBACK_TOKEN" not in recorded_environment(status["jobId"])
 

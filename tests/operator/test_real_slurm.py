@@ -97,7 +97,6 @@ def real(real_slurm: RealSlurm, tmp_path_factory: pytest.TempPathFactory) -> Ite
         stack.operator.settings.update(
             {
                 "BBP_NOTEBOOK_COMMAND": json.dumps(RECORDING_NOTEBOOK),
-                "BBP_TOKEN_KEY": "real-slurm-key",
             }
         )
         stack.operator.start()

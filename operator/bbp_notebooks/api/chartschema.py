@@ -26,7 +26,6 @@ CHART_MANAGED: dict[str, str] = {
     "http_host": "the pod IP",
     "http_port": "operator.httpPort, which is also the container and Service port",
     "callback_url": "operator.callbackUrl, by default the operator Service",
-    "token_key": "a Secret (operator.tokenKey), never a plain value",
     "settings_file": "unused: the chart passes settings as environment variables",
     "failpoints": "never set: fault injection is for tests, not deployments",
 }

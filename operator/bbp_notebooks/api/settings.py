@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 # System accounts on a Debian/RHEL frontend; nobody's notebook runs as these.
@@ -80,11 +80,6 @@ class OperatorSettings(BaseSettings):
     callback_url: str = Field(
         default="http://127.0.0.1:8089",
         description="Base URL that jobs on compute nodes use to report their endpoint.",
-    )
-    token_key: SecretStr = Field(
-        default=SecretStr(""),
-        description="Secret key that derives per-session callback tokens (HMAC of the uid). "
-        "Generated at start when empty (tokens then die with the process).",
     )
     notebook_command: list[str] = Field(
         default_factory=lambda: ["jupyterhub-singleuser", "--ip={host}", "--port={port}"],

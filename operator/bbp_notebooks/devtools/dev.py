@@ -265,7 +265,6 @@ def start_dev_system(
             workdir / "operator",
             control_plane.kubeconfig,
             settings={
-                "BBP_TOKEN_KEY": secrets.token_hex(32),
                 # Jobs run as alice or bob with Debian's python3 on PATH: the notebook comes from
                 # the world-readable environment that install-dev-deps.sh built for them.
                 "BBP_NOTEBOOK_COMMAND": json.dumps(

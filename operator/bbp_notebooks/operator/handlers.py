@@ -14,6 +14,7 @@ from typing import Any
 import kopf
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client import ApiClient
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from bbp_notebooks.api.constants import (
     ANNOTATION_PREFIX,
@@ -36,8 +37,8 @@ from bbp_notebooks.api.models import (
     dump,
 )
 from bbp_notebooks.api.settings import OperatorSettings
-from bbp_notebooks.operator import observe, sessions, sites
-from bbp_notebooks.operator.http import EndpointReport, build_app, serve
+from bbp_notebooks.operator import callbacks, observe, sessions, sites, tokens
+from bbp_notebooks.operator.http import build_app, serve
 from bbp_notebooks.operator.kube import Kube
 from bbp_notebooks.operator.metrics import (
     POLL_SECONDS,
@@ -119,7 +120,11 @@ def _values(index: kopf.Index[str, Any]) -> Iterator[Any]:
 
 @kopf.on.startup()  # type: ignore[arg-type]  # index kwargs
 async def configure(
-    settings: kopf.OperatorSettings, memo: kopf.Memo, session_index: kopf.Index[str, Any], **_: Any
+    settings: kopf.OperatorSettings,
+    memo: kopf.Memo,
+    session_index: kopf.Index[str, Any],
+    site_index: kopf.Index[str, Any],
+    **_: Any,
 ) -> None:
     config = OperatorSettings()
     settings.persistence.finalizer = FINALIZER
@@ -148,10 +153,12 @@ async def configure(
     memo["runtime"] = rt
     memo["api_client"] = api_client
 
-    async def on_endpoint(uid: str, report: EndpointReport) -> bool:
-        return await record_endpoint(rt, session_index, uid, report)
+    async def on_endpoint(
+        uid: str, token: str, report: callbacks.EndpointReport
+    ) -> callbacks.Verdict:
+        return await record_endpoint(rt, session_index, site_index, uid, token, report)
 
-    app = build_app(rt.token_key, on_endpoint)
+    app = build_app(on_endpoint)
     memo["http"] = await serve(app, config.http_host, config.http_port)
     log.info("operator ready: callbacks and /metrics on %s:%d", config.http_host, config.http_port)
 
@@ -167,42 +174,82 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
 
 
 async def record_endpoint(
-    rt: Runtime, index: Mapping[str, Any], uid: str, report: EndpointReport
-) -> bool:
-    store = index.get(uid)
-    if not store:
-        return False
-    session: sessions.SessionRef = next(iter(store))
-    if session.status.job_id is not None and session.status.job_id != report.job_id:
-        log.warning(
-            "session %s: endpoint from job %d, expected %d",
-            uid,
-            report.job_id,
-            session.status.job_id,
+    rt: Runtime,
+    sessions_: Mapping[str, Any],
+    sites_: Mapping[str, Any],
+    uid: str,
+    token: str,
+    report: callbacks.EndpointReport,
+) -> callbacks.Verdict:
+    """Check a job's report against the session as the API server has it now, and record it
+    with a compare-and-set: the first accepted report wins, whichever replica receives it."""
+    store = sessions_.get(uid)
+    if not store:  # an unknown session looks like a bad token: nothing to learn by probing
+        return callbacks.Verdict(callbacks.Refusal.INVALID_TOKEN, "invalid token")
+    ref: sessions.SessionRef = next(iter(store))
+    for _ in range(3):
+        try:
+            body = await rt.kube.get_session(ref.namespace, ref.name)
+        except ApiException as error:
+            return callbacks.Verdict(callbacks.Refusal.JOB_NOT_RECORDED, f"API: {error.reason}")
+        if body is None or body["metadata"]["uid"] != uid:
+            return callbacks.Verdict(callbacks.Refusal.INVALID_TOKEN, "invalid token")
+        status = NotebookSessionStatus.model_validate(body.get("status") or {})
+        token_ok = tokens.matches(token, status.callback_token_sha256)
+        site_store = sites_.get(status.site or "")
+        if not site_store:
+            return callbacks.Verdict(callbacks.Refusal.JOB_NOT_RECORDED, "site not known yet")
+        site: SiteView = next(iter(site_store))
+        node = status.node
+        if token_ok and node is None and report.job_id == status.job_id:
+            node = await _allocated_node(rt, site, report.job_id)
+        verdict = callbacks.judge(
+            report, token_matches=token_ok, status=status, site=site.spec, node=node
         )
-        return False
-    endpoint = Endpoint(
-        host=report.host, port=report.port, url=f"http://{report.host}:{report.port}"
+        if not verdict.accepted:
+            return verdict
+        endpoint = Endpoint(
+            host=report.host, port=report.port, url=f"http://{report.host}:{report.port}"
+        )
+        running = observe.JobObservation(job_id=report.job_id, state="RUNNING", node=node)
+        new = observe.observed(
+            status,
+            running,
+            endpoint=endpoint,
+            vanished=False,
+            now=dt.datetime.now(dt.UTC),
+            generation=body["metadata"].get("generation"),
+        )
+        try:
+            await rt.kube.patch_session_status(
+                ref.namespace,
+                ref.name,
+                dump(new),
+                resource_version=body["metadata"]["resourceVersion"],
+            )
+        except ApiException as error:
+            if error.status == 409:
+                continue  # changed under us (a poll, another report): judge it again
+            return callbacks.Verdict(callbacks.Refusal.JOB_NOT_RECORDED, f"API: {error.reason}")
+        rt.endpoints[uid] = (report.job_id, endpoint)
+        if new.phase != status.phase:
+            await rt.kube.event(ref.involved, reason=SessionPhase.READY.value, message=endpoint.url)
+        return verdict
+    return callbacks.Verdict(
+        callbacks.Refusal.JOB_NOT_RECORDED, "the session keeps changing; retry"
     )
-    rt.endpoints[uid] = (report.job_id, endpoint)
-    if session.status.job_id is None or (session.status.phase and session.status.phase.is_terminal):
-        return True  # the poller writes it once the job id is recorded
-    now = dt.datetime.now(dt.UTC)
-    running = observe.JobObservation(
-        job_id=report.job_id, state="RUNNING", node=session.status.node
-    )
-    new = observe.observed(
-        session.status,
-        running,
-        endpoint=endpoint,
-        vanished=False,
-        now=now,
-        generation=session.generation,
-    )
-    await rt.kube.patch_session_status(session.namespace, session.name, dump(new))
-    if new.phase != session.status.phase:
-        await rt.kube.event(session.involved, reason=SessionPhase.READY.value, message=endpoint.url)
-    return True
+
+
+async def _allocated_node(rt: Runtime, site: SiteView, job_id: int) -> str | None:
+    """The node Slurm allocated to a running job, asked now (the poller may not have seen it
+    run yet): one ``squeue -j`` as the site's monitor user."""
+    try:
+        identity = await rt.identity(site.name, site.spec, site.spec.monitor_user)
+        found = await rt.client(site.name, site.spec).queue(identity, job_ids=[job_id])
+    except (SshError, CredentialsUnavailable) as error:
+        log.warning("node of job %d at %s unknown: %s", job_id, site.name, error)
+        return None
+    return next((e.nodes for e in found if e.job_id == job_id and e.nodes), None)
 
 
 # NotebookSession -----------------------------------------------------------------------------
@@ -224,6 +271,10 @@ async def submit(
         new = await sessions.ensure_submitted(
             rt, session, _single(profile_index), _single(site_index)
         )
+    except sessions.EnvironmentNotReady as error:
+        raise kopf.TemporaryError(
+            f"waiting for the environment Secret: {error}", delay=2
+        ) from error
     except (SshError, NoSiteAvailable, CredentialsUnavailable) as error:
         RECONCILE_ERRORS.labels("submit", type(error).__name__).inc()
         now = dt.datetime.now(dt.UTC)

@@ -8,49 +8,53 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field, ValidationError
 
-from bbp_notebooks.operator.metrics import REGISTRY
-from bbp_notebooks.operator.tokens import verify
+from bbp_notebooks.operator.callbacks import EndpointReport, Refusal, Verdict
+from bbp_notebooks.operator.metrics import CALLBACKS, REGISTRY
+from bbp_notebooks.operator.tokens import bearer_token
 
 log = logging.getLogger(__name__)
 
 
-class EndpointReport(BaseModel):
-    """What a job posts once its notebook server listens."""
+# ``sink(uid, token, report)`` decides and records; a refusal keeps the session as it was.
+EndpointSink = Callable[[str, str, EndpointReport], Awaitable[Verdict]]
 
-    host: str = Field(
-        min_length=1, max_length=253, pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$"
-    )
-    port: int = Field(ge=1, le=65535)
-    job_id: int = Field(alias="jobId", ge=1)
+# A report is a few dozen bytes; anything much larger is refused before it is parsed.
+MAX_REPORT_BYTES = 4096
 
 
-EndpointSink = Callable[[str, EndpointReport], Awaitable[bool]]
-
-
-def build_app(token_key: bytes, on_endpoint: EndpointSink) -> web.Application:
-    """``on_endpoint(uid, report)`` returns False when no such session exists."""
-
+def build_app(on_endpoint: EndpointSink) -> web.Application:
     async def report_endpoint(request: web.Request) -> web.Response:
         uid = request.match_info["uid"]
-        presented = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if not presented or not verify(token_key, uid, presented):
+        token = bearer_token(request.headers.get("Authorization"))
+        if token is None:
+            CALLBACKS.labels(Refusal.INVALID_TOKEN.value).inc()
             return web.json_response({"error": "invalid token"}, status=403)
+        if (request.content_length or 0) > MAX_REPORT_BYTES:
+            CALLBACKS.labels("TooLarge").inc()
+            return web.json_response({"error": "report too large"}, status=413)
         try:
-            report = EndpointReport.model_validate(await request.json())
-        except (ValidationError, json.JSONDecodeError, UnicodeDecodeError) as error:
+            body = await request.content.read(MAX_REPORT_BYTES + 1)
+            if len(body) > MAX_REPORT_BYTES:
+                raise ValueError("report too large")
+            report = EndpointReport.model_validate(json.loads(body))
+        except (ValueError, UnicodeDecodeError) as error:  # JSON and pydantic errors included
+            CALLBACKS.labels("InvalidReport").inc()
             return web.json_response({"error": f"invalid report: {error}"}, status=400)
-        if not await on_endpoint(uid, report):
-            return web.json_response({"error": "no such session"}, status=404)
-        log.info(
-            "session %s reported endpoint %s:%d (job %d)",
-            uid,
-            report.host,
-            report.port,
-            report.job_id,
+        verdict = await on_endpoint(uid, token, report)
+        CALLBACKS.labels(verdict.refusal.value if verdict.refusal else "Accepted").inc()
+        if verdict.accepted:
+            log.info(
+                "session %s: job %d reported %s:%d", uid, report.job_id, report.host, report.port
+            )
+        else:
+            log.warning("session %s: endpoint report refused: %s", uid, verdict.message)
+        headers = {"Retry-After": "2"} if verdict.http_status == 503 else None
+        return web.json_response(
+            {"ok": verdict.accepted, "reason": verdict.refusal, "message": verdict.message},
+            status=verdict.http_status,
+            headers=headers,
         )
-        return web.json_response({"ok": True})
 
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(
@@ -60,7 +64,7 @@ def build_app(token_key: bytes, on_endpoint: EndpointSink) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok")
 
-    app = web.Application(client_max_size=16 * 1024)
+    app = web.Application(client_max_size=MAX_REPORT_BYTES)
     app.router.add_post("/v1/sessions/{uid}/endpoint", report_endpoint)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)

@@ -1,4 +1,5 @@
-"""The operator's own Kubernetes API calls (status patches outside handlers, Secrets, Events)."""
+"""The operator's own Kubernetes API calls (status patches outside handlers, Secrets, Events,
+the admission policy it relies on)."""
 
 from __future__ import annotations
 
@@ -25,10 +26,34 @@ class Kube:
         self.custom = k8s.CustomObjectsApi(api_client)
         self.core = k8s.CoreV1Api(api_client)
 
-    async def patch_session_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    async def patch_session_status(
+        self,
+        namespace: str,
+        name: str,
+        status: dict[str, Any],
+        *,
+        resource_version: str | None = None,
+    ) -> None:
+        """Merge ``status`` in; with ``resource_version``, only if nothing changed since that
+        version (409 Conflict otherwise): a compare-and-set across replicas."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
         await self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, SESSION_PLURAL, name, {"status": status}, **MERGE_PATCH
+            GROUP, VERSION, namespace, SESSION_PLURAL, name, body, **MERGE_PATCH
         )
+
+    async def get_session(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The session as the API server has it now (None when it does not exist)."""
+        try:
+            found: dict[str, Any] = await self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, SESSION_PLURAL, name
+            )
+        except k8s.ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return found
 
     async def patch_site_status(self, name: str, status: dict[str, Any]) -> None:
         await self.custom.patch_cluster_custom_object_status(
@@ -40,9 +65,38 @@ class Kube:
         listing = await self.custom.list_cluster_custom_object(GROUP, VERSION, SESSION_PLURAL)
         return {item["metadata"]["uid"] for item in listing.get("items", [])}
 
+    async def read_admission_policy(
+        self, name: str
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The ValidatingAdmissionPolicy ``name`` and the binding of the same name, as plain
+        (camelCase) dicts; None for one that does not exist. Any other API error propagates."""
+        admission = k8s.AdmissionregistrationV1Api(self.api_client)
+        found: list[dict[str, Any] | None] = []
+        for read in (
+            admission.read_validating_admission_policy,
+            admission.read_validating_admission_policy_binding,
+        ):
+            try:
+                body = await read(name)
+            except k8s.ApiException as error:
+                if error.status != 404:
+                    raise
+                found.append(None)
+            else:
+                found.append(self.api_client.sanitize_for_serialization(body))
+        return found[0], found[1]
+
     async def read_secret(self, namespace: str, name: str) -> dict[str, bytes]:
+        return (await self.read_secret_with_owners(namespace, name))[0]
+
+    async def read_secret_with_owners(
+        self, namespace: str, name: str
+    ) -> tuple[dict[str, bytes], frozenset[str], str]:
+        """A Secret's data, the uids of its owners, and its resourceVersion."""
         secret = await self.core.read_namespaced_secret(name, namespace)
-        return {key: base64.b64decode(value) for key, value in (secret.data or {}).items()}
+        data = {key: base64.b64decode(value) for key, value in (secret.data or {}).items()}
+        owners = frozenset(o.uid for o in (secret.metadata.owner_references or []))
+        return data, owners, secret.metadata.resource_version or ""
 
     async def event(
         self,

@@ -24,6 +24,18 @@ SUBMISSION_FAILURES = Counter(
     ["site", "reason"],
     registry=REGISTRY,
 )
+CALLBACKS = Counter(
+    "bbp_notebooks_endpoint_reports_total",
+    "Endpoint reports from jobs, by outcome (Accepted or the refusal's reason).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+USER_REFUSALS = Counter(
+    "bbp_notebooks_user_refusals_total",
+    "Sessions refused because of who they would run as, by site and reason.",
+    ["site", "reason"],
+    registry=REGISTRY,
+)
 _WAIT_BUCKETS = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 QUEUE_WAIT = Histogram(
     "bbp_notebooks_queue_wait_seconds",
@@ -73,6 +85,13 @@ SITE_POLLS = Counter(
     "bbp_notebooks_site_polls_total",
     "Site polls, by outcome.",
     ["site", "outcome"],
+    registry=REGISTRY,
+)
+SQUEUE_ROWS_DROPPED = Counter(
+    "bbp_notebooks_squeue_rows_dropped_total",
+    "squeue records that did not read as one job (e.g. a job name forging a row) and were "
+    "dropped, by site.",
+    ["site"],
     registry=REGISTRY,
 )
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from bbp_notebooks.api.constants import JOB_NAME_PREFIX
@@ -29,6 +29,10 @@ class InvalidSpec(Exception):
 
 class NoSiteAvailable(Exception):
     """No allowed site is reachable right now; this may heal."""
+
+
+# The reason of every refusal of who a session would run as.
+UserNotAllowed = "UserNotAllowed"
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,38 @@ def profile_allows(profile: NotebookProfileSpec, groups: Iterable[str] | None) -
     return groups is not None and bool(set(profile.allowed_groups) & set(groups))
 
 
+def user_refusal(
+    site: SiteView, user: str, protected: Collection[str]
+) -> InvalidSpec | NoSiteAvailable | None:
+    """Why ``user`` may not run at ``site`` (None: may). ``protected`` holds the operator's
+    protected users and every site's monitor user: no session ever runs as one of them."""
+    policy = site.spec.user_policy
+
+    def refused(why: str) -> InvalidSpec:
+        return InvalidSpec(UserNotAllowed, f"user {user!r} may not run at {site.name!r}: {why}")
+
+    if user in protected:
+        return refused("a protected account (system or monitor user)")
+    if user in policy.denied_users:
+        return refused("denied by the site's user policy")
+    try:
+        if re.fullmatch(policy.allowed_pattern, user) is None:
+            return refused(f"the name does not match the site's pattern {policy.allowed_pattern}")
+    except re.error as error:
+        return refused(f"the site's allowedPattern is not a valid expression ({error})")
+    if policy.require_association:
+        if site.status.last_poll_time is None:
+            return NoSiteAvailable(f"site {site.name!r} has not reported its associations yet")
+        if not any(entry.user == user for entry in site.status.user_accounts):
+            return refused("no Slurm association at the site (sacctmgr)")
+    return None
+
+
+def protected_users(configured: Iterable[str], sites: Iterable[SiteView]) -> frozenset[str]:
+    """The operator's protected users plus every site's monitor user."""
+    return frozenset(configured) | {site.spec.monitor_user for site in sites}
+
+
 def choose_site(profile: NotebookProfileSpec, sites: Iterable[SiteView]) -> SiteView:
     """For ``site: auto``: the reachable allowed site with the most idle cores."""
     candidates = [
@@ -115,8 +151,10 @@ def plan(
     profiles: Mapping[str, NotebookProfileSpec],
     sites: Mapping[str, SiteView],
     groups: Iterable[str] | None = None,
+    protected: Collection[str] = frozenset(),
 ) -> Plan:
-    """Check everything before anything runs; raise InvalidSpec with a clear message."""
+    """Check everything before anything runs (and before any credential is minted for the
+    user); raise InvalidSpec with a clear message. ``protected``: see :func:`user_refusal`."""
     profile = profiles.get(spec.profile)
     if profile is None:
         raise InvalidSpec("UnknownProfile", f"NotebookProfile {spec.profile!r} does not exist")
@@ -126,7 +164,16 @@ def plan(
             f"user {spec.user!r} is in none of the groups allowed to use profile {spec.profile!r}",
         )
     if spec.site == "auto":
-        site = choose_site(profile, sites.values())
+        refusals = {name: user_refusal(v, spec.user, protected) for name, v in sites.items()}
+        permitted = [v for name, v in sites.items() if refusals[name] is None]
+        if not permitted:
+            # One that may heal wins over a final refusal: another site may still take the user.
+            found_refusals = sorted(
+                (r for r in refusals.values() if r is not None),
+                key=lambda r: not isinstance(r, NoSiteAvailable),
+            )
+            raise (found_refusals or [NoSiteAvailable("no SlurmSite exists")])[0]
+        site = choose_site(profile, permitted)
     else:
         found = sites.get(spec.site)
         if found is None:
@@ -137,6 +184,9 @@ def plan(
                 f"profile {spec.profile!r} may run only at {', '.join(profile.allowed_sites)}",
             )
         site = found
+        refusal = user_refusal(site, spec.user, protected)
+        if refusal is not None:
+            raise refusal
     if site.spec.account_policy == AccountPolicy.REQUIRED and not spec.account:
         raise InvalidSpec(
             "AccountRequired", f"site {site.name!r} requires an account (project) for every job"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import secrets
+import logging
 from dataclasses import dataclass, field
 
 from kubernetes_asyncio import client as k8s
@@ -39,6 +39,9 @@ def site_endpoint(name: str, spec: SlurmSiteSpec) -> SiteEndpoint:
     )
 
 
+log = logging.getLogger(__name__)
+
+
 class CredentialsUnavailable(Exception):
     """The CA or user-key Secret the site's auth method needs cannot be read."""
 
@@ -47,6 +50,18 @@ class CredentialsUnavailable(Exception):
 class _CachedIdentity:
     identity: Identity
     renew_after: dt.datetime
+    ca_version: str = ""
+
+
+@dataclass
+class _CachedCa:
+    ca: CertificateAuthority
+    version: str  # the Secret's resourceVersion
+    checked: dt.datetime
+
+
+# How often a CA Secret is read again: a rotated CA is used within this long, without a restart.
+CA_RECHECK = dt.timedelta(seconds=30)
 
 
 @dataclass
@@ -54,22 +69,21 @@ class Runtime:
     settings: OperatorSettings
     kube: Kube
     pool: SshPool
-    token_key: bytes
-    # uid -> (job id, endpoint) reported by jobs; also persisted in status: a restart loses nothing.
+    # uid -> (job id, endpoint) accepted here. Status holds the truth (written before this);
+    # the copy keeps this replica's poller from writing a status older than its own write.
     endpoints: dict[str, tuple[int, Endpoint]] = field(default_factory=dict)
     _identities: dict[tuple[str, str], _CachedIdentity] = field(default_factory=dict)
-    _cas: dict[str, CertificateAuthority] = field(default_factory=dict)
+    _cas: dict[str, _CachedCa] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @classmethod
     def create(cls, settings: OperatorSettings, kube: Kube) -> Runtime:
-        key = settings.token_key.get_secret_value().encode() or secrets.token_bytes(32)
         pool = SshPool(
             max_channels_per_connection=settings.max_channels_per_connection,
             max_handshakes_per_host=settings.max_handshakes_per_frontend,
             observer=observe_command,
         )
-        return cls(settings=settings, kube=kube, pool=pool, token_key=key)
+        return cls(settings=settings, kube=kube, pool=pool)
 
     def client(self, name: str, spec: SlurmSiteSpec) -> SlurmClient:
         return SlurmClient(
@@ -82,7 +96,7 @@ class Runtime:
         """Log-in material for ``user`` at ``site``: a fresh short-lived certificate, or a key."""
         now = dt.datetime.now(dt.UTC)
         cached = self._identities.get((site, user))
-        if cached is not None and cached.renew_after > now:
+        if cached is not None and cached.renew_after > now and self._ca_fresh(spec, site, now):
             return cached.identity
         async with self._lock:
             try:
@@ -95,35 +109,71 @@ class Runtime:
     async def _mint(self, site: str, spec: SlurmSiteSpec, user: str, now: dt.datetime) -> Identity:
         auth = spec.auth
         if auth.method == AuthMethod.CERTIFICATE:
-            ca = await self._ca(auth.ca_secret_name or f"{site}-user-ca")
+            cached_ca = await self._ca(_ca_secret(site, spec), now)
+            cached = self._identities.get((site, user))
+            if (
+                cached is not None
+                and cached.renew_after > now
+                and cached.ca_version == cached_ca.version
+            ):
+                return cached.identity
             validity = dt.timedelta(minutes=auth.certificate_validity_minutes)
-            identity = ca.mint(
+            identity = cached_ca.ca.mint(
                 user,
                 validity=validity,
                 source_addresses=self.settings.certificate_source_addresses,
             )
             renew_after = now + validity / 2
-        elif auth.method == AuthMethod.USER_KEY:
+            self._identities[(site, user)] = _CachedIdentity(
+                identity, renew_after, cached_ca.version
+            )
+            return identity
+        if auth.method == AuthMethod.USER_KEY:
             data = await self.kube.read_secret(
                 self.settings.namespace, f"{auth.user_key_secret_prefix}{user}"
             )
             identity = Identity.from_private_key(user, data["ssh-privatekey"])
-            renew_after = now + dt.timedelta(minutes=5)
-        else:
-            raise NotImplementedError("GSSAPI (Kerberos) login is not implemented yet")
-        self._identities[(site, user)] = _CachedIdentity(identity, renew_after)
-        return identity
+            self._identities[(site, user)] = _CachedIdentity(
+                identity, now + dt.timedelta(minutes=5)
+            )
+            return identity
+        raise NotImplementedError("GSSAPI (Kerberos) login is not implemented yet")
 
-    async def _ca(self, secret_name: str) -> CertificateAuthority:
-        ca = self._cas.get(secret_name)
-        if ca is None:
-            data = await self.kube.read_secret(self.settings.namespace, secret_name)
-            ca = CertificateAuthority(data["ca"])
-            self._cas[secret_name] = ca
-        return ca
+    def _ca_fresh(self, spec: SlurmSiteSpec, site: str, now: dt.datetime) -> bool:
+        if spec.auth.method != AuthMethod.CERTIFICATE:
+            return True
+        cached = self._cas.get(_ca_secret(site, spec))
+        return cached is not None and now - cached.checked < CA_RECHECK
+
+    async def _ca(self, secret_name: str, now: dt.datetime) -> _CachedCa:
+        """The CA from its Secret, read again every CA_RECHECK: a rotated key is picked up, and
+        certificates minted from the old one are not reused."""
+        cached = self._cas.get(secret_name)
+        if cached is not None and now - cached.checked < CA_RECHECK:
+            return cached
+        data, _, version = await self.kube.read_secret_with_owners(
+            self.settings.namespace, secret_name
+        )
+        if cached is not None and cached.version == version:
+            cached.checked = now
+            return cached
+        fresh = _CachedCa(CertificateAuthority(data["ca"]), version, now)
+        if cached is not None:
+            log.warning("CA Secret %s changed: minting from the new key", secret_name)
+            self._identities = {
+                key: value
+                for key, value in self._identities.items()
+                if value.ca_version != cached.version
+            }
+        self._cas[secret_name] = fresh
+        return fresh
 
     async def close(self) -> None:
         await self.pool.close()
+
+
+def _ca_secret(site: str, spec: SlurmSiteSpec) -> str:
+    return spec.auth.ca_secret_name or f"{site}-user-ca"
 
 
 def _describe(error: Exception) -> str:

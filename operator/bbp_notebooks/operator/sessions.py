@@ -8,16 +8,28 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from kubernetes_asyncio.client.exceptions import ApiException
+
 from bbp_notebooks.api.models import (
     NotebookProfileSpec,
     NotebookSessionSpec,
     NotebookSessionStatus,
+    SessionPhase,
 )
 from bbp_notebooks.operator import observe
-from bbp_notebooks.operator.metrics import SUBMISSION_FAILURES, SUBMISSIONS
-from bbp_notebooks.operator.planning import InvalidSpec, Plan, SiteView, job_name, plan
+from bbp_notebooks.operator.metrics import SUBMISSION_FAILURES, SUBMISSIONS, USER_REFUSALS
+from bbp_notebooks.operator.planning import (
+    InvalidSpec,
+    Plan,
+    SiteView,
+    UserNotAllowed,
+    job_name,
+    plan,
+    protected_users,
+    user_refusal,
+)
 from bbp_notebooks.operator.runtime import Runtime
-from bbp_notebooks.operator.tokens import session_token
+from bbp_notebooks.operator.tokens import digest, new_token
 from bbp_notebooks.slurm.commands import JobSpec
 from bbp_notebooks.slurm.jobscript import Callback, JobScript, render_job_script
 from bbp_notebooks.ssh import CommandFailed
@@ -51,19 +63,46 @@ class SessionRef:
         }
 
 
-class Outcome:
-    """Why ensure_submitted returned: the caller decides whether to retry."""
-
-    DONE = "done"
-    INVALID = "invalid"
+class EnvironmentNotReady(Exception):
+    """The session's environment Secret is missing or not yet owned by the session; the hub
+    makes the session its owner right after creating it, so this heals within moments."""
 
 
-async def environment_for(rt: Runtime, session: SessionRef) -> dict[str, str]:
-    """The notebook's environment from the session's Secret (values never leave the script body)."""
+# How long after a session's creation a missing or unowned environment Secret is waited for.
+ENVIRONMENT_GRACE = dt.timedelta(seconds=60)
+
+
+async def environment_for(
+    rt: Runtime, session: SessionRef, now: dt.datetime
+) -> dict[str, str] | InvalidSpec:
+    """The notebook's environment from the session's Secret (values never leave the script body).
+
+    Only a Secret the session owns (an ownerReference with its uid) is used: otherwise anyone
+    who may create a session could have another user's Secret (their hub token) put into a job
+    of their own.
+    """
     ref = session.spec.environment_secret_ref
     if ref is None:
         return {}
-    data = await rt.kube.read_secret(session.namespace, ref.name)
+    waited = now - session.created
+    try:
+        data, owners, _ = await rt.kube.read_secret_with_owners(session.namespace, ref.name)
+    except ApiException as error:
+        if error.status != 404:
+            raise EnvironmentNotReady(f"Secret {ref.name!r} not readable: {error.reason}") from None
+        if waited < ENVIRONMENT_GRACE:
+            raise EnvironmentNotReady(f"Secret {ref.name!r} does not exist yet") from None
+        return InvalidSpec(
+            "EnvironmentSecretNotFound",
+            f"Secret {ref.name!r} does not exist in {session.namespace}",
+        )
+    if session.uid not in owners:
+        if waited < ENVIRONMENT_GRACE:
+            raise EnvironmentNotReady(f"Secret {ref.name!r} is not owned by the session yet")
+        return InvalidSpec(
+            "EnvironmentSecretNotOwned",
+            f"Secret {ref.name!r} does not belong to this session (no ownerReference to it)",
+        )
     return {key: value.decode() for key, value in data.items()}
 
 
@@ -79,7 +118,12 @@ def job_spec(name: str, chosen: Plan) -> JobSpec:
 
 
 def job_script(
-    rt: Runtime, session: SessionRef, site: SiteView, chosen: Plan, env: Mapping[str, str]
+    rt: Runtime,
+    session: SessionRef,
+    site: SiteView,
+    chosen: Plan,
+    env: Mapping[str, str],
+    token: str,
 ) -> JobScript:
     return JobScript(
         session_uid=session.uid,
@@ -91,7 +135,7 @@ def job_script(
         notebook_argv=tuple(rt.settings.notebook_command),
         callback=Callback(
             url=f"{rt.settings.callback_url.rstrip('/')}/v1/sessions/{session.uid}/endpoint",
-            token=session_token(rt.token_key, session.uid),
+            token=token,
         ),
     )
 
@@ -113,9 +157,15 @@ async def ensure_submitted(
     if status.job_id is not None or (status.phase is not None and status.phase.is_terminal):
         return status
     try:
-        chosen = plan(session.spec, profiles, sites, session.groups)
+        protected = protected_users(rt.settings.protected_users, sites.values())
+        chosen = plan(session.spec, profiles, sites, session.groups, protected)
+        env = await environment_for(rt, session, now)
+        if isinstance(env, InvalidSpec):
+            raise env
     except InvalidSpec as invalid:
         SUBMISSION_FAILURES.labels(session.spec.site, invalid.reason).inc()
+        if invalid.reason == UserNotAllowed:
+            USER_REFUSALS.labels(session.spec.site, invalid.reason).inc()
         return observe.invalid(
             status, invalid.reason, invalid.message, now=now, generation=session.generation
         )
@@ -127,9 +177,16 @@ async def ensure_submitted(
 
     existing = await client.queue(identity, names=[tag], users=[session.spec.user])
     adopted_id = next((entry.job_id for entry in existing if entry.name == tag), None)
+    token_digest = status.callback_token_sha256
     if adopted_id is None:
-        env = await environment_for(rt, session)
-        script = render_job_script(job_script(rt, session, site, chosen, env))
+        # A fresh token per submission; its digest is in status before the job can exist, so a
+        # crash after sbatch leaves a job whose report can still be checked, by any replica.
+        token = new_token()
+        token_digest = digest(token)
+        await rt.kube.patch_session_status(
+            session.namespace, session.name, {"callbackTokenSHA256": token_digest}
+        )
+        script = render_job_script(job_script(rt, session, site, chosen, env, token))
         adopted = False
         job_id = await client.submit(identity, job_spec(tag, chosen), script)
         SUBMISSIONS.labels(site.name).inc()
@@ -148,6 +205,7 @@ async def ensure_submitted(
         log.info(
             "adopted existing job %d for session %s/%s", job_id, session.namespace, session.name
         )
+    status = status.model_copy(update={"callback_token_sha256": token_digest})
     return observe.submitted(
         status,
         job_id=job_id,
@@ -169,10 +227,15 @@ async def cancel(rt: Runtime, session: SessionRef, sites: Mapping[str, SiteView]
     Looks the job up by tag when the status never recorded it (crash right after sbatch).
     Raises JobStillActive or the ssh layer's errors; the caller retries.
     """
+    if session.status.job_id is None and session.status.phase == SessionPhase.INVALID_SPEC:
+        return None  # refused before any sbatch: there is no job, and no reason to log in
     site_name = session.status.site or (session.spec.site if session.spec.site != "auto" else None)
     candidates = [sites[site_name]] if site_name and site_name in sites else list(sites.values())
+    protected = protected_users(rt.settings.protected_users, sites.values())
     tag = job_name(rt.settings.installation_id, session.uid)
     for site in candidates:
+        if user_refusal(site, session.spec.user, protected) is not None:
+            continue  # we never submit as such a user there, so we never log in as one either
         client = rt.client(site.name, site.spec)
         identity = await rt.identity(site.name, site.spec, session.spec.user)
         found = await client.queue(identity, names=[tag], users=[session.spec.user])

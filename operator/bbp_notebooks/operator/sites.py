@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from bbp_notebooks.api.constants import POSIX_USER_PATTERN
 from bbp_notebooks.api.models import (
     Endpoint,
     NotebookSessionStatus,
@@ -27,12 +29,14 @@ from bbp_notebooks.api.models import (
     dump,
 )
 from bbp_notebooks.operator import observe
+from bbp_notebooks.operator.callbacks import FIRST_UNPRIVILEGED_PORT, allowed_hosts
 from bbp_notebooks.operator.conditions import ConditionType, get, set_condition
 from bbp_notebooks.operator.metrics import (
     QUEUE_WAIT,
     RECONCILE_ERRORS,
     SESSIONS,
     SITE_POLLS,
+    SQUEUE_ROWS_DROPPED,
     TIME_TO_READY,
 )
 from bbp_notebooks.operator.planning import SiteView, session_uid
@@ -203,6 +207,20 @@ async def _endpoint_fallback(
         return new
     if found is None or found.job_id != new.job_id:
         return new
+    # The file is the user's to write: it gets the same checks as a callback report.
+    if (
+        not new.node
+        or found.host not in allowed_hosts(site.spec, new.node)
+        or found.port < FIRST_UNPRIVILEGED_PORT
+    ):
+        log.warning(
+            "session %s: connection file names %s:%d, not an address of node %s; ignored",
+            session.uid,
+            found.host,
+            found.port,
+            new.node,
+        )
+        return new
     endpoint = Endpoint(host=found.host, port=found.port, url=f"http://{found.host}:{found.port}")
     rt.endpoints[session.uid] = (found.job_id, endpoint)
     log.info("session %s: endpoint %s read from its connection file", session.uid, endpoint.url)
@@ -253,7 +271,11 @@ async def poll_once(
         if state.version is None or state.polls % 20 == 0:
             state.version = await client.version(identity)
             state.associations = await _associations(client, identity, site.name)
-        queue = await client.queue_all(identity)
+        listing = await client.queue_all(identity)
+        if listing.dropped:
+            SQUEUE_ROWS_DROPPED.labels(site.name).inc(listing.dropped)
+            log.warning("site %s: %d unreadable squeue records dropped", site.name, listing.dropped)
+        queue = listing.entries
         tagged = {
             uid: e
             for e in queue
@@ -359,14 +381,44 @@ async def _associations(
         return None
 
 
+def orphan_candidates(
+    tagged: dict[str, QueueEntry],
+    known: set[str],
+    *,
+    now: dt.datetime,
+    grace: dt.timedelta,
+    zone: ZoneInfo,
+) -> dict[str, QueueEntry]:
+    """Tagged, unfinished jobs of no known session that were submitted more than ``grace`` ago.
+
+    A job whose age squeue does not tell (no submit time) is never a candidate: when in doubt,
+    leave the job running."""
+    candidates = {}
+    for uid, entry in tagged.items():
+        submitted = localised(entry.submit_time, zone)
+        if uid in known or entry.state.is_terminal or submitted is None:
+            continue
+        if now - submitted > grace and re.match(POSIX_USER_PATTERN, entry.user):
+            candidates[uid] = entry
+    return candidates
+
+
 async def sweep_orphans(
     rt: Runtime, site: SiteView, tagged: dict[str, QueueEntry], known: set[str]
 ) -> list[int]:
     """Cancel tagged jobs whose session no longer exists. The index only nominates candidates;
-    the API server, read now, decides, so a session created a moment ago is never mistaken."""
-    candidates = {
-        uid: e for uid, e in tagged.items() if uid not in known and not e.state.is_terminal
-    }
+    the API server, read now, decides, so a session created a moment ago is never mistaken.
+
+    Only our installation's exact tags are in ``tagged``; a job younger than the orphan grace is
+    left alone; and scancel is restricted to the tag and the owner squeue printed, so even a
+    record naming somebody else's job id can only ever cancel a job of that tag and owner."""
+    candidates = orphan_candidates(
+        tagged,
+        known,
+        now=dt.datetime.now(dt.UTC),
+        grace=dt.timedelta(seconds=rt.settings.orphan_grace_seconds),
+        zone=ZoneInfo(site.spec.time_zone),
+    )
     if not candidates:
         return []
     existing = await rt.kube.session_uids()
@@ -376,7 +428,9 @@ async def sweep_orphans(
             continue
         try:
             identity = await rt.identity(site.name, site.spec, entry.user)
-            await rt.client(site.name, site.spec).cancel(identity, [entry.job_id])
+            await rt.client(site.name, site.spec).cancel(
+                identity, [entry.job_id], name=entry.name, user=entry.user
+            )
             cancelled.append(entry.job_id)
             log.warning(
                 "cancelled orphan job %d (session %s is gone) at %s", entry.job_id, uid, site.name

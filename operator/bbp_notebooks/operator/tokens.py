@@ -1,14 +1,39 @@
-"""Per-session callback tokens: HMAC of the session uid under the operator's secret key."""
+"""Callback tokens: a fresh random token per submission; only its SHA-256 is ever stored.
+
+The token lives in the job's script (on sbatch's stdin) and nowhere else. Its digest goes into the
+session's status before sbatch runs, so a restarted operator, or any replica, can check a report
+without a shared key.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 
 
-def session_token(key: bytes, uid: str) -> str:
-    return hmac.new(key, f"bbp-notebooks/endpoint/{uid}".encode(), hashlib.sha256).hexdigest()
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
 
 
-def verify(key: bytes, uid: str, presented: str) -> bool:
-    return hmac.compare_digest(session_token(key, uid), presented)
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header; None for anything else
+    (missing, another scheme, non-ASCII or control characters, an absurd length)."""
+    if not authorization or len(authorization) > 512 or not authorization.isascii():
+        return None
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme != "Bearer" or not token or not token.isprintable() or " " in token:
+        return None
+    return token
+
+
+def matches(presented: str, expected_digest: str | None) -> bool:
+    """Whether ``presented`` is the token whose digest was stored (constant time)."""
+    if expected_digest is None:
+        return False
+    return hmac.compare_digest(digest(presented).encode(), expected_digest.encode())

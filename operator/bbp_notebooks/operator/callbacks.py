@@ -1,0 +1,125 @@
+"""Whether a job's endpoint report is accepted. Pure: the HTTP server and the API calls are
+around it (operator/http.py, handlers.record_endpoint).
+
+A report moves the user's proxy route, so it must come from the session's current job, once, and
+name the node Slurm allocated to that job. Every refusal has its own reason and HTTP status.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+from bbp_notebooks.api.models import NotebookSessionStatus, SlurmSiteSpec
+
+# Notebook servers never need a privileged port; one below this is refused.
+FIRST_UNPRIVILEGED_PORT = 1024
+
+
+class EndpointReport(BaseModel):
+    """What a job posts once its notebook server listens."""
+
+    host: str = Field(
+        min_length=1, max_length=253, pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$"
+    )
+    port: int = Field(ge=1, le=65535)
+    job_id: int = Field(alias="jobId", ge=1)
+
+
+class Refusal(StrEnum):
+    INVALID_TOKEN = "InvalidToken"  # noqa: S105 - a reason, not a secret
+    SESSION_ENDED = "SessionEnded"
+    JOB_NOT_RECORDED = "JobNotRecorded"
+    WRONG_JOB = "WrongJob"
+    ALREADY_REPORTED = "AlreadyReported"
+    PRIVILEGED_PORT = "PrivilegedPort"
+    NODE_UNKNOWN = "NodeUnknown"
+    FOREIGN_HOST = "ForeignHost"
+
+
+# What each refusal means to the job: 503 asks it to retry (the operator is behind), 4xx is final.
+HTTP_STATUS: dict[Refusal, int] = {
+    Refusal.INVALID_TOKEN: 403,
+    Refusal.SESSION_ENDED: 409,
+    Refusal.JOB_NOT_RECORDED: 503,
+    Refusal.WRONG_JOB: 403,
+    Refusal.ALREADY_REPORTED: 409,
+    Refusal.PRIVILEGED_PORT: 422,
+    Refusal.NODE_UNKNOWN: 503,
+    Refusal.FOREIGN_HOST: 403,
+}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    refusal: Refusal | None
+    message: str
+
+    @property
+    def accepted(self) -> bool:
+        return self.refusal is None
+
+    @property
+    def http_status(self) -> int:
+        return 200 if self.refusal is None else HTTP_STATUS[self.refusal]
+
+
+ACCEPTED = Verdict(None, "accepted")
+
+
+def first_node(nodelist: str) -> str:
+    """The batch host of a job (where its script, hence the notebook, runs): the first node of
+    Slurm's compressed list, e.g. ``gva-cn[07-09,12],gva-gpu1`` -> ``gva-cn07``."""
+    head = nodelist.strip()
+    bracket = head.find("[")
+    comma = head.find(",")
+    if bracket == -1 or (comma != -1 and comma < bracket):
+        return head.split(",", 1)[0]
+    inside = head[bracket + 1 : head.find("]", bracket)]
+    return head[:bracket] + inside.split(",", 1)[0].split("-", 1)[0]
+
+
+def allowed_hosts(site: SlurmSiteSpec, nodelist: str) -> frozenset[str]:
+    """The addresses a job on ``nodelist`` may report: the site's fixed notebookHost, or its
+    node-address rule applied to the job's batch host."""
+    if site.notebook_host:
+        return frozenset({site.notebook_host})
+    return frozenset({site.node_address_template.replace("{node}", first_node(nodelist))})
+
+
+def judge(
+    report: EndpointReport,
+    *,
+    token_matches: bool,
+    status: NotebookSessionStatus,
+    site: SlurmSiteSpec,
+    node: str | None,
+) -> Verdict:
+    """Accept ``report`` for a session whose status is ``status`` and whose job runs on ``node``
+    (from status, or asked from squeue when status does not know it yet)."""
+    if not token_matches:
+        return Verdict(Refusal.INVALID_TOKEN, "invalid token")
+    if status.phase is not None and status.phase.is_terminal:
+        return Verdict(Refusal.SESSION_ENDED, f"the session has ended ({status.phase.value})")
+    if status.job_id is None:
+        return Verdict(Refusal.JOB_NOT_RECORDED, "the session's job is not recorded yet; retry")
+    if report.job_id != status.job_id:
+        return Verdict(
+            Refusal.WRONG_JOB, f"the token belongs to job {status.job_id}, not {report.job_id}"
+        )
+    if status.endpoint is not None:
+        return Verdict(Refusal.ALREADY_REPORTED, f"job {status.job_id} has already reported")
+    if report.port < FIRST_UNPRIVILEGED_PORT:
+        return Verdict(Refusal.PRIVILEGED_PORT, f"port {report.port} is privileged")
+    if not node:
+        return Verdict(Refusal.NODE_UNKNOWN, f"job {status.job_id} has no node yet; retry")
+    hosts = allowed_hosts(site, node)
+    if report.host not in hosts:
+        return Verdict(
+            Refusal.FOREIGN_HOST,
+            f"job {status.job_id} runs on {node}: it may report {', '.join(sorted(hosts))}, "
+            f"not {report.host}",
+        )
+    return ACCEPTED
