@@ -128,3 +128,18 @@ fsGroup: {{ .Values.podSecurityContext.fsGroup }}
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
+
+{{/*
+POSIX users no session may run as: operator.settings.protectedUsers (generated from the operator's
+DEFAULT_PROTECTED_USERS), admission.protectedUsers, and every slurmSites monitorUser. One list for
+the admission policy and the operator's BBP_PROTECTED_USERS. Output: a JSON list.
+*/}}
+{{- define "bbp-notebooks.protectedUsers" -}}
+{{- $users := concat .Values.operator.settings.protectedUsers .Values.admission.protectedUsers -}}
+{{- range .Values.slurmSites -}}
+{{- with .spec.monitorUser -}}
+{{- $users = append $users . -}}
+{{- end -}}
+{{- end -}}
+{{- $users | uniq | toJson -}}
+{{- end -}}
