@@ -13,6 +13,10 @@ and records their PIDs in `state.json`; `down` stops exactly those PIDs.
     python -m bbp_notebooks.devtools.realslurm down --dir /tmp/rs
     python -m bbp_notebooks.devtools.realslurm samples --dir /tmp/rs2 --out tests/realslurm/samples
 
+The frontends and controllers are configured as charts/bbp-notebooks/README.md tells a site to:
+no root login, certificates accepted only for the principal docs/site/authorized-principals
+prints (nothing for root and system accounts), and slurmctld refusing jobs from root.
+
 Needs root and scripts/install-test-deps.sh (packages and the users alice and bob).
 """
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import pwd
@@ -37,6 +42,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bbp_notebooks.devtools.controlplane import repo_root
+
 STATE_FILE = "state.json"
 # Where the last started deployment lives, for the "already running" message.
 CURRENT_POINTER = Path(tempfile.gettempdir()) / "bbp-realslurm.current"
@@ -52,6 +59,13 @@ DEFAULT_MIN_JOB_AGE_S = 10
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 15.0
 DAEMON_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+# The site guide's AuthorizedPrincipalsCommand, installed byte for byte (relative to the repo).
+PRINCIPALS_COMMAND_SOURCE = Path("docs/site/authorized-principals")
+# sshd runs that command only from a path that root owns and no one else can write, every
+# directory above included; a deployment under /tmp (world-writable) cannot hold it, so each
+# deployment installs its copy here.
+PRINCIPALS_COMMAND_DIR = Path("/run/bbp-realslurm")
+PRINCIPALS_COMMAND_USER = "nobody"
 
 
 class RealSlurmError(RuntimeError):
@@ -146,6 +160,11 @@ class SharedPaths:
     def logs(self) -> Path:
         return self.root / "logs"
 
+    @property
+    def principals_command(self) -> Path:
+        digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:16]
+        return PRINCIPALS_COMMAND_DIR / digest / "authorized-principals"
+
 
 @dataclass(frozen=True)
 class ClusterPaths:
@@ -208,6 +227,8 @@ def slurm_conf(
         "CommunicationParameters=NoInAddrAny,NoCtldInAddrAny",
         "SlurmUser=root",
         "SlurmdUser=root",
+        # No job runs as root, whoever submits it (the site guide's rule).
+        "DisableRootJobs=YES",
         "AuthType=auth/munge",
         "CredType=cred/munge",
         f"AuthInfo=socket={shared.munge_socket}",
@@ -300,7 +321,8 @@ def database_name(cluster: ClusterSpec) -> str:
 
 
 def sshd_config(cluster: ClusterSpec, paths: ClusterPaths, shared: SharedPaths) -> str:
-    """sshd_config for a cluster frontend: certificates only, SLURM_CONF set for every session."""
+    """sshd_config for a cluster frontend: certificates only, for regular users only (the site
+    guide's configuration), SLURM_CONF set for every session."""
     return (
         "\n".join(
             [
@@ -308,6 +330,8 @@ def sshd_config(cluster: ClusterSpec, paths: ClusterPaths, shared: SharedPaths) 
                 f"HostKey {paths.host_key}",
                 f"HostCertificate {paths.host_cert}",
                 f"TrustedUserCAKeys {shared.user_ca_key}.pub",
+                f"AuthorizedPrincipalsCommand {shared.principals_command} %u",
+                f"AuthorizedPrincipalsCommandUser {PRINCIPALS_COMMAND_USER}",
                 "AuthorizedKeysFile none",
                 "PubkeyAuthentication yes",
                 "PasswordAuthentication no",
@@ -514,8 +538,26 @@ def _require_root_and_tools() -> None:
     missing = [t for t in tools if shutil.which(t, path=DAEMON_PATH) is None]
     if missing:
         raise RealSlurmError(f"missing {missing}: run scripts/install-test-deps.sh")
-    for user in TEST_USERS:
+    for user in (*TEST_USERS, PRINCIPALS_COMMAND_USER):
         _run(["id", "-u", user])
+
+
+def _install_principals_command(target: Path) -> None:
+    """Copy the site guide's principals command where sshd accepts to run it (see above)."""
+    source = repo_root() / PRINCIPALS_COMMAND_SOURCE
+    for directory in (target.parent.parent, target.parent):
+        directory.mkdir(mode=0o755, exist_ok=True)
+        os.chown(directory, 0, 0)
+        directory.chmod(0o755)
+    target.write_bytes(source.read_bytes())
+    os.chown(target, 0, 0)
+    target.chmod(0o755)
+
+
+def _remove_principals_command(target: Path) -> None:
+    target.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        target.parent.rmdir()
 
 
 def _make_ca(key: Path) -> None:
@@ -725,6 +767,7 @@ def _up(
 
     # sshd frontends
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    _install_principals_command(shared.principals_command)
     for cluster in clusters:
         paths = _cluster_paths(shared.root, cluster)
         _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{cluster.name}-frontend",
@@ -816,6 +859,7 @@ def down(root: Path, *, timeout: float = STOP_TIMEOUT_S) -> list[str]:
             _reap(daemon.pid, block=True)
         stopped.append(daemon.name)
     stopped += _kill_strays(root, timeout)
+    _remove_principals_command(SharedPaths(root).principals_command)
     state.unlink()
     return stopped
 
