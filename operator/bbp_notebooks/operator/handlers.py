@@ -9,7 +9,7 @@ import asyncio
 import datetime as dt
 import logging
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import kopf
 from kubernetes_asyncio import config as k8s_config
@@ -46,6 +46,7 @@ from bbp_notebooks.operator.metrics import (
     SSH_CHANNELS,
     SSH_CONNECTIONS,
 )
+from bbp_notebooks.operator.observe import ADMISSION_POLICY_MISSING
 from bbp_notebooks.operator.planning import NoSiteAvailable, SiteView
 from bbp_notebooks.operator.runtime import CredentialsUnavailable, Runtime
 from bbp_notebooks.ssh import SshError
@@ -267,6 +268,8 @@ async def submit(
 ) -> None:
     rt: Runtime = memo["runtime"]
     session = session_ref(body)
+    if session.status.job_id is None and not await rt.admission_policy_in_force():
+        await _wait_for_admission_policy(rt, session, patch)
     try:
         new = await sessions.ensure_submitted(
             rt, session, _single(profile_index), _single(site_index)
@@ -292,6 +295,28 @@ async def submit(
             message=new.message or "",
             type_="Warning" if invalid else "Normal",
         )
+
+
+async def _wait_for_admission_policy(
+    rt: Runtime, session: sessions.SessionRef, patch: kopf.Patch
+) -> NoReturn:
+    """Without the policy nobody vouches for spec.user or the groups: submit nothing, say why."""
+    name = rt.settings.admission_policy_name
+    message = (
+        f"ValidatingAdmissionPolicy {name} (and its binding) is not in force, so nothing vouches "
+        "for spec.user: no job is submitted until it is installed (the chart installs it)"
+    )
+    waiting = observe.admission_policy_missing(
+        session.status, message, now=dt.datetime.now(dt.UTC), generation=session.generation
+    )
+    patch.status.update(dump(waiting))
+    if waiting.conditions != session.status.conditions:
+        log.error("session %s/%s: %s", session.namespace, session.name, message)
+        await rt.kube.event(
+            session.involved, reason=ADMISSION_POLICY_MISSING, message=message, type_="Warning"
+        )
+    RECONCILE_ERRORS.labels("submit", ADMISSION_POLICY_MISSING).inc()
+    raise kopf.TemporaryError(message, delay=15)
 
 
 @kopf.on.delete(GROUP, VERSION, SESSION_PLURAL)  # type: ignore[arg-type]  # index kwargs

@@ -137,6 +137,26 @@ def submitted(
     )
 
 
+ADMISSION_POLICY_MISSING = "AdmissionPolicyMissing"
+
+
+def admission_policy_missing(
+    status: NotebookSessionStatus, message: str, *, now: dt.datetime, generation: int | None
+) -> NotebookSessionStatus:
+    """Not submitted, and not invalid: the operator waits until the admission policy is back."""
+    status = initial(status, now=now, generation=generation)
+    conditions = _set(
+        status.conditions,
+        ConditionType.SUBMITTED,
+        False,
+        ADMISSION_POLICY_MISSING,
+        message,
+        now=now,
+        generation=generation,
+    )
+    return status.model_copy(update={"conditions": conditions, "message": message})
+
+
 def site_unreachable(
     status: NotebookSessionStatus, message: str, *, now: dt.datetime, generation: int | None
 ) -> NotebookSessionStatus:

@@ -14,6 +14,7 @@ from kubernetes_asyncio import client as k8s
 
 from bbp_notebooks.api.models import AuthMethod, Endpoint, SlurmSiteSpec
 from bbp_notebooks.api.settings import OperatorSettings
+from bbp_notebooks.operator.admission import admission_policy_installed
 from bbp_notebooks.operator.kube import Kube
 from bbp_notebooks.operator.metrics import observe_command
 from bbp_notebooks.ssh import CertificateAuthority, Identity, SiteEndpoint, SlurmClient, SshPool
@@ -62,6 +63,8 @@ class _CachedCa:
 
 # How often a CA Secret is read again: a rotated CA is used within this long, without a restart.
 CA_RECHECK = dt.timedelta(seconds=30)
+# How often the admission policy is looked for again (it is removed or restored rarely).
+ADMISSION_RECHECK = dt.timedelta(seconds=15)
 
 
 @dataclass
@@ -75,6 +78,7 @@ class Runtime:
     _identities: dict[tuple[str, str], _CachedIdentity] = field(default_factory=dict)
     _cas: dict[str, _CachedCa] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _admission: tuple[dt.datetime, bool | None] | None = None
 
     @classmethod
     def create(cls, settings: OperatorSettings, kube: Kube) -> Runtime:
@@ -167,6 +171,17 @@ class Runtime:
             }
         self._cas[secret_name] = fresh
         return fresh
+
+    async def admission_policy_in_force(self) -> bool | None:
+        """Whether the admission policy that vouches for spec.user is installed and denies
+        (None: could not ask). Asked at most every ADMISSION_RECHECK; True when not required."""
+        if not self.settings.require_admission_policy:
+            return True
+        now = dt.datetime.now(dt.UTC)
+        if self._admission is None or now - self._admission[0] >= ADMISSION_RECHECK:
+            found = await admission_policy_installed(self.kube, self.settings.admission_policy_name)
+            self._admission = (now, found)
+        return self._admission[1]
 
     async def close(self) -> None:
         await self.pool.close()

@@ -227,8 +227,13 @@ async def cancel(rt: Runtime, session: SessionRef, sites: Mapping[str, SiteView]
     Looks the job up by tag when the status never recorded it (crash right after sbatch).
     Raises JobStillActive or the ssh layer's errors; the caller retries.
     """
-    if session.status.job_id is None and session.status.phase == SessionPhase.INVALID_SPEC:
-        return None  # refused before any sbatch: there is no job, and no reason to log in
+    if session.status.job_id is None and (
+        session.status.phase == SessionPhase.INVALID_SPEC
+        or session.status.callback_token_sha256 is None
+    ):
+        # The token digest is written before any sbatch: without it no job was ever submitted,
+        # so there is nothing to cancel and no reason to log in as the user.
+        return None
     site_name = session.status.site or (session.spec.site if session.spec.site != "auto" else None)
     candidates = [sites[site_name]] if site_name and site_name in sites else list(sites.values())
     protected = protected_users(rt.settings.protected_users, sites.values())
