@@ -17,6 +17,8 @@ from bbp_notebooks.mockslurm.formats import (
 )
 
 POSIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+# The overflow user "nobody": refused like a system account (docs/site/authorized-principals).
+NOBODY_UID = 65534
 
 
 class _Model(BaseModel):
@@ -131,6 +133,13 @@ class SiteConfig(_Model):
     max_sessions: int = Field(
         10, ge=1, description="sshd MaxSessions: open channels allowed per connection."
     )
+    min_login_uid: int = Field(
+        1000,
+        ge=0,
+        description="Logins as a user whose uid is below this (root, system accounts) or is "
+        "nobody's are refused even with a valid certificate, as a site's principals command "
+        "refuses them (the POSIX uid, or the configured one for users without a POSIX entry).",
+    )
     seconds_per_minute: float = Field(
         60.0,
         gt=0,
@@ -156,6 +165,9 @@ class SiteConfig(_Model):
                 if unknown:
                     raise ValueError(f"partition {partition.name}: unknown nodes {sorted(unknown)}")
         return self
+
+    def login_refused_for_uid(self, uid: int) -> bool:
+        return uid < self.min_login_uid or uid == NOBODY_UID
 
     def user(self, name: str) -> UserConfig | None:
         return next((user for user in self.users if user.name == name), None)

@@ -1,7 +1,9 @@
 """The login node: an asyncssh server that runs Slurm commands and nothing else.
 
 Authentication mirrors an sshd with TrustedUserCAKeys (the certificate's principals must name
-the login user, its validity window is honoured) plus per-user authorized keys.
+the login user, its validity window is honoured) plus per-user authorized keys, configured as
+the site guide says: no login as root or as a system account (uid below min_login_uid), whatever
+key or certificate is offered.
 """
 
 from __future__ import annotations
@@ -42,7 +44,20 @@ class LoginServer(asyncssh.SSHServer):
         lines: list[str] = []
         cluster = self.site.cluster
         # Like sshd, only users that exist (here: configured or POSIX) may log in.
-        allowed = POSIX_USER.match(username) and cluster.user_known(username)
+        allowed = bool(POSIX_USER.match(username)) and cluster.user_known(username)
+        if allowed:
+            uid = cluster.identity(username).uid
+            if self.site.config.login_refused_for_uid(uid):
+                # Like PermitRootLogin no and a principals command that names no system account.
+                log.warning(
+                    "site %s: refusing login as %s (uid %d): root, system accounts (uid below"
+                    " %d) and nobody never log in, whatever certificate or key they offer",
+                    self.site.config.name,
+                    username,
+                    uid,
+                    self.site.config.min_login_uid,
+                )
+                allowed = False
         if not cluster.faults.ssh_refused and allowed:
             for ca_key in self.site.config.ca_public_keys():
                 lines.append(f'cert-authority,principals="{username}" {ca_key}')
