@@ -15,7 +15,7 @@ import shlex
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncssh
@@ -152,13 +152,18 @@ def listening(address: str, port: int) -> bool:
     return False
 
 
-@contextlib.asynccontextmanager
-async def frontend_without_principals_command(
-    real_slurm: RealSlurm, site_name: str
-) -> AsyncIterator[tuple[SiteInfo, str, Path]]:
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    site: SiteInfo
+    known_hosts: str
+    log: Path
+
+
+@pytest.fixture
+def frontend_without_principals_command(real_slurm: RealSlurm) -> Iterator[Variant]:
     """A second sshd with geneva's configuration minus the principals command (and minus the
     host certificate: it is checked by its plain key) on a port of its own."""
-    folder = real_slurm.root / site_name
+    folder = real_slurm.root / "geneva"
     port = free_port("127.0.0.1")
     lines = []
     for line in (folder / "sshd_config").read_text().splitlines():
@@ -171,7 +176,7 @@ async def frontend_without_principals_command(
         lines.append(line)
     config = folder / "sshd_config.without-principals-command"
     config.write_text("\n".join(lines) + "\n")
-    log = real_slurm.root / "logs" / f"{site_name}-sshd-variant.out"
+    log = real_slurm.root / "logs" / "geneva-sshd-variant.out"
     with log.open("ab") as out:
         process = subprocess.Popen(
             ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stdout=out, stderr=out
@@ -181,29 +186,29 @@ async def frontend_without_principals_command(
         while not listening("127.0.0.1", port):
             assert process.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "the variant sshd did not listen within 10 s"
-            await asyncio.sleep(0.05)
+            time.sleep(0.05)
         public = (folder / "ssh_host_ed25519_key.pub").read_text().split()
-        site = real_slurm.sites[site_name]
-        variant = dataclasses.replace(site, ssh_host="127.0.0.1", ssh_port=port)
-        yield variant, f"[127.0.0.1]:{port} {public[0]} {public[1]}\n", log
+        site = dataclasses.replace(real_slurm.sites["geneva"], ssh_host="127.0.0.1", ssh_port=port)
+        yield Variant(site, f"[127.0.0.1]:{port} {public[0]} {public[1]}\n", log)
     finally:
         process.terminate()
         process.wait(timeout=10)
 
 
 async def test_without_the_principals_command_root_still_meets_permitrootlogin_and_a_system_account_gets_in(  # noqa: E501
-    real_slurm: RealSlurm, system_user: str
+    frontend_without_principals_command: Variant, system_user: str
 ) -> None:
     """Each rule does its own part: PermitRootLogin no is a second wall for root, while the
     system account is kept out by the principals command alone."""
-    async with frontend_without_principals_command(real_slurm, "geneva") as (site, hosts, log):
-        offset = log.stat().st_size
-        assert await refused(site, mint_user_identity(site, "root"), known_hosts=hosts)
-        said = await log_after(log, offset, "ROOT LOGIN REFUSED FROM 127.0.0.1")
-        assert NOT_A_PRINCIPAL not in said
-        async with connect_as(site, mint_user_identity(site, system_user), known_hosts=hosts) as c:
-            name, uid = (await whoami(c)).split()
-        assert name == system_user and int(uid) < 1000
+    variant = frontend_without_principals_command
+    site, hosts, log = variant.site, variant.known_hosts, variant.log
+    offset = log.stat().st_size
+    assert await refused(site, mint_user_identity(site, "root"), known_hosts=hosts)
+    said = await log_after(log, offset, "ROOT LOGIN REFUSED FROM 127.0.0.1")
+    assert NOT_A_PRINCIPAL not in said
+    async with connect_as(site, mint_user_identity(site, system_user), known_hosts=hosts) as conn:
+        name, uid = (await whoami(conn)).split()
+    assert name == system_user and int(uid) < 1000
 
 
 def test_slurmctld_refuses_a_job_from_root(real_slurm: RealSlurm) -> None:
@@ -227,7 +232,7 @@ async def test_a_certificate_bound_to_other_source_addresses_is_refused_by_the_f
     real_slurm: RealSlurm,
 ) -> None:
     site = real_slurm.sites["geneva"]
-    ca = CertificateAuthority(Path(site.user_ca_key).read_text())
+    ca = CertificateAuthority(await asyncio.to_thread(Path(site.user_ca_key).read_text))
     log = sshd_log(real_slurm, "geneva")
     for sources, accepted in ((["192.0.2.0/24"], False), (["192.0.2.0/24", "127.0.0.1"], True)):
         minted = ca.mint("alice", source_addresses=sources)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
-import re
 import ipaddress
+import re
 import secrets
 from collections.abc import Sequence
 
