@@ -10,6 +10,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TypeVar
 
@@ -21,6 +22,7 @@ from kubernetes_asyncio import config as k8s_config
 from tornado import web
 
 from bbp_notebooks.api.constants import (
+    CREATED_BY_ANNOTATION,
     GROUP,
     GROUPS_ANNOTATION,
     PROFILE_PLURAL,
@@ -37,6 +39,7 @@ from bbp_notebooks.api.models import (
     SessionPhase,
     dump,
 )
+from bbp_notebooks.devtools.admission import HUB_USERNAME, install_hub_identity
 from bbp_notebooks.hub import naming, options
 from bbp_notebooks.hub.kube import HubKube, close_api_clients
 from bbp_notebooks.hub.spawner import NotebookSessionSpawner, SessionFailed
@@ -175,6 +178,17 @@ class FakeUser:
         return f"/user/{self.name}/"
 
 
+_hub_kubeconfigs: dict[Path, str] = {}
+
+
+def hub_kubeconfig(control_plane: Any) -> str:
+    """A token of the chart's hub ServiceAccount with the chart's hub RBAC for NAMESPACE."""
+    if control_plane.workdir not in _hub_kubeconfigs:
+        path = install_hub_identity(control_plane, NAMESPACE)
+        _hub_kubeconfigs[control_plane.workdir] = str(path)
+    return _hub_kubeconfigs[control_plane.workdir]
+
+
 def make_spawner(
     control_plane: Any,
     user: str = "alice",
@@ -185,7 +199,9 @@ def make_spawner(
 ) -> NotebookSessionSpawner:
     settings: dict[str, Any] = {
         "namespace": NAMESPACE,
-        "kubeconfig": str(control_plane.kubeconfig),
+        # As deployed: the hub's own ServiceAccount, never the admin (the admission policy lets
+        # only the hub set the groups annotation).
+        "kubeconfig": hub_kubeconfig(control_plane),
         "status_poll_interval": 0.1,
         "stop_timeout": 20,
         "start_timeout": 30,
@@ -415,6 +431,8 @@ async def test_start_creates_the_secret_and_session_and_returns_the_url_once_rea
     }
     meta = session["metadata"]
     assert meta["annotations"][GROUPS_ANNOTATION] == "thalamus"  # "bad,group" refused
+    # Who created it, as the API server authenticated the hub (the admission policy checks it).
+    assert meta["annotations"][CREATED_BY_ANNOTATION] == HUB_USERNAME
     assert meta["labels"][naming.HUB_USER_LABEL] == "alice"
     assert meta["labels"][naming.SERVER_NAME_LABEL] == ""
 
@@ -750,53 +768,12 @@ async def test_saved_state_does_not_adopt_a_different_session_of_the_same_name(
 
 # Least privilege -------------------------------------------------------------------------------
 
-HUB_CLUSTER_RULES = [
-    {"apiGroups": [GROUP], "resources": ["notebookprofiles", "slurmsites"], "verbs": ["list"]}
-]
-HUB_NAMESPACE_RULES = [
-    {"apiGroups": [GROUP], "resources": ["notebooksessions"], "verbs": ["get", "create", "delete"]},
-    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "patch", "delete"]},
-]
-
 
 @pytest.fixture(scope="module")
-def hub_identity(control_plane: Any, kube_api: Any, catalogue: None) -> Iterator[str]:
-    """A kubeconfig with only the rights the spawner needs (what the chart's hub RBAC grants)."""
-    path = control_plane.mint_identity(NAMESPACE, "hub")
-    rbac = sync_client.RbacAuthorizationV1Api(kube_api)
-    subject = [{"kind": "ServiceAccount", "name": "hub", "namespace": NAMESPACE}]
-    rbac.create_cluster_role({"metadata": {"name": "hubt-hub"}, "rules": HUB_CLUSTER_RULES})
-    rbac.create_cluster_role_binding(
-        {
-            "metadata": {"name": "hubt-hub"},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": "hubt-hub",
-            },
-            "subjects": subject,
-        }
-    )
-    rbac.create_namespaced_role(
-        NAMESPACE, {"metadata": {"name": "hubt-hub"}, "rules": HUB_NAMESPACE_RULES}
-    )
-    rbac.create_namespaced_role_binding(
-        NAMESPACE,
-        {
-            "metadata": {"name": "hubt-hub"},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "Role",
-                "name": "hubt-hub",
-            },
-            "subjects": subject,
-        },
-    )
-    yield str(path)
-    rbac.delete_cluster_role_binding("hubt-hub")
-    rbac.delete_cluster_role("hubt-hub")
-    rbac.delete_namespaced_role_binding("hubt-hub", NAMESPACE)
-    rbac.delete_namespaced_role("hubt-hub", NAMESPACE)
+def hub_identity(control_plane: Any, catalogue: None) -> str:
+    """The chart's hub ServiceAccount with exactly the chart's hub RBAC (templates/hub-rbac.yaml):
+    the identity every spawner here runs as, the only one the admission policy lets set groups."""
+    return hub_kubeconfig(control_plane)
 
 
 async def test_the_spawner_works_with_only_the_hubs_rbac_rights(

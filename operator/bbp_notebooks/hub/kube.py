@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,6 +31,8 @@ ApiException = k8s.ApiException
 # One ApiClient (one aiohttp connection pool) per event loop and kubeconfig, shared by every
 # spawner of the hub; a hub has one loop, tests have one per test.
 _clients: dict[tuple[int, str | None], k8s.ApiClient] = {}
+# Who each client authenticates as (SelfSubjectReview), asked once per client.
+_usernames: weakref.WeakKeyDictionary[k8s.ApiClient, str] = weakref.WeakKeyDictionary()
 
 
 async def api_client(kubeconfig: str | None = None) -> k8s.ApiClient:
@@ -72,8 +75,20 @@ class HubKube:
     """The objects the spawner reads and writes."""
 
     def __init__(self, api: k8s.ApiClient) -> None:
+        self.api = api
         self.custom = k8s.CustomObjectsApi(api)
         self.core = k8s.CoreV1Api(api)
+
+    async def username(self) -> str:
+        """The hub's own Kubernetes user name as the API server authenticates it (what the
+        admission policy requires in the created-by annotation); asked once, then cached."""
+        cached = _usernames.get(self.api)
+        if cached is None:
+            review = await k8s.AuthenticationV1Api(self.api).create_self_subject_review(
+                k8s.V1SelfSubjectReview()
+            )
+            cached = _usernames[self.api] = str(review.status.user_info.username)
+        return cached
 
     async def profiles(self) -> dict[str, NotebookProfileSpec]:
         """Every valid NotebookProfile by name; invalid ones are logged and left out."""

@@ -26,6 +26,7 @@ from traitlets import Callable as CallableTrait
 
 from bbp_notebooks.api.constants import (
     API_VERSION,
+    CREATED_BY_ANNOTATION,
     GROUPS_ANNOTATION,
     POSIX_USER_PATTERN,
     SESSION_KIND,
@@ -257,8 +258,12 @@ class NotebookSessionSpawner(Spawner):  # type: ignore[misc]
 
     # The session ------------------------------------------------------------------------------
 
-    def session_body(self, name: str, chosen: options.SessionOptions, user: str) -> dict[str, Any]:
-        """The NotebookSession for this server. Holds no secret: the token is in the Secret."""
+    def session_body(
+        self, name: str, chosen: options.SessionOptions, user: str, created_by: str
+    ) -> dict[str, Any]:
+        """The NotebookSession for this server. Holds no secret: the token is in the Secret.
+        ``created_by`` is the hub's own Kubernetes user name, which the admission policy
+        requires in the created-by annotation."""
         if len(self.name) > 63 or not set(self.name) <= _SERVER_NAME_CHARS:
             raise options.InvalidOptions(
                 f"server name {self.name!r} cannot be used: letters, digits, '.', '_' and '-' "
@@ -288,6 +293,7 @@ class NotebookSessionSpawner(Spawner):  # type: ignore[misc]
                 "namespace": self.namespace,
                 "labels": naming.labels(hub_user, self.name),
                 "annotations": {
+                    CREATED_BY_ANNOTATION: created_by,
                     GROUPS_ANNOTATION: ",".join(self.group_names()),
                     naming.HUB_USER_ANNOTATION: hub_user,
                     naming.SERVER_NAME_ANNOTATION: self.name,
@@ -305,7 +311,7 @@ class NotebookSessionSpawner(Spawner):  # type: ignore[misc]
         chosen = await self.validated_options(self.user_options or {}, kube)
         user = await self.posix_user()
         name = naming.session_name(str(self.user.name), self.name)
-        body = self.session_body(name, chosen, user)
+        body = self.session_body(name, chosen, user, await kube.username())
         secret = naming.secret_name(name)
 
         # A session by this name is a leftover (a stop that timed out, a failed start kept for
