@@ -124,14 +124,66 @@ def test_several_replicas_peer_with_a_distinct_priority_per_pod(env: dict[str, s
     assert variables["BBP_PRIORITY"] == {
         "fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}
     }
-    (peering,) = find(docs, "ClusterKopfPeering")
+    # By default the operator serves the session namespace only: its peering is namespaced.
+    (peering,) = find(docs, "KopfPeering")
     assert peering["metadata"]["name"] == variables["BBP_PEERING_NAME"] == "bbp-notebooks"
-    rules = find(docs, "ClusterRole", "bbp-bbp-notebooks-operator")[0]["rules"]
+    assert peering["metadata"]["namespace"] == "bbp-sessions"
+    assert not find(docs, "ClusterKopfPeering")
+
+    everywhere = render(env, {"operator": {"replicas": 3, "watchAllNamespaces": True}})
+    (peering,) = find(everywhere, "ClusterKopfPeering")
+    assert peering["metadata"]["name"] == "bbp-notebooks"
+    rules = find(everywhere, "ClusterRole", "bbp-bbp-notebooks-operator")[0]["rules"]
     assert {
         "apiGroups": ["kopf.dev"],
         "resources": ["clusterkopfpeerings"],
         "verbs": ["get", "list", "watch", "patch"],
     } in rules
+
+
+def test_by_default_the_operator_serves_only_the_session_namespace(env: dict[str, str]) -> None:
+    variables = env_of(operator_container(render(env, {})))
+    assert variables["BBP_WATCH_NAMESPACES"] == '["bbp-sessions"]'
+    asked = {"operator": {"settings": {"watchNamespaces": ["team-a"]}}}
+    assert env_of(operator_container(render(env, asked)))["BBP_WATCH_NAMESPACES"] == '["team-a"]'
+    everywhere = render(env, {"operator": {"watchAllNamespaces": True}})
+    assert env_of(operator_container(everywhere))["BBP_WATCH_NAMESPACES"] == "[]"
+
+
+def test_the_dummy_authenticator_renders_only_with_the_mock_slurm(env: dict[str, str]) -> None:
+    refused = template({"hub": {"authenticator": {"type": "dummy"}}}, env=env)
+    assert refused.returncode != 0
+    assert "dummy lets anyone in" in refused.stderr
+    mock = {
+        "enabled": True,
+        "hostCaPrivateKey": "k",
+        "hostCaPublicKey": "ssh-ed25519 AAAA",
+        "userCaPublicKey": "ssh-ed25519 AAAA",
+    }
+    dev = template({"hub": {"authenticator": {"type": "dummy"}}, "mockSlurm": mock}, env=env)
+    assert dev.returncode == 0, dev.stderr
+    assert template({}, env=env).returncode == 0  # the default (pam) renders
+
+
+def test_the_operator_reads_secrets_in_its_namespace_by_name_only(env: dict[str, str]) -> None:
+    values = {
+        "slurmSites": [
+            {"name": "a", "spec": {"auth": {"caSecretName": "ca-of-a"}}},
+            {"name": "b", "spec": {}},
+        ],
+        "rbac": {"operatorSecretNames": ["bbp-ssh-key-alice"]},
+    }
+    docs = render(env, values)
+    (role,) = find(docs, "Role", "bbp-bbp-notebooks-operator")
+    secret_rules = [r for r in role["rules"] if "secrets" in r["resources"]]
+    assert secret_rules == [
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "verbs": ["get"],
+            "resourceNames": ["bbp-user-ca", "ca-of-a", "b-user-ca", "bbp-ssh-key-alice"],
+        }
+    ]
 
 
 def test_watching_namespaces_peers_in_each_of_them(env: dict[str, str]) -> None:

@@ -164,7 +164,7 @@ def test_the_hub_configuration_loads_and_configures_our_spawner(
     assert config.ConfigurableHTTPProxy.api_url == "http://bbp-bbp-notebooks-proxy-api.bbp.svc:8001"
     assert config.ConfigurableHTTPProxy.auth_token == HUB_ENV["CONFIGPROXY_AUTH_TOKEN"]
     assert config.JupyterHub.cleanup_servers is False
-    assert config.JupyterHub.authenticator_class == "dummy"
+    assert config.JupyterHub.authenticator_class == "pam"
     assert config.Authenticator.allow_all is True
     assert config.JupyterHub.log_level == "DEBUG"
     assert len(config.JupyterHub.cookie_secret) == 32

@@ -70,6 +70,20 @@ app.kubernetes.io/component: {{ . }}
 {{- default (printf "%s-sessions" .Release.Namespace) .Values.sessions.namespace -}}
 {{- end -}}
 
+{{/*
+Namespaces the operator serves, as a JSON list: operator.settings.watchNamespaces when given, else
+only the session namespace; [] (the whole cluster) only with operator.watchAllNamespaces.
+*/}}
+{{- define "bbp-notebooks.watchNamespaces" -}}
+{{- if .Values.operator.watchAllNamespaces -}}
+[]
+{{- else if .Values.operator.settings.watchNamespaces -}}
+{{- .Values.operator.settings.watchNamespaces | toJson -}}
+{{- else -}}
+{{- list (include "bbp-notebooks.sessionNamespace" .) | toJson -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Peering is on exactly when more than one operator replica runs. */}}
 {{- define "bbp-notebooks.operator.peering" -}}
 {{- if gt (int .Values.operator.replicas) 1 -}}true{{- else -}}false{{- end -}}
@@ -82,8 +96,22 @@ each; the operator can read no other Secret outside its own namespace. Output: a
 */}}
 {{- define "bbp-notebooks.secretNamespaces" -}}
 {{- $namespaces := list (include "bbp-notebooks.sessionNamespace" .) -}}
-{{- $namespaces = concat $namespaces .Values.operator.settings.watchNamespaces .Values.rbac.sessionSecretNamespaces -}}
+{{- $namespaces = concat $namespaces (include "bbp-notebooks.watchNamespaces" . | fromJsonArray) .Values.rbac.sessionSecretNamespaces -}}
 {{- without ($namespaces | uniq) .Release.Namespace | toJson -}}
+{{- end -}}
+
+{{/*
+The Secrets the operator may read in its own namespace, as a JSON list: the user CA, every
+SlurmSite's caSecretName (default "<site>-user-ca"), and rbac.operatorSecretNames (per-user key
+Secrets of UserKey sites). Nothing else: resourceNames, never a namespace-wide get.
+*/}}
+{{- define "bbp-notebooks.operator.secretNames" -}}
+{{- $names := list .Values.userCa.secretName -}}
+{{- range .Values.slurmSites -}}
+{{- $auth := .spec.auth | default dict -}}
+{{- $names = append $names (default (printf "%s-user-ca" .name) $auth.caSecretName) -}}
+{{- end -}}
+{{- concat $names .Values.rbac.operatorSecretNames | uniq | toJson -}}
 {{- end -}}
 
 {{/* The URL jobs on compute nodes POST their endpoint to. */}}
