@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import pathlib
@@ -213,9 +214,19 @@ async def wait_until(predicate: object, within: float) -> None:
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.parametrize(
+    ("advertise", "node", "reported"),
+    [
+        (None, None, "127.0.0.1"),  # the bind host
+        ("{node}.hpc.example.org", "gva-cn07", "gva-cn07.hpc.example.org"),  # the site's rule
+    ],
+)
 async def test_running_a_hostile_script_keeps_every_value_inert_and_reports_the_address(
     tmp_path: pathlib.Path,
     callback_server: tuple[str, list[tuple[dict[str, str], object]]],
+    advertise: str | None,
+    node: str | None,
+    reported: str,
 ) -> None:
     url, received = callback_server
     home = tmp_path / "home"
@@ -226,11 +237,13 @@ async def test_running_a_hostile_script_keeps_every_value_inert_and_reports_the_
     (bin_dir / "module").write_text(FAKE_MODULE)
     (bin_dir / "module").chmod(0o755)
     values = hostile(home / "canary")
-    job = hostile_job(values, home, callback_url=url)
+    job = dataclasses.replace(hostile_job(values, home, callback_url=url), advertise_host=advertise)
     script = tmp_path / "job.sh"
     script.write_text(render_job_script(job))
 
     env = {"HOME": str(home), "PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_JOB_ID": "4242"}
+    if node is not None:
+        env["SLURMD_NODENAME"] = node
     process = await asyncio.create_subprocess_exec(
         "bash",
         str(script),
@@ -256,7 +269,7 @@ async def test_running_a_hostile_script_keeps_every_value_inert_and_reports_the_
     headers, body = received[0]
     assert headers["Authorization"] == f"Bearer {TOKEN}"
     assert isinstance(body, dict)
-    assert body["host"] == "127.0.0.1" and body["jobId"] == 4242
+    assert body["host"] == reported and body["jobId"] == 4242
     assert isinstance(body["port"], int) and body["port"] > 0
 
     connection = home / ".bbp-notebooks" / UID / "connection.json"

@@ -129,6 +129,8 @@ def job_script(
         session_uid=session.uid,
         session_name=f"{session.namespace}/{session.name}",
         bind_host=site.spec.notebook_host or "0.0.0.0",
+        # The address the operator accepts from this job (callbacks.allowed_hosts).
+        advertise_host=None if site.spec.notebook_host else site.spec.node_address_template,
         modules=tuple(chosen.profile.modules),
         kernel_setup=chosen.profile.kernel_setup,
         environment=dict(env),

@@ -76,7 +76,8 @@ class JobScript:
     kernel_setup: str = ""
     environment: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False)
     notebook_argv: Sequence[str] = DEFAULT_NOTEBOOK_ARGV
-    # The host reported to the operator; None: the bind host, or the node's FQDN for a wildcard.
+    # The host reported to the operator, "{node}" replaced by the batch host's Slurm name
+    # (SLURMD_NODENAME); None: the bind host, or the node's FQDN for a wildcard.
     advertise_host: str | None = None
     callback: Callback | None = None
     start_timeout_s: int = 300
@@ -189,7 +190,9 @@ elif command == "wait-listening":
             time.sleep(0.2)
     sys.exit("bbp-notebooks: the notebook did not listen within %s s" % sys.argv[3])
 elif command == "report":
-    advertised = os.environ.get("BBPNB_ADVERTISE_HOST") or (socket.getfqdn() if wildcard else host)
+    node = os.environ.get("SLURMD_NODENAME", "")
+    advertised = os.environ.get("BBPNB_ADVERTISE_HOST", "").replace("{node}", node)
+    advertised = advertised or (socket.getfqdn() if wildcard else host)
     body = {"host": advertised, "port": int(os.environ["BBPNB_PORT"]),
             "jobId": int(os.environ["SLURM_JOB_ID"])}
     parent = os.path.join(os.path.expanduser("~"), ".bbp-notebooks")

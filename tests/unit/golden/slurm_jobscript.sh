@@ -40,7 +40,9 @@ elif command == "wait-listening":
             time.sleep(0.2)
     sys.exit("bbp-notebooks: the notebook did not listen within %s s" % sys.argv[3])
 elif command == "report":
-    advertised = os.environ.get("BBPNB_ADVERTISE_HOST") or (socket.getfqdn() if wildcard else host)
+    node = os.environ.get("SLURMD_NODENAME", "")
+    advertised = os.environ.get("BBPNB_ADVERTISE_HOST", "").replace("{node}", node)
+    advertised = advertised or (socket.getfqdn() if wildcard else host)
     body = {"host": advertised, "port": int(os.environ["BBPNB_PORT"]),
             "jobId": int(os.environ["SLURM_JOB_ID"])}
     parent = os.path.join(os.path.expanduser("~"), ".bbp-notebooks")
