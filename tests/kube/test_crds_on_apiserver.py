@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
+from bbp_notebooks.devtools.admission import admin_annotations
+
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.kube
 
@@ -30,7 +32,7 @@ def session(name: str, **spec: Any) -> str:
     body = {
         "apiVersion": "notebooks.bbp.epfl.ch/v1alpha1",
         "kind": "NotebookSession",
-        "metadata": {"name": name, "namespace": "default"},
+        "metadata": {"name": name, "namespace": "default", "annotations": admin_annotations()},
         "spec": {"user": "alice", "profile": "bluepy", **spec},
     }
     return yaml.safe_dump(body)
