@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from bbp_notebooks.devtools.admission import admin_annotations
 from bbp_notebooks.devtools.stack import wait_for
 from fixtures.operator import Stack
 
@@ -27,7 +28,11 @@ def _sessions(start: int, stop: int) -> str:
         {
             "apiVersion": "notebooks.bbp.epfl.ch/v1alpha1",
             "kind": "NotebookSession",
-            "metadata": {"name": f"s{i:04d}", "namespace": NAMESPACE},
+            "metadata": {
+                "name": f"s{i:04d}",
+                "namespace": NAMESPACE,
+                "annotations": admin_annotations(),
+            },
             "spec": {"user": ("alice", "bob")[i % 2], "profile": "bluepy", "site": "geneva"},
         }
         for i in range(start, stop)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from bbp_notebooks.api.constants import API_VERSION
+from bbp_notebooks.devtools.admission import admin_annotations, install_admission_policy
 from bbp_notebooks.devtools.controlplane import ControlPlane, repo_root
 from bbp_notebooks.devtools.stack import OPERATOR_NAMESPACE, USER_CA_SECRET, Operator, wait_for
 from fixtures.operator import RECORDING_NOTEBOOK
@@ -75,6 +76,8 @@ def real(real_slurm: RealSlurm, tmp_path_factory: pytest.TempPathFactory) -> Ite
     cp.start()
     try:
         cp.install_crds(repo_root() / "crds")
+        # The chart's policy, as in a deployment; the site's monitor user here is bob.
+        install_admission_policy(cp, protected_users=["bob"])
         geneva = real_slurm.sites["geneva"]
         ca = Path(geneva.user_ca_key).read_bytes()
         objects = [
@@ -113,7 +116,7 @@ def test_on_real_slurm_a_session_becomes_ready_and_deleting_it_cancels_the_job(
     body = {
         "apiVersion": API_VERSION,
         "kind": "NotebookSession",
-        "metadata": {"name": "real", "namespace": "default"},
+        "metadata": {"name": "real", "namespace": "default", "annotations": admin_annotations()},
         "spec": {"user": "alice", "profile": "bluepy", "site": "geneva"},
     }
     assert real.kubectl("apply", "-f", "-", stdin=json.dumps(body)).returncode == 0
@@ -171,7 +174,11 @@ def test_on_real_slurm_a_lost_callback_is_covered_by_the_connection_file(real: R
         body = {
             "apiVersion": API_VERSION,
             "kind": "NotebookSession",
-            "metadata": {"name": "no-callback", "namespace": "default"},
+            "metadata": {
+                "name": "no-callback",
+                "namespace": "default",
+                "annotations": admin_annotations(),
+            },
             "spec": {"user": "alice", "profile": "bluepy", "site": "geneva"},
         }
         assert real.kubectl("apply", "-f", "-", stdin=json.dumps(body)).returncode == 0
