@@ -64,7 +64,7 @@ class _CachedCa:
 # How often a CA Secret is read again: a rotated CA is used within this long, without a restart.
 CA_RECHECK = dt.timedelta(seconds=30)
 # How often the admission policy is looked for again (it is removed or restored rarely).
-ADMISSION_RECHECK = dt.timedelta(seconds=15)
+ADMISSION_RECHECK = dt.timedelta(seconds=10)
 
 
 @dataclass

@@ -79,7 +79,8 @@ async def environment_for(
 
     Only a Secret the session owns (an ownerReference with its uid) is used: otherwise anyone
     who may create a session could have another user's Secret (their hub token) put into a job
-    of their own.
+    of their own. One without owners is waited for (the hub sets the owner right after creating
+    the session); one owned by anything else is refused at once.
     """
     ref = session.spec.environment_secret_ref
     if ref is None:
@@ -97,11 +98,12 @@ async def environment_for(
             f"Secret {ref.name!r} does not exist in {session.namespace}",
         )
     if session.uid not in owners:
-        if waited < ENVIRONMENT_GRACE:
+        if waited < ENVIRONMENT_GRACE and not owners:
             raise EnvironmentNotReady(f"Secret {ref.name!r} is not owned by the session yet")
         return InvalidSpec(
             "EnvironmentSecretNotOwned",
-            f"Secret {ref.name!r} does not belong to this session (no ownerReference to it)",
+            f"Secret {ref.name!r} does not belong to this session (no ownerReference to it)"
+            + (" but to another object" if owners else ""),
         )
     return {key: value.decode() for key, value in data.items()}
 
