@@ -281,6 +281,10 @@ def install(
     workdir = control_plane.workdir / "helm" / name
     env = tool_env(control_plane, home=control_plane.workdir / "helm-home")
     values = dict(values or {})
+    # The control-plane fixture already installed the chart's admission policy (one per cluster,
+    # cluster-scoped, trusting one hub): a release that brought its own would take it over
+    # (--take-ownership) and remove it on uninstall. A test that wants it says so in its values.
+    values.setdefault("admission", {"enabled": False})
     path = write_values(workdir, name, values)
     checked(
         [

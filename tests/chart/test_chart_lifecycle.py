@@ -16,6 +16,7 @@ from typing import Any
 import asyncssh
 import pytest
 
+from bbp_notebooks.devtools.admission import admin_annotations
 from bbp_notebooks.devtools.controlplane import ControlPlane
 from bbp_notebooks.devtools.stack import Keys, MockSlurm, Operator, free_port, wait_for
 from chart.helmchart import Release, install
@@ -113,7 +114,7 @@ def test_the_operator_with_only_the_charts_rbac_runs_a_whole_session(
         {
             "apiVersion": "notebooks.bbp.epfl.ch/v1alpha1",
             "kind": "NotebookSession",
-            "metadata": {"name": "life", "namespace": SESSIONS},
+            "metadata": {"name": "life", "namespace": SESSIONS, "annotations": admin_annotations()},
             "spec": {
                 "user": "alice",
                 "profile": "life",

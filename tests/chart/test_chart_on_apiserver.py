@@ -16,8 +16,11 @@ from typing import Any
 import pytest
 import yaml
 
+from bbp_notebooks.api.constants import CREATED_BY_ANNOTATION
 from bbp_notebooks.api.settings import OperatorSettings
+from bbp_notebooks.devtools.admission import ADMIN_USER
 from bbp_notebooks.devtools.controlplane import ControlPlane
+from bbp_notebooks.devtools.stack import wait_for
 from chart.helmchart import (
     REFERENCED_NAMESPACES,
     Release,
@@ -48,12 +51,19 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
     return result.stdout
 
 
-def session_manifest(name: str, namespace: str, user: str = "alice") -> str:
+def session_manifest(
+    name: str, namespace: str, user: str = "alice", created_by: str = ADMIN_USER
+) -> str:
+    """A session as `created_by` creates it (the admission policy wants the creator's name)."""
     return yaml.safe_dump(
         {
             "apiVersion": f"{GROUP}/v1alpha1",
             "kind": "NotebookSession",
-            "metadata": {"name": name, "namespace": namespace},
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "annotations": {CREATED_BY_ANNOTATION: created_by},
+            },
             "spec": {"user": user, "profile": "bluepy", "site": "geneva"},
         }
     )
@@ -117,6 +127,14 @@ def test_each_rendering_is_accepted_by_the_api_server_dry_run_then_for_real(
     env = prepared
     namespace = f"tpl-{combo}"
     values = combinations(keys)[combo]
+    # Its own admission policy name: applying over the control-plane fixture's policy would
+    # change whom the cluster trusts as the hub. Removed again below, for the same reason.
+    policy = f"tpl-{combo}-sessions"
+    operator_values = values.setdefault("operator", {})
+    operator_values["settings"] = {
+        **operator_values.get("settings", {}),
+        "admissionPolicyName": policy,
+    }
     text = template_text(
         values,
         release=combo,
@@ -158,7 +176,17 @@ def test_each_rendering_is_accepted_by_the_api_server_dry_run_then_for_real(
     dry = kubectl(env, *apply, "--dry-run=server", stdin=rest)
     assert dry.returncode == 0, dry.stderr
     assert "serverside-applied (server dry run)" in dry.stdout
-    ok(kubectl(env, *apply, stdin=rest))
+    try:
+        ok(kubectl(env, *apply, stdin=rest))
+    finally:
+        kubectl(
+            env,
+            "delete",
+            "--ignore-not-found",
+            f"validatingadmissionpolicybinding/{policy}",
+            f"validatingadmissionpolicy/{policy}",
+        )
+    assert {d["metadata"]["name"] for d in find(docs, "ValidatingAdmissionPolicy")} == {policy}
     applied = ok(
         kubectl(
             env,
@@ -530,13 +558,60 @@ def test_the_hub_identity_manages_sessions_but_never_sees_the_operator_secrets(
         env, hub, "patch", f"notebooksessions.{GROUP}", "--subresource=status", "-n", sessions
     )
     assert not can_i(env, hub, "create", f"notebooksessions.{GROUP}", "-n", "default")
-    ok(
-        kubectl(
+    # The cluster's admission policy trusts the control-plane fixture's hub, not this release's:
+    # like any other principal, this one needs a runas grant (what a second installation in one
+    # cluster would need too).
+    username = f"system:serviceaccount:{rbac.namespace}:{rbac.hub_service_account}"
+    grant = [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "rbac-hub-runas-alice"},
+            "rules": [
+                {
+                    "apiGroups": [GROUP],
+                    "resources": ["posixusers"],
+                    "verbs": ["runas"],
+                    "resourceNames": ["alice"],
+                }
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "rbac-hub-runas-alice"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "rbac-hub-runas-alice",
+            },
+            "subjects": [
+                {
+                    "kind": "ServiceAccount",
+                    "name": rbac.hub_service_account,
+                    "namespace": rbac.namespace,
+                }
+            ],
+        },
+    ]
+    ok(kubectl(env, "apply", "-f", "-", stdin=yaml.safe_dump_all(grant)))
+
+    def created() -> bool:
+        result = kubectl(
             env,
             "create",
             "-f",
             "-",
-            stdin=session_manifest("from-the-hub", sessions),
+            stdin=session_manifest("from-the-hub", sessions, created_by=username),
             kubeconfig=hub,
         )
-    )
+        # The grant reaches the authorizer a moment after it is written.
+        assert result.returncode == 0 or "may not run sessions as alice" in result.stderr, (
+            result.stderr
+        )
+        return result.returncode == 0
+
+    try:
+        wait_for(created, 10, "the hub's runas grant to take effect", 0.2)
+    finally:
+        kubectl(env, "delete", "-f", "-", stdin=yaml.safe_dump_all(grant))

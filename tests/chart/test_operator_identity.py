@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from bbp_notebooks.api.constants import FINALIZER
+from bbp_notebooks.devtools.admission import admin_annotations
 from bbp_notebooks.devtools.controlplane import ControlPlane
 from bbp_notebooks.devtools.stack import free_port, wait_for
 from chart.helmchart import Release, install, ssh_keypair
@@ -115,7 +116,7 @@ def session_body(name: str, namespace: str, profile: str) -> str:
         {
             "apiVersion": "notebooks.bbp.epfl.ch/v1alpha1",
             "kind": "NotebookSession",
-            "metadata": {"name": name, "namespace": namespace},
+            "metadata": {"name": name, "namespace": namespace, "annotations": admin_annotations()},
             "spec": {
                 "user": "alice",
                 "profile": profile,
