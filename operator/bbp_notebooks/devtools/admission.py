@@ -9,6 +9,7 @@ control plane's client certificate) creates sessions only with the created-by an
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 import subprocess
@@ -158,9 +159,15 @@ def _wait_enforced(plane: ControlPlane, namespace: str, timeout: float) -> None:
         time.sleep(0.2)
 
 
-def install_hub_identity(plane: ControlPlane, session_namespace: str) -> Path:
+def install_hub_identity(
+    plane: ControlPlane,
+    session_namespace: str,
+    *,
+    expiration: datetime.timedelta = datetime.timedelta(hours=1),
+) -> Path:
     """The chart's hub ServiceAccount with the chart's hub RBAC (templates/hub-rbac.yaml) for
-    ``session_namespace``; returns a kubeconfig holding a TokenRequest token of it."""
+    ``session_namespace``; returns a kubeconfig holding a TokenRequest token of it, valid for
+    ``expiration``."""
     plane.ensure_namespace(session_namespace)
     plane.ensure_namespace(RELEASE_NAMESPACE)
     values = {"sessions": {"namespace": session_namespace, "createNamespace": False}}
@@ -170,4 +177,4 @@ def install_hub_identity(plane: ControlPlane, session_namespace: str) -> Path:
             doc["metadata"].setdefault("namespace", RELEASE_NAMESPACE)
     # Several session namespaces share the ClusterRole and its binding; the Role is per namespace.
     _apply(plane, docs, f"bbp-notebooks-hub-rbac-{session_namespace}")
-    return plane.mint_identity(RELEASE_NAMESPACE, HUB_SERVICE_ACCOUNT)
+    return plane.mint_identity(RELEASE_NAMESPACE, HUB_SERVICE_ACCOUNT, expiration=expiration)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import os
 import secrets
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from bbp_notebooks.devtools import stack
+from bbp_notebooks.devtools import admission, stack
 from bbp_notebooks.devtools.controlplane import ControlPlane, repo_root
 from bbp_notebooks.devtools.stack import Keys, MockSlurm, Operator, free_port, wait_for
 
@@ -42,6 +43,8 @@ SESSION_NAMESPACE = "default"
 HUB_START_TIMEOUT_S = 60.0
 SESSIONS_GONE_TIMEOUT_S = 60.0
 DEPS_TIMEOUT_S = 1800.0
+# The hub's ServiceAccount token outlives any `make dev` session (the local PKI lasts 30 days).
+HUB_TOKEN_LIFETIME = datetime.timedelta(days=30)
 
 
 class DevError(RuntimeError):
@@ -244,6 +247,14 @@ def start_dev_system(
         started.append(control_plane)
         control_plane.install_crds(repo_root() / "crds")
         control_plane.ensure_namespace(SESSION_NAMESPACE)
+        # As deployed: the chart's admission policy decides who may run as whom, and the hub
+        # runs as the chart's hub ServiceAccount with the chart's hub RBAC, not as admin.
+        admission.install_admission_policy(
+            control_plane, protected_users=[stack.MONITOR_USER], probe_namespace=SESSION_NAMESPACE
+        )
+        hub_kubeconfig = admission.install_hub_identity(
+            control_plane, SESSION_NAMESPACE, expiration=HUB_TOKEN_LIFETIME
+        )
 
         mock = MockSlurm(workdir / "mockslurm", Keys.create(workdir / "keys"))
         mock.start()
@@ -275,7 +286,7 @@ def start_dev_system(
         operator.start()
         started.append(operator)
 
-        hub = Hub(workdir / "hub", control_plane.kubeconfig, deps.chp, port=hub_port)
+        hub = Hub(workdir / "hub", hub_kubeconfig, deps.chp, port=hub_port)
         hub.start()
         started.append(hub)
     except BaseException:
