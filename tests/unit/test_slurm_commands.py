@@ -12,6 +12,7 @@ from bbp_notebooks.slurm.commands import (
     JobSpec,
     PartitionAvailability,
     QueueEntry,
+    QueueListing,
     SacctSource,
     accounts_argv,
     parse_accounts,
@@ -42,7 +43,8 @@ SPEC = JobSpec(
     workdir="/home/alice",
     output="/home/alice/.bbp-notebooks/0b3c5d1e/slurm-%j.out",
 )
-SQUEUE_FORMAT = "--format=%A|%u|%T|%r|%N|%S|%l|%L|%P|%a|%j"
+SENTINEL = "bbpnb0123456789abcdef"
+SQUEUE_FORMAT = f"--format={SENTINEL}%A|%u|%T|%r|%N|%S|%V|%l|%L|%P|%a|%j"
 SACCT_FORMAT = "--format=JobIDRaw,User,State,ExitCode,Start,End,NodeList,JobName"
 
 
@@ -117,7 +119,7 @@ def test_a_job_spec_with_unsafe_values_is_rejected(change: dict[str, object]) ->
 
 
 def test_squeue_by_job_ids() -> None:
-    assert squeue_argv(job_ids=[1000001, 1000002, 1000001]) == [
+    assert squeue_argv(job_ids=[1000001, 1000002, 1000001], sentinel=SENTINEL) == [
         "squeue",
         "--noheader",
         "--states=all",
@@ -127,7 +129,7 @@ def test_squeue_by_job_ids() -> None:
 
 
 def test_squeue_by_names_and_users() -> None:
-    assert squeue_argv(names=["bbpnb-a", "bbpnb-b"], users=["alice"]) == [
+    assert squeue_argv(names=["bbpnb-a", "bbpnb-b"], users=["alice"], sentinel=SENTINEL) == [
         "squeue",
         "--noheader",
         "--states=all",
@@ -139,13 +141,26 @@ def test_squeue_by_names_and_users() -> None:
 
 def test_squeue_refuses_a_query_that_would_match_every_job() -> None:
     with pytest.raises(ValueError, match="every job"):
-        squeue_argv()
+        squeue_argv(sentinel=SENTINEL)
     with pytest.raises(ValueError, match="every job"):
-        squeue_argv(job_ids=[], names=(), users=iter([]))
+        squeue_argv(job_ids=[], names=(), users=iter([]), sentinel=SENTINEL)
 
 
 def test_listing_every_job_needs_its_own_builder() -> None:
-    assert squeue_all_argv() == ["squeue", "--noheader", "--states=all", SQUEUE_FORMAT]
+    assert squeue_all_argv(sentinel=SENTINEL) == [
+        "squeue",
+        "--noheader",
+        "--states=all",
+        SQUEUE_FORMAT,
+    ]
+
+
+@pytest.mark.parametrize(
+    "sentinel", ["", "short", "has%percent0123456", "has|pipe0123456789", "a" * 65]
+)
+def test_a_sentinel_squeue_would_misprint_or_guess_easily_is_refused(sentinel: str) -> None:
+    with pytest.raises(ValueError, match="sentinel"):
+        squeue_all_argv(sentinel=sentinel)
 
 
 @pytest.mark.parametrize(
@@ -164,7 +179,7 @@ def test_listing_every_job_needs_its_own_builder() -> None:
 )
 def test_squeue_rejects_filters_slurm_would_misread(kwargs: dict[str, list[object]]) -> None:
     with pytest.raises(ValueError):
-        squeue_argv(**kwargs)  # type: ignore[arg-type]
+        squeue_argv(**kwargs, sentinel=SENTINEL)  # type: ignore[arg-type]
 
 
 def test_sacct_reads_the_accounting_database_by_default() -> None:
@@ -200,6 +215,21 @@ def test_scancel_names_exactly_the_jobs() -> None:
 
 def test_scancel_can_also_require_the_job_name() -> None:
     assert scancel_argv([1000001], name="bbpnb-x") == ["scancel", "--name=bbpnb-x", "1000001"]
+
+
+def test_scancel_can_require_the_job_name_and_its_owner() -> None:
+    assert scancel_argv([1000001], name="bbpnb-x", user="bob") == [
+        "scancel",
+        "--name=bbpnb-x",
+        "--user=bob",
+        "1000001",
+    ]
+
+
+@pytest.mark.parametrize("user", ["", "Bob", "bob,alice", "-u", "bob\nalice"])
+def test_scancel_refuses_an_owner_slurm_would_misread(user: str) -> None:
+    with pytest.raises(ValueError):
+        scancel_argv([1000001], name="bbpnb-x", user=user)
 
 
 @pytest.mark.parametrize("job_ids", [[], (), iter([])])
@@ -245,17 +275,28 @@ def test_sbatch_output_without_an_integer_job_id_is_an_error(stdout: str) -> Non
         parse_sbatch(stdout)
 
 
-SQUEUE_OUTPUT = (
-    "1000000|alice|RUNNING|None|node01|2026-11-25T10:00:00|8:00:00|7:59:58|prod|proj42|bbpnb-a\n"
-    "1000001|bob|PENDING|Priority||N/A|30:00|30:00|prod|(null)|bbpnb-b\n"
-    "1000002|alice|COMPLETED|None|node02|2026-11-25T09:00:00|1-00:00:00|INVALID|debug|(null)|x\n"
-    "1000003|alice|PENDING|Resources||2026-11-26T01:00:00|UNLIMITED|UNLIMITED|debug||a|b c|d\n"
-    "1000004|bob|RUNNING|None|node03|2026-11-25T10:00:00|5:00|4:01|debug||ünï cødé ✓\n"
+SQUEUE_ROWS = (
+    "1000000|alice|RUNNING|None|node01|2026-11-25T10:00:00|2026-11-25T09:59:00|8:00:00|7:59:58"
+    "|prod|proj42|bbpnb-a",
+    "1000001|bob|PENDING|Priority||N/A|2026-11-25T09:58:00|30:00|30:00|prod|(null)|bbpnb-b",
+    "1000002|alice|COMPLETED|None|node02|2026-11-25T09:00:00|2026-11-25T08:00:00|1-00:00:00"
+    "|INVALID|debug|(null)|x",
+    "1000004|bob|RUNNING|None|node03|2026-11-25T10:00:00|2026-11-25T10:00:00|5:00|4:01|debug"
+    "||ünï cødé ✓",
 )
+NORMAL = "7|alice|RUNNING|None|n1|N/A|2026-11-25T10:00:00|5:00|4:00|debug||"
+OUR_TAG = "bbpnb-default-0b3c5d1e-7f00-4a8e-9d2b-1c2d3e4f5a6b"
+
+
+def squeue_output(*records: str, sentinel: str = SENTINEL) -> str:
+    """What squeue prints for the sentinel format: each record after the sentinel, then "\\n"."""
+    return "".join(f"{sentinel}{record}\n" for record in records)
 
 
 def test_squeue_output_becomes_typed_entries() -> None:
-    entries = parse_squeue(SQUEUE_OUTPUT)
+    listing = parse_squeue(squeue_output(*SQUEUE_ROWS), SENTINEL)
+    assert listing.dropped == 0
+    entries = listing.entries
     assert entries[0] == QueueEntry(
         job_id=1000000,
         name="bbpnb-a",
@@ -268,6 +309,7 @@ def test_squeue_output_becomes_typed_entries() -> None:
         time_left_s=7 * 3600 + 59 * 60 + 58,
         partition="prod",
         account="proj42",
+        submit_time=dt.datetime(2026, 11, 25, 9, 59, 0),
     )
     pending = entries[1]
     assert (pending.state, pending.reason, pending.nodes, pending.start_time) == (
@@ -279,44 +321,72 @@ def test_squeue_output_becomes_typed_entries() -> None:
     assert (pending.time_limit_s, pending.account) == (1800, None)
     assert (entries[2].time_limit_s, entries[2].time_left_s) == (86400, None)
     assert entries[2].state.is_terminal
+    assert entries[3].name == "ünï cødé ✓"
 
 
-def test_squeue_job_names_may_hold_pipes_spaces_and_unicode() -> None:
-    entries = parse_squeue(SQUEUE_OUTPUT)
-    assert entries[3].name == "a|b c|d"
-    assert entries[3].time_limit_s is None
-    assert entries[4].name == "ünï cødé ✓"
-
-
-def test_a_job_name_with_a_newline_continues_its_row() -> None:
-    stdout = (
-        "7|alice|RUNNING|None|n1|N/A|5:00|4:00|debug||first\n"
-        "second\n"
-        "8|bob|PENDING|None||N/A|5:00|5:00|debug||z\n"
-    )
-    entries = parse_squeue(stdout)
-    assert [(e.job_id, e.name) for e in entries] == [(7, "first\nsecond"), (8, "z")]
+FORGED = (
+    # A job name that ends its own row and invents one for a job of ours, run by somebody else.
+    "x\n1000009|carol|RUNNING|None|n1|N/A|2026-11-25T09:00:00|5:00|4:00|debug||" + OUR_TAG
+)
 
 
 @pytest.mark.parametrize(
-    "stdout",
+    ("records", "kept", "dropped"),
     [
-        "abc|alice|RUNNING|None|n1|N/A|5:00|4:00|debug||x\n",
-        "123_4|alice|RUNNING|None|n1|N/A|5:00|4:00|debug||x\n",
-        "7|alice|WEIRD|None|n1|N/A|5:00|4:00|debug||x\n",
-        "7|alice|RUNNING|None|n1|yesterday|5:00|4:00|debug||x\n",
-        "7|alice|RUNNING|None|n1|N/A|five|4:00|debug||x\n",
-        "7|alice|RUNNING\n",
+        pytest.param([NORMAL + OUR_TAG], [(7, OUR_TAG)], 0, id="a normal row"),
+        pytest.param([NORMAL + "a|b c|d"], [], 1, id="a name with a pipe"),
+        pytest.param([NORMAL + FORGED], [], 1, id="a name with a newline and a forged row"),
+        pytest.param(
+            [NORMAL + "first\nsecond", NORMAL.replace("7|", "8|", 1) + "z"],
+            [(8, "z")],
+            1,
+            id="a newline does not take the next record with it",
+        ),
+        pytest.param(["7|alice|RUNNING"], [], 1, id="too few fields"),
+        pytest.param([NORMAL + "x|"], [], 1, id="too many fields"),
+        pytest.param(
+            [NORMAL + "bbpnb-other-0b3c5d1e-7f00-4a8e-9d2b-1c2d3e4f5a6b"],
+            [(7, "bbpnb-other-0b3c5d1e-7f00-4a8e-9d2b-1c2d3e4f5a6b")],
+            0,
+            id="another installation's tag is a row like any (the sweep filters it)",
+        ),
+        pytest.param(["abc" + NORMAL[1:] + "x"], [], 1, id="a job id that is no integer"),
+        pytest.param(["123_4" + NORMAL[1:] + "x"], [], 1, id="an array element id"),
+        pytest.param([NORMAL.replace("RUNNING", "WEIRD") + "x"], [], 1, id="an unknown state"),
+        pytest.param([NORMAL.replace("N/A", "yesterday") + "x"], [], 1, id="a bad start time"),
+        pytest.param([NORMAL.replace("5:00", "five") + "x"], [], 1, id="a bad time limit"),
     ],
 )
-def test_unreadable_squeue_output_is_an_error_not_a_guess(stdout: str) -> None:
-    with pytest.raises(SlurmOutputError):
-        parse_squeue(stdout)
+def test_squeue_records_that_do_not_parse_are_dropped_and_counted(
+    records: list[str], kept: list[tuple[int, str]], dropped: int
+) -> None:
+    listing = parse_squeue(squeue_output(*records), SENTINEL)
+    assert [(e.job_id, e.name) for e in listing.entries] == kept
+    assert listing.dropped == dropped
+
+
+def test_a_forged_row_without_the_sentinel_never_becomes_a_phantom_job() -> None:
+    listing = parse_squeue(squeue_output(NORMAL + FORGED, *SQUEUE_ROWS), SENTINEL)
+    assert 1000009 not in {e.job_id for e in listing.entries}
+    assert OUR_TAG not in {e.name for e in listing.entries}
+    assert (len(listing.entries), listing.dropped) == (len(SQUEUE_ROWS), 1)
+
+
+def test_a_forged_row_with_a_guessed_sentinel_is_part_of_its_own_record() -> None:
+    guessed = FORGED.replace("\n", "\nbbpnbfedcba9876543210")
+    listing = parse_squeue(squeue_output(NORMAL + guessed), SENTINEL)
+    assert (listing.entries, listing.dropped) == ((), 1)
+
+
+def test_text_before_the_first_sentinel_or_a_cut_last_record_is_dropped() -> None:
+    assert parse_squeue("noise\n" + squeue_output(NORMAL + "a"), SENTINEL).dropped == 1
+    cut = parse_squeue(squeue_output(NORMAL + "a") + SENTINEL + NORMAL + "b", SENTINEL)
+    assert ([e.name for e in cut.entries], cut.dropped) == (["a"], 1)
 
 
 def test_empty_squeue_output_is_no_jobs() -> None:
-    assert parse_squeue("") == []
-    assert parse_squeue("\n") == []
+    assert parse_squeue("", SENTINEL) == QueueListing((), 0)
+    assert parse_squeue("\n", SENTINEL) == QueueListing((), 0)
 
 
 SACCT_OUTPUT = (

@@ -23,6 +23,10 @@ OURS = pathlib.Path(__file__).parent / "slurm_samples"
 THEIRS = pathlib.Path(__file__).parents[1] / "realslurm" / "samples"
 
 
+# The sentinel squeue_all_states.stdout.txt was captured with (squeue_all_argv(sentinel=...)).
+SQUEUE_SENTINEL = "bbpnb0123456789abcdef"
+
+
 def ours(name: str) -> str:
     return (OURS / name).read_text()
 
@@ -31,17 +35,20 @@ def theirs(name: str) -> str:
     return (THEIRS / name).read_text()
 
 
-def test_squeue_with_all_states_keeps_a_just_completed_job() -> None:
-    entries = {e.job_id: e for e in parse_squeue(ours("squeue_all_states.stdout.txt"))}
-    assert len(entries) == 6
-    done = entries[1000015]
+def test_squeue_with_all_states_keeps_a_just_completed_job_and_drops_a_forged_record() -> None:
+    listing = parse_squeue(ours("squeue_all_states.stdout.txt"), SQUEUE_SENTINEL)
+    entries = {e.job_id: e for e in listing.entries}
+    # bob's job 1000004 is named "x\n1000002|alice|RUNNING|...|bbpnb-default-<uid>": its record
+    # is dropped whole, and the job it pretends to be is the real one, alice's.
+    assert (sorted(entries), listing.dropped) == ([1000000, 1000001, 1000002, 1000003], 1)
+    done = entries[1000001]
     assert (done.state, done.name, done.nodes) == (
         JobState.COMPLETED,
         "bbpnb-sample-plain",
         "gva-n1",
     )
     assert done.state.is_terminal
-    pending = entries[1000008]
+    pending = entries[1000000]
     assert (pending.state, pending.reason, pending.nodes, pending.start_time) == (
         JobState.PENDING,
         "PartitionTimeLimit",
@@ -49,9 +56,11 @@ def test_squeue_with_all_states_keeps_a_just_completed_job() -> None:
         None,
     )
     assert (pending.time_limit_s, pending.account) == (7200, "bbp")
-    running = entries[1000014]
-    assert running.start_time == dt.datetime(2026, 11, 26, 0, 21, 0)
-    assert (running.time_limit_s, running.time_left_s) == (1800, 29 * 60 + 53)
+    assert pending.submit_time == dt.datetime(2026, 12, 1, 13, 9, 25)
+    running = entries[1000002]
+    assert (running.user, running.name) == ("alice", "bbpnb-sample-run")
+    assert running.start_time == dt.datetime(2026, 12, 1, 13, 9, 27)
+    assert (running.time_limit_s, running.time_left_s) == (1800, 29 * 60 + 56)
 
 
 def test_sacct_reports_how_every_job_ended() -> None:

@@ -24,17 +24,26 @@ SPEC = JobSpec("bbpnb-abc", "prod", None, cpus_per_task=2, memory_mb=1024, time_
 CONTROLLER_DOWN = "squeue: error: Unable to contact slurm controller (connect failure)\n"
 
 
+SQUEUE_ROW = (
+    "1000007|alice|RUNNING|None|node01|2026-11-25T10:00:00|2026-11-25T09:59:00|1:00:00|59:00|prod"
+    "||bbpnb-abc"
+)
+
+
+def squeue_records(call: Call, *records: str) -> str:
+    """Records as squeue prints them for the client's format: its sentinel, the record, "\\n"."""
+    (fmt,) = [a.removeprefix("--format=") for a in call.argv if a.startswith("--format=")]
+    sentinel = fmt[: fmt.index("%")]
+    return "".join(f"{sentinel}{record}\n" for record in records)
+
+
 class FakeSlurm:
     """Answers per command name; tests replace entries to inject output or faults."""
 
     def __init__(self) -> None:
         self.replies: dict[str, Callable[[Call], Reply]] = {
             "sbatch": lambda call: (0, "1000007\n", ""),
-            "squeue": lambda call: (
-                0,
-                "1000007|alice|RUNNING|None|node01|2026-11-25T10:00:00|1:00:00|59:00|prod||bbpnb-abc\n",
-                "",
-            ),
+            "squeue": lambda call: (0, squeue_records(call, SQUEUE_ROW), ""),
             "sacct": lambda call: (
                 0,
                 "1000007|alice|TIMEOUT|0:0|2026-11-25T10:00:00|2026-11-25T11:00:00|node01|bbpnb-abc\n",
@@ -138,11 +147,34 @@ async def test_queue_refuses_an_empty_filter_before_connecting(
 async def test_queue_all_lists_every_visible_job_in_one_command(
     client: SlurmClient, sshd: ThrowawaySshd, alice: Identity
 ) -> None:
-    assert [e.name for e in await client.queue_all(alice)] == ["bbpnb-abc"]
+    listing = await client.queue_all(alice)
+    assert ([e.name for e in listing.entries], listing.dropped) == (["bbpnb-abc"], 0)
     assert [call.argv[0] for call in sshd.counters.calls] == ["squeue"]
     assert not any(
         a.startswith(("--jobs", "--name", "--user")) for a in sshd.counters.calls[0].argv
     )
+
+
+async def test_every_squeue_call_draws_a_fresh_sentinel(
+    client: SlurmClient, sshd: ThrowawaySshd, alice: Identity
+) -> None:
+    await client.queue_all(alice)
+    await client.queue_all(alice)
+    await client.queue(alice, users=["alice"])
+    formats = [a for call in sshd.counters.calls for a in call.argv if a.startswith("--format=")]
+    sentinels = {f.removeprefix("--format=").split("%", 1)[0] for f in formats}
+    assert len(formats) == len(sentinels) == 3
+    assert all(len(s) >= 16 for s in sentinels)
+
+
+async def test_a_forged_queue_record_is_dropped_and_counted_not_a_failed_poll(
+    client: SlurmClient, slurm: FakeSlurm, alice: Identity
+) -> None:
+    forged = SQUEUE_ROW.replace("bbpnb-abc", "x\n1000001|bob|RUNNING|None|n|N/A|N/A|5:00|4:00|p||y")
+    slurm.replies["squeue"] = lambda call: (0, squeue_records(call, SQUEUE_ROW, forged), "")
+    listing = await client.queue_all(alice)
+    assert ([e.job_id for e in listing.entries], listing.dropped) == ([1000007], 1)
+    assert [e.job_id for e in await client.queue(alice, users=["alice"])] == [1000007]
 
 
 async def test_accounting_reads_sacct_and_skips_the_call_for_no_jobs(
@@ -207,6 +239,18 @@ async def test_cancel_can_require_the_session_tag(
 ) -> None:
     await client.cancel(alice, [1000007], name="bbpnb-abc")
     assert sshd.counters.calls[0].argv == ["scancel", "--name=bbpnb-abc", "1000007"]
+
+
+async def test_cancel_can_require_the_session_tag_and_its_owner(
+    client: SlurmClient, sshd: ThrowawaySshd, alice: Identity
+) -> None:
+    await client.cancel(alice, [1000007], name="bbpnb-abc", user="alice")
+    assert sshd.counters.calls[0].argv == [
+        "scancel",
+        "--name=bbpnb-abc",
+        "--user=alice",
+        "1000007",
+    ]
 
 
 async def test_site_facts(client: SlurmClient, alice: Identity) -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "JobSpec",
     "PartitionAvailability",
     "QueueEntry",
+    "QueueListing",
     "SacctSource",
     "accounts_argv",
     "parse_accounts",
@@ -159,8 +160,12 @@ def parse_sbatch(stdout: str) -> int:
 
 # --- squeue -------------------------------------------------------------------------------------
 
-# %A is the plain job id even for array elements; the name (%j) is last because it is free text.
-_SQUEUE_FIELDS = ("%A", "%u", "%T", "%r", "%N", "%S", "%l", "%L", "%P", "%a", "%j")
+# %A is the plain job id even for array elements; %V (submit time) dates the job for the orphan
+# grace; the name (%j) is last because it is free text.
+_SQUEUE_FIELDS = ("%A", "%u", "%T", "%r", "%N", "%S", "%V", "%l", "%L", "%P", "%a", "%j")
+# A record sentinel: literal text squeue prints as is at the start of every record. The caller
+# draws a fresh one per call, so no job name (which any user chooses) can contain it.
+_SENTINEL = re.compile(r"^[A-Za-z0-9]{16,64}$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,22 +183,41 @@ class QueueEntry:
     time_left_s: int | None
     partition: str
     account: str | None
+    submit_time: dt.datetime | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueListing:
+    """The records squeue printed that parse, and how many did not (never guessed at)."""
+
+    entries: tuple[QueueEntry, ...]
+    dropped: int
+
+
+def _squeue_format(sentinel: str) -> str:
+    if not _SENTINEL.match(sentinel):
+        raise ValueError(f"a record sentinel is 16 to 64 letters or digits, not {sentinel!r}")
+    return "--format=" + sentinel + "|".join(_SQUEUE_FIELDS)
 
 
 def squeue_argv(
-    job_ids: Iterable[int] = (), names: Iterable[str] = (), users: Iterable[str] = ()
+    job_ids: Iterable[int] = (),
+    names: Iterable[str] = (),
+    users: Iterable[str] = (),
+    *,
+    sentinel: str,
 ) -> list[str]:
     """squeue filtered by job ids, names and/or users (ANDed); refuses to ask for every job.
 
     ``--states=all`` keeps finished jobs visible until MinJobAge, so an ended job is seen as ended
-    rather than as missing.
+    rather than as missing. ``sentinel`` starts every record (see :func:`parse_squeue`).
     """
     ids = _check_job_ids(job_ids)
     name_list = [_check_text("job name", name, forbid=",") for name in names]
     user_list = [_check_user(user) for user in users]
     if not (ids or name_list or user_list):
         raise ValueError("squeue without job ids, names or users would list every job")
-    argv = ["squeue", "--noheader", "--states=all", "--format=" + "|".join(_SQUEUE_FIELDS)]
+    argv = ["squeue", "--noheader", "--states=all", _squeue_format(sentinel)]
     if ids:
         argv.append("--jobs=" + ",".join(ids))
     if name_list:
@@ -203,12 +227,12 @@ def squeue_argv(
     return argv
 
 
-def squeue_all_argv() -> list[str]:
+def squeue_all_argv(*, sentinel: str) -> list[str]:
     """squeue for every job the caller may see: one RPC per site poll, filtered by tag afterwards.
 
     A separate builder on purpose: no combination of empty filters can produce it.
     """
-    return ["squeue", "--noheader", "--states=all", "--format=" + "|".join(_SQUEUE_FIELDS)]
+    return ["squeue", "--noheader", "--states=all", _squeue_format(sentinel)]
 
 
 def _optional(text: str, *absent: str) -> str | None:
@@ -247,7 +271,9 @@ def _parse_rows(stdout: str, fields: int, build: Callable[[list[str]], _Row]) ->
 
 
 def _queue_entry(columns: list[str]) -> QueueEntry:
-    job_id, user, state, reason, nodes, start, limit, left, partition, account, name = columns
+    job_id, user, state, reason, nodes, start, submit, limit, left, partition, account, name = (
+        columns
+    )
     return QueueEntry(
         job_id=parse_job_id(job_id),
         name=name,
@@ -260,12 +286,33 @@ def _queue_entry(columns: list[str]) -> QueueEntry:
         time_left_s=parse_duration(left),
         partition=partition.strip(),
         account=_optional(account),
+        submit_time=parse_timestamp(submit),
     )
 
 
-def parse_squeue(stdout: str) -> list[QueueEntry]:
-    """Entries from the output of :func:`squeue_argv`."""
-    return _parse_rows(stdout, len(_SQUEUE_FIELDS), _queue_entry)
+def parse_squeue(stdout: str, sentinel: str) -> QueueListing:
+    """Entries from the output of :func:`squeue_argv` or :func:`squeue_all_argv`.
+
+    A record is the text from one ``sentinel`` to the next, ending in squeue's newline. A record
+    that does not read as exactly one job (a field count other than ours, a bad id, state or
+    time, a name holding a newline or a '|') is dropped and counted, never repaired: a job name
+    that tries to forge a record stays inside its own record, which is then dropped whole.
+    """
+    _squeue_format(sentinel)
+    head, *records = stdout.split(sentinel)
+    dropped = 1 if head.strip() else 0  # squeue prints nothing before the first record
+    entries = []
+    for record in records:
+        body = record.removesuffix("\n")
+        columns = body.split("|")
+        if body == record or "\n" in body or "\r" in body or len(columns) != len(_SQUEUE_FIELDS):
+            dropped += 1
+            continue
+        try:
+            entries.append(_queue_entry(columns))
+        except SlurmOutputError:
+            dropped += 1
+    return QueueListing(tuple(entries), dropped)
 
 
 # --- sacct --------------------------------------------------------------------------------------
@@ -345,11 +392,14 @@ def parse_sacct(stdout: str) -> list[AccountingEntry]:
 # --- scancel ------------------------------------------------------------------------------------
 
 
-def scancel_argv(job_ids: Iterable[int], *, name: str | None = None) -> list[str]:
+def scancel_argv(
+    job_ids: Iterable[int], *, name: str | None = None, user: str | None = None
+) -> list[str]:
     """scancel for exactly these jobs; refuses an empty list.
 
-    ``name`` additionally restricts the cancel to jobs with that name, so a job id reused after a
-    controller reset cannot cancel somebody else's job.
+    ``name`` and ``user`` additionally restrict the cancel to jobs with that name and owner
+    (scancel ANDs job ids with filters), so a job id reused after a controller reset, or read
+    from a forged squeue row, cannot cancel somebody else's job.
     """
     ids = _check_job_ids(job_ids)
     if not ids:
@@ -357,6 +407,8 @@ def scancel_argv(job_ids: Iterable[int], *, name: str | None = None) -> list[str
     argv = ["scancel"]
     if name is not None:
         argv.append("--name=" + _check_text("job name", name, forbid=","))
+    if user is not None:
+        argv.append("--user=" + _check_user(user))
     return [*argv, *ids]
 
 

@@ -6,6 +6,8 @@ job is not in its memory any more); a controller that cannot be reached is SiteU
 
 from __future__ import annotations
 
+import logging
+import secrets
 from collections.abc import Iterable, Sequence
 
 from bbp_notebooks.slurm import commands
@@ -14,6 +16,7 @@ from bbp_notebooks.slurm.commands import (
     JobSpec,
     PartitionAvailability,
     QueueEntry,
+    QueueListing,
     SacctSource,
 )
 from bbp_notebooks.slurm.jobscript import Connection, connection_file_argv, parse_connection
@@ -24,8 +27,15 @@ from bbp_notebooks.ssh.pool import CommandResult, SshPool
 
 __all__ = ["SlurmClient"]
 
+log = logging.getLogger(__name__)
+
 _UNKNOWN_JOB = "invalid job id specified"
 _ALREADY_DONE = "already completing or completed"
+
+
+def _sentinel() -> str:
+    """A fresh squeue record sentinel: nobody can have put it in a job name beforehand."""
+    return "bbpnb" + secrets.token_hex(8)
 
 
 class SlurmClient:
@@ -91,31 +101,39 @@ class SlurmClient:
         names: Iterable[str] = (),
         users: Iterable[str] = (),
     ) -> list[QueueEntry]:
-        """Jobs slurmctld still knows (ended ones stay until MinJobAge) matching all filters."""
+        """Jobs slurmctld still knows (ended ones stay until MinJobAge) matching all filters.
+
+        Records that do not parse are dropped (and logged): see :meth:`queue_all`."""
         ids = list(job_ids)
-        argv = commands.squeue_argv(ids, names, users)
+        sentinel = _sentinel()
+        argv = commands.squeue_argv(ids, names, users, sentinel=sentinel)
         result = await self._run(identity, argv, check=False)
         if result.exit_status != 0:
             if ids and _UNKNOWN_JOB in result.stderr.lower():
                 # squeue -j with one id that slurmctld has purged: an answer, "no such job".
                 return []
             raise self._fail(argv, result)
-        return self._parse_queue(argv, result)
+        listing = commands.parse_squeue(result.stdout, sentinel)
+        if listing.dropped:
+            log.warning(
+                "%s: %d unreadable squeue record(s) dropped", self.endpoint.name, listing.dropped
+            )
+        return list(listing.entries)
 
-    async def queue_all(self, identity: Identity) -> list[QueueEntry]:
+    async def queue_all(self, identity: Identity) -> QueueListing:
         """Every job the identity may see: one squeue per poll, whatever the number of sessions.
 
         Deliberately a separate call from :meth:`queue`, so that an empty filter there can never
         turn into "all jobs" by accident. Filter the result by tag before acting on it.
-        """
-        argv = commands.squeue_all_argv()
-        return self._parse_queue(argv, await self._run(identity, argv))
 
-    def _parse_queue(self, argv: Sequence[str], result: CommandResult) -> list[QueueEntry]:
-        try:
-            return commands.parse_squeue(result.stdout)
-        except SlurmOutputError as error:
-            raise self._parse_error(argv, error) from None
+        Every record starts with a sentinel drawn for this call, so a job name (chosen by any
+        user of the site) cannot forge a record; a record that does not parse is dropped and
+        counted in ``dropped``, never guessed at and never a failed poll.
+        """
+        sentinel = _sentinel()
+        argv = commands.squeue_all_argv(sentinel=sentinel)
+        result = await self._run(identity, argv)
+        return commands.parse_squeue(result.stdout, sentinel)
 
     async def accounting(self, identity: Identity, job_ids: Iterable[int]) -> list[AccountingEntry]:
         """How these jobs ended, from sacct (the authority once squeue has forgotten them)."""
@@ -130,10 +148,18 @@ class SlurmClient:
             raise self._parse_error(argv, error) from None
 
     async def cancel(
-        self, identity: Identity, job_ids: Iterable[int], *, name: str | None = None
+        self,
+        identity: Identity,
+        job_ids: Iterable[int],
+        *,
+        name: str | None = None,
+        user: str | None = None,
     ) -> None:
-        """Cancel these jobs; jobs that already ended or are unknown count as cancelled."""
-        argv = commands.scancel_argv(job_ids, name=name)
+        """Cancel these jobs; jobs that already ended or are unknown count as cancelled.
+
+        With ``name`` and ``user``, only jobs of that name and owner are cancelled (a job id that
+        does not match both is left alone, silently, as scancel does)."""
+        argv = commands.scancel_argv(job_ids, name=name, user=user)
         result = await self._run(identity, argv, check=False)
         if result.exit_status == 0:
             return
