@@ -5,16 +5,24 @@ from __future__ import annotations
 
 import logging
 import pwd
+from pathlib import Path
 
 import asyncssh
 import pytest
+import yaml
 
 from bbp_notebooks.devtools.stack import DEV_USERS, MONITOR_USER
-from bbp_notebooks.mockslurm.config import UserConfig
+from bbp_notebooks.mockslurm.config import UserConfig, load_config
 from bbp_notebooks.mockslurm.site import MockSite
-from fixtures.mockslurm import SiteConfigFactory, SiteFactory, SshFactory, slurm
+from fixtures.mockslurm import SiteConfigFactory, SiteFactory, SshFactory, UserCA, slurm
 
 REFUSAL = "refusing login as {user} (uid {uid})"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def example_monitor_users() -> dict[str, str]:
+    sites = yaml.safe_load_all((EXAMPLES / "sites.yaml").read_text())
+    return {site["metadata"]["name"]: site["spec"]["monitorUser"] for site in sites if site}
 
 
 @pytest.mark.parametrize("user", ["root", "daemon", "nobody"])
@@ -98,3 +106,22 @@ async def test_the_dev_monitor_user_may_log_in(
     assert site.cluster.identity(MONITOR_USER).uid >= 1000
     conn = await mockslurm_ssh(site, MONITOR_USER)
     assert (await slurm(conn, "squeue", "-h")).exit_status == 0
+
+
+async def test_the_examples_monitor_user_may_log_in_at_each_example_site(
+    mockslurm_site_factory: SiteFactory,
+    mockslurm_ssh: SshFactory,
+    mockslurm_ca: UserCA,
+    tmp_path: Path,
+) -> None:
+    monitors = example_monitor_users()
+    config = load_config(EXAMPLES / "mockslurm-sites.yaml")
+    assert {site.name for site in config.sites} == set(monitors)
+    for site_config in config.sites:
+        site_config.port = 0
+        site_config.state_dir = tmp_path / site_config.name
+        site_config.user_ca_key_files = []
+        site_config.user_ca_keys = [mockslurm_ca.public_key]
+        site = await mockslurm_site_factory(site_config)
+        conn = await mockslurm_ssh(site, monitors[site_config.name])
+        assert (await slurm(conn, "squeue", "-h")).exit_status == 0
