@@ -68,16 +68,51 @@ def _submit_as(stack: Stack, user: str, name: str) -> int:
     return int(stdout.strip())
 
 
-def test_an_orphan_tagged_job_is_cancelled_and_foreign_jobs_are_left_alone(stack: Stack) -> None:
-    orphan = _submit_as(stack, "bob", job_name("default", str(uuid.uuid4())))
-    foreign = _submit_as(stack, "bob", "my-own-analysis")
+ORPHAN_GRACE_S = 10
 
-    def state(job_id: int) -> str:
-        return str(next(j for j in stack.jobs() if j["job_id"] == job_id)["state"])
 
-    wait_for(lambda: state(orphan) == "CANCELLED", 30, "the orphan to be cancelled")
-    assert state(foreign) in {"RUNNING", "PENDING"}
-    assert "cancelled orphan job" in stack.operator.log_path.read_text()
+def test_an_orphan_is_cancelled_only_after_the_grace_and_foreign_jobs_are_left_alone(
+    stack: Stack,
+) -> None:
+    """The sweep runs every poll (1 s) here, so only the grace setting keeps the orphan alive."""
+    stack.operator.stop()
+    stack.operator.settings["BBP_ORPHAN_GRACE_SECONDS"] = str(ORPHAN_GRACE_S)
+    stack.operator.start()
+    spared: list[int] = []
+    try:
+        submitted = time.monotonic()
+        orphan = _submit_as(stack, "bob", job_name("default", str(uuid.uuid4())))
+        foreign = _submit_as(stack, "bob", "my-own-analysis")
+        other_installation = _submit_as(stack, "bob", job_name("other", str(uuid.uuid4())))
+        spared += [foreign, other_installation]
+
+        def state(job_id: int) -> str:
+            return str(next(j for j in stack.jobs() if j["job_id"] == job_id)["state"])
+
+        alive = {"RUNNING", "PENDING"}
+        # Several sweeps see the orphan inside its grace: it must survive every one of them.
+        while time.monotonic() - submitted < ORPHAN_GRACE_S - 2:
+            assert state(orphan) in alive, "cancelled inside the orphan grace"
+            time.sleep(0.5)
+        survived = time.monotonic() - submitted
+        wait_for(lambda: state(orphan) == "CANCELLED", 30, "the orphan to be cancelled", 0.2)
+        cancelled = time.monotonic() - submitted
+        print(
+            f"\norphan grace {ORPHAN_GRACE_S} s: alive at {survived:.1f} s, "
+            f"seen cancelled at {cancelled:.1f} s after submission"
+        )
+        assert cancelled >= ORPHAN_GRACE_S
+        assert state(foreign) in alive
+        assert state(other_installation) in alive
+        log = stack.operator.log_path.read_text()
+        assert f"cancelled orphan job {orphan} " in log
+        assert f"orphan job {other_installation} " not in log
+    finally:
+        stack.operator.stop()
+        stack.operator.settings.pop("BBP_ORPHAN_GRACE_SECONDS")
+        stack.operator.start()
+        if spared:
+            stack.ssh_run("bob", ["scancel", *map(str, spared)])
 
 
 def test_a_controller_outage_never_fails_sessions_and_they_recover(stack: Stack) -> None:

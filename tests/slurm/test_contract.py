@@ -185,7 +185,7 @@ async def test_queue_finds_a_job_by_id_name_and_user_while_it_pends_then_runs(
     both = await s.client.queue(alice, job_ids=[job_id], names=[spec.name], users=["bob"])
     assert both == []  # filters are ANDed
     # The operator's one-squeue-per-poll: everyone's jobs (no PrivateData on either site).
-    everything = {e.job_id: e for e in await s.client.queue_all(alice)}
+    everything = {e.job_id: e for e in (await s.client.queue_all(alice)).entries}
     assert everything[job_id] == next(e for e in by_id if e.job_id == job_id)
     assert everything[filler].user == "bob"
     shown = await s.client.show_job(alice, job_id)
@@ -225,6 +225,66 @@ SHOW_JOB_CORE_KEYS = frozenset(
         "WorkDir", "StdOut", "StdErr", "Command", "BatchFlag",
     }
 )  # fmt: skip
+
+
+async def test_literal_text_in_the_squeue_format_is_printed_as_is(site: Contract) -> None:
+    """The record sentinel relies on it: a --format prefix and suffixes are printed verbatim for
+    every job, '%%' is not an escape (strtok skips empty tokens), a format without '%' is all
+    prefix."""
+    s = site.geneva
+    job_id = await s.submit("alice", s.spec("literal-format"), SLEEP)
+    rendered = []
+    for fmt in ("bbpnb0123456789abcdef%A|%u|%j", "PRE%A-mid-%u|SUF", "%%A%A", "lit"):
+        result = await s.run(
+            "alice", ["squeue", "--noheader", f"--jobs={job_id}", f"--format={fmt}"]
+        )
+        assert result.exit_status == 0, result.stderr
+        rendered.append(result.stdout.replace(str(job_id), "ID").replace(s.tag, "TAG"))
+    assert rendered == [
+        "bbpnb0123456789abcdefID|alice|bbpnb-contract-TAG-literal-format\n",
+        "PREID-mid-alice|SUF\n",
+        "IDID\n",
+        "lit\n",
+    ]
+    agree(site, "squeue:literal-format", tuple(rendered))
+    await s.client.cancel(s.identity("alice"), [job_id])
+
+
+async def test_a_job_name_cannot_forge_a_queue_record(site: Contract) -> None:
+    """Slurm prints job names raw, newlines and '|' included; with the per-call sentinel such a
+    record is dropped and counted, and the record it tries to forge never appears."""
+    s = site.geneva
+    alice = s.identity("alice")
+    victim = await s.submit("alice", s.spec("forge-victim"), SLEEP)
+    pretended = s.job_name("forge-pretended")
+    forged_name = (
+        f"x\n{victim}|bob|RUNNING|None|{s.node_name}|N/A|N/A|5:00|4:00|{s.default_partition}"
+        f"||{pretended}"
+    )
+    forgers = {}
+    for what, name in (("newline", forged_name), ("pipe", "a|b c")):
+        argv = ["sbatch", "--parsable", f"--job-name={name}", "--time=5", "--output=/dev/null"]
+        result = await s.run("bob", argv, stdin=SLEEP)
+        assert result.exit_status == 0, result.stderr
+        forgers[what] = int(result.stdout.strip().split(";")[0])
+        s.submitted.append(("bob", forgers[what]))
+    raw = await s.run(
+        "alice", ["squeue", "--noheader", f"--jobs={forgers['newline']}", "--format=%j"]
+    )
+    assert raw.stdout == forged_name + "\n", "Slurm prints the name raw: the threat is real"
+
+    listing = await s.client.queue_all(alice)
+    by_id = {e.job_id: e for e in listing.entries}
+    assert forgers["newline"] not in by_id and forgers["pipe"] not in by_id
+    assert by_id[victim].user == "alice" and by_id[victim].name == s.job_name("forge-victim")
+    assert pretended not in {e.name for e in listing.entries}
+    assert [e.job_id for e in listing.entries].count(victim) == 1
+    assert listing.dropped >= 2
+    mine = await s.client.queue(alice, names=[s.job_name("forge-victim")])
+    assert [e.user for e in mine] == ["alice"]
+    agree(site, "squeue:forged", (sorted(forgers), listing.dropped >= 2, by_id[victim].user))
+    await s.client.cancel(alice, [victim])
+    await s.client.cancel(s.identity("bob"), list(forgers.values()))
 
 
 # --- query ----------------------------------------------------------------------------------
@@ -320,6 +380,28 @@ async def test_a_user_cancels_their_own_job_but_not_someone_elses(site: Contract
         (type(refused.value).__name__, refused.value.exit_status, refused.value.stderr.strip()
          .replace(str(job_id), "ID")),
     )  # fmt: skip
+
+
+async def test_a_cancel_restricted_to_name_and_owner_spares_every_other_job(
+    site: Contract,
+) -> None:
+    """scancel ANDs job ids with --name and --user: a mismatch cancels nothing, silently (exit 0),
+    on real Slurm as on the mock."""
+    s = site.geneva
+    alice, bob = s.identity("alice"), s.identity("bob")
+    spec = s.spec("restricted-cancel")
+    job_id = await s.submit("alice", spec, SLEEP)
+    await s.client.cancel(alice, [job_id], name=s.job_name("another-tag"), user="alice")
+    await s.client.cancel(alice, [job_id], name=spec.name, user="bob")
+    await s.client.cancel(bob, [job_id], name=spec.name, user="bob")
+    spared = await queued(s, job_id)
+    assert spared is not None and not spared.state.is_terminal
+    raw = await s.run("alice", ["scancel", f"--name={spec.name}", "--user=bob", str(job_id)])
+    assert (raw.exit_status, raw.stderr) == (0, "")
+
+    await s.client.cancel(alice, [job_id], name=spec.name, user="alice")
+    gone = await wait_queue_state(s, job_id, {JobState.CANCELLED, JobState.COMPLETING}, within=15.0)
+    agree(site, "cancel:restricted", (spared.state.is_terminal, raw.exit_status, gone.user))
 
 
 # --- sinfo, version, accounts ---------------------------------------------------------------

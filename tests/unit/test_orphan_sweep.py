@@ -48,6 +48,14 @@ def candidates(entry: QueueEntry, known: frozenset[str] = frozenset()) -> list[i
             {"submit_time": dt.datetime(2026, 12, 1, 12, 59, 0)}, False, id="1 minute old"
         ),
         pytest.param({"submit_time": dt.datetime(2026, 12, 1, 12, 58, 1)}, False, id="just inside"),
+        pytest.param(
+            {"submit_time": dt.datetime(2026, 12, 1, 12, 57, 59)},
+            False,
+            id="shown 121 s old, which may be 120.0 s",
+        ),
+        pytest.param(
+            {"submit_time": dt.datetime(2026, 12, 1, 12, 57, 58)}, True, id="past the grace"
+        ),
         pytest.param({"submit_time": None}, False, id="age unknown"),
         pytest.param({"state": JobState.COMPLETED}, False, id="already ended"),
         pytest.param({"name": f"bbpnb-other-{UID}"}, False, id="another installation's"),

@@ -392,12 +392,14 @@ def orphan_candidates(
     """Tagged, unfinished jobs of no known session that were submitted more than ``grace`` ago.
 
     A job whose age squeue does not tell (no submit time) is never a candidate: when in doubt,
-    leave the job running."""
+    leave the job running. Slurm prints whole seconds, truncated, so a job counts as submitted
+    at the end of the second it shows."""
     candidates = {}
     for uid, entry in tagged.items():
         submitted = localised(entry.submit_time, zone)
         if uid in known or entry.state.is_terminal or submitted is None:
             continue
+        submitted += dt.timedelta(seconds=1)
         if now - submitted > grace and re.match(POSIX_USER_PATTERN, entry.user):
             candidates[uid] = entry
     return candidates
