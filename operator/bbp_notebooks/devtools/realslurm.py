@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bbp_notebooks.devtools.controlplane import repo_root
+from bbp_notebooks.devtools.controlplane import ControlPlaneError, repo_root
 
 STATE_FILE = "state.json"
 # Where the last started deployment lives, for the "already running" message.
@@ -544,7 +544,10 @@ def _require_root_and_tools() -> None:
 
 def _install_principals_command(target: Path) -> None:
     """Copy the site guide's principals command where sshd accepts to run it (see above)."""
-    source = repo_root() / PRINCIPALS_COMMAND_SOURCE
+    try:
+        source = repo_root() / PRINCIPALS_COMMAND_SOURCE
+    except ControlPlaneError as error:
+        raise RealSlurmError(f"cannot find {PRINCIPALS_COMMAND_SOURCE}: {error}") from error
     for directory in (target.parent.parent, target.parent):
         directory.mkdir(mode=0o755, exist_ok=True)
         os.chown(directory, 0, 0)
