@@ -6,7 +6,9 @@ Run with -s to see the matrix."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio import config as k8s_config
 
 from bbp_notebooks.api.constants import (
     API_VERSION,
@@ -27,6 +31,7 @@ from bbp_notebooks.api.constants import (
     SESSION_PLURAL,
     VERSION,
 )
+from bbp_notebooks.api.settings import OperatorSettings
 from bbp_notebooks.devtools.admission import (
     ADMIN_USER,
     HUB_USERNAME,
@@ -34,6 +39,8 @@ from bbp_notebooks.devtools.admission import (
 )
 from bbp_notebooks.devtools.controlplane import ControlPlane
 from bbp_notebooks.devtools.stack import MONITOR_USER, wait_for
+from bbp_notebooks.operator.admission import admission_policy_installed, policy_problem
+from bbp_notebooks.operator.kube import Kube
 
 pytestmark = pytest.mark.kube
 
@@ -255,7 +262,7 @@ def test_devops_without_a_grant_may_not_run_alice(identities: dict[str, Identity
 
 
 def test_devops_with_a_runas_grant_runs_alice_and_nobody_else(
-    identities: dict[str, Identity], grant_alice_to_devops: None
+    control_plane: ControlPlane, identities: dict[str, Identity], grant_alice_to_devops: None
 ) -> None:
     devops = identities["devops"]
 
@@ -270,6 +277,28 @@ def test_devops_with_a_runas_grant_runs_alice_and_nobody_else(
 
     wait_for(attempt, 10, "the runas grant to take effect", 0.2)
     record("devops with grant for alice creates alice", "allowed")
+    # How the chart's README tells devops to check a grant (kubectl auth can-i cannot: it only
+    # knows discovered resources, and posixusers is virtual).
+    for user, answer in (("alice", "true"), ("bob", "false")):
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {
+                "user": devops.username,
+                "resourceAttributes": {
+                    "group": GROUP,
+                    "resource": POSIX_USERS_RESOURCE,
+                    "name": user,
+                    "verb": RUNAS_VERB,
+                },
+            },
+        }
+        result = subprocess.run(
+            ["kubectl", "create", "-o", "jsonpath={.status.allowed}", "-f", "-"],
+            input=json.dumps(review), env=control_plane.env, capture_output=True, text=True,
+            timeout=60, check=False,
+        )  # fmt: skip
+        assert (result.stdout.strip() or "false") == answer, result.stderr
     refused(
         "devops with grant for alice creates bob",
         lambda: create(devops, "ops-bob", "bob", created_by(devops)),
@@ -411,3 +440,84 @@ def test_other_updates_pass(identities: dict[str, Identity]) -> None:
         "hub-finalized",
         {"metadata": {"finalizers": None}},
     )
+
+
+# -- the operator's check ----------------------------------------------------------------------
+
+
+async def operator_check(kubeconfig: Path, name: str) -> bool | None:
+    configuration = k8s.Configuration()
+    await k8s_config.load_kube_config(
+        config_file=str(kubeconfig), client_configuration=configuration
+    )
+    async with k8s.ApiClient(configuration=configuration) as api:
+        return await admission_policy_installed(Kube(api), name)
+
+
+async def test_the_operator_sees_the_policy_it_may_read_and_never_guesses(
+    control_plane: ControlPlane, kube_api: Any
+) -> None:
+    name = OperatorSettings().admission_policy_name
+    # With the chart's rule for the operator: get on that policy and binding, by name only.
+    reader = control_plane.mint_identity("ops", "policy-reader")
+    rbac = client.RbacAuthorizationV1Api(kube_api)
+    rbac.create_cluster_role(
+        {
+            "metadata": {"name": "admission-policy-reader"},
+            "rules": [
+                {
+                    "apiGroups": ["admissionregistration.k8s.io"],
+                    "resources": [
+                        "validatingadmissionpolicies",
+                        "validatingadmissionpolicybindings",
+                    ],
+                    "verbs": ["get"],
+                    "resourceNames": [name, "absent-policy"],
+                }
+            ],
+        }
+    )
+    rbac.create_cluster_role_binding(
+        {
+            "metadata": {"name": "admission-policy-reader"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "admission-policy-reader",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": "policy-reader", "namespace": "ops"}],
+        }
+    )
+    try:
+
+        async def installed() -> bool | None:
+            return await operator_check(reader, name)
+
+        # The grant reaches the authorizer a moment after it is written.
+        for _ in range(50):
+            if (found := await installed()) is not None:
+                break
+            await asyncio.sleep(0.2)
+        assert found is True
+        assert await operator_check(reader, "absent-policy") is False
+        # Not allowed to look: "could not ask", never "missing".
+        assert await operator_check(reader, "another-policy") is None
+        assert await operator_check(control_plane.kubeconfig, name) is True
+    finally:
+        rbac.delete_cluster_role_binding("admission-policy-reader")
+        rbac.delete_cluster_role("admission-policy-reader")
+
+
+def test_a_binding_that_only_warns_or_binds_elsewhere_does_not_count() -> None:
+    name = "p"
+    policy = {"spec": {"failurePolicy": "Fail"}}
+    deny = {"spec": {"policyName": name, "validationActions": ["Deny"]}}
+    assert policy_problem(name, policy, deny) is None
+    assert policy_problem(name, None, deny) == "ValidatingAdmissionPolicy p does not exist"
+    assert policy_problem(name, policy, None) == "ValidatingAdmissionPolicyBinding p does not exist"
+    warn = {"spec": {"policyName": name, "validationActions": ["Warn", "Audit"]}}
+    assert "does not deny" in str(policy_problem(name, policy, warn))
+    other = {"spec": {"policyName": "q", "validationActions": ["Deny"]}}
+    assert "binds 'q'" in str(policy_problem(name, policy, other))
+    ignore = {"spec": {"failurePolicy": "Ignore"}}
+    assert "failurePolicy Fail" in str(policy_problem(name, ignore, deny))
