@@ -38,6 +38,7 @@ from bbp_notebooks.api.models import (
 )
 from bbp_notebooks.api.settings import OperatorSettings
 from bbp_notebooks.operator import callbacks, observe, sessions, sites, tokens
+from bbp_notebooks.operator.conditions import ConditionType, get
 from bbp_notebooks.operator.http import build_app, serve
 from bbp_notebooks.operator.kube import Kube
 from bbp_notebooks.operator.metrics import (
@@ -49,7 +50,7 @@ from bbp_notebooks.operator.metrics import (
 from bbp_notebooks.operator.observe import ADMISSION_POLICY_MISSING
 from bbp_notebooks.operator.planning import NoSiteAvailable, SiteView
 from bbp_notebooks.operator.runtime import CredentialsUnavailable, Runtime
-from bbp_notebooks.ssh import SshError
+from bbp_notebooks.ssh import AuthenticationFailed, HostKeyMismatch, SshError
 
 log = logging.getLogger(__name__)
 
@@ -264,6 +265,7 @@ async def submit(
     memo: kopf.Memo,
     profile_index: kopf.Index[str, NotebookProfileSpec],
     site_index: kopf.Index[str, SiteView],
+    retry: int,
     **_: Any,
 ) -> None:
     rt: Runtime = memo["runtime"]
@@ -278,6 +280,8 @@ async def submit(
         raise kopf.TemporaryError(
             f"waiting for the environment Secret: {error}", delay=2
         ) from error
+    except (AuthenticationFailed, HostKeyMismatch) as error:
+        await _login_refused(rt, session, patch, error, retry)
     except (SshError, NoSiteAvailable, CredentialsUnavailable) as error:
         RECONCILE_ERRORS.labels("submit", type(error).__name__).inc()
         now = dt.datetime.now(dt.UTC)
@@ -288,13 +292,41 @@ async def submit(
         raise kopf.TemporaryError(f"cannot submit yet: {error}", delay=15) from error
     patch.status.update(dump(new))
     if new.phase != session.status.phase:
-        invalid = new.phase == SessionPhase.INVALID_SPEC
+        submitted = get(new.conditions, ConditionType.SUBMITTED)
+        refused = new.phase in (SessionPhase.INVALID_SPEC, SessionPhase.FAILED)
         await rt.kube.event(
             session.involved,
-            reason="InvalidSpec" if invalid else "Submitted",
+            reason=submitted.reason if refused and submitted else "Submitted",
             message=new.message or "",
-            type_="Warning" if invalid else "Normal",
+            type_="Warning" if refused else "Normal",
         )
+
+
+# Login refusals back off (a frontend's fail2ban bans an address that keeps failing); a host key
+# that does not match waits for a person: neither is retried like an unreachable site.
+LOGIN_BACKOFF_S = (60, 120, 300, 600, 900)
+HOST_KEY_RETRY_S = 900
+
+
+async def _login_refused(
+    rt: Runtime,
+    session: sessions.SessionRef,
+    patch: kopf.Patch,
+    error: AuthenticationFailed | HostKeyMismatch,
+    retry: int,
+) -> NoReturn:
+    host_key = isinstance(error, HostKeyMismatch)
+    reason = observe.HOST_KEY_MISMATCH if host_key else observe.LOGIN_REFUSED
+    RECONCILE_ERRORS.labels("submit", reason).inc()
+    now = dt.datetime.now(dt.UTC)
+    waiting = observe.cannot_log_in(
+        session.status, reason, str(error), now=now, generation=session.generation
+    )
+    patch.status.update(dump(waiting))
+    if waiting.conditions != session.status.conditions:
+        await rt.kube.event(session.involved, reason=reason, message=str(error), type_="Warning")
+    delay = HOST_KEY_RETRY_S if host_key else LOGIN_BACKOFF_S[min(retry, len(LOGIN_BACKOFF_S) - 1)]
+    raise kopf.TemporaryError(f"{reason}: {error}; next attempt in {delay} s", delay=delay)
 
 
 async def _wait_for_admission_policy(

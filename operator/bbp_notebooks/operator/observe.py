@@ -138,6 +138,49 @@ def submitted(
 
 
 ADMISSION_POLICY_MISSING = "AdmissionPolicyMissing"
+SUBMISSION_REJECTED = "SubmissionRejected"
+LOGIN_REFUSED = "LoginRefused"
+HOST_KEY_MISMATCH = "HostKeyMismatch"
+
+
+def rejected(
+    status: NotebookSessionStatus, message: str, *, now: dt.datetime, generation: int | None
+) -> NotebookSessionStatus:
+    """Slurm refused the job: final, with Slurm's words, so the hub shows them at once."""
+    status = initial(status, now=now, generation=generation)
+    conditions = _set(
+        status.conditions, ConditionType.SUBMITTED, False, SUBMISSION_REJECTED, message,
+        now=now, generation=generation,
+    )  # fmt: skip
+    conditions = _set(
+        conditions, ConditionType.SITE_REACHABLE, True, "SiteAnswered", "",
+        now=now, generation=generation,
+    )  # fmt: skip
+    return status.model_copy(
+        update={"phase": SessionPhase.FAILED, "conditions": conditions, "message": message}
+    )
+
+
+def cannot_log_in(
+    status: NotebookSessionStatus,
+    reason: str,
+    message: str,
+    *,
+    now: dt.datetime,
+    generation: int | None,
+) -> NotebookSessionStatus:
+    """The frontend refused our login (LoginRefused) or showed a host key we do not trust
+    (HostKeyMismatch): not an unreachable site, and not retried as one."""
+    status = initial(status, now=now, generation=generation)
+    conditions = _set(
+        status.conditions, ConditionType.SITE_REACHABLE, False, reason, message,
+        now=now, generation=generation,
+    )  # fmt: skip
+    conditions = _set(
+        conditions, ConditionType.SUBMITTED, False, reason, message,
+        now=now, generation=generation,
+    )  # fmt: skip
+    return status.model_copy(update={"conditions": conditions, "message": message})
 
 
 def admission_policy_missing(

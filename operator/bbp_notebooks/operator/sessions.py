@@ -32,7 +32,7 @@ from bbp_notebooks.operator.runtime import Runtime
 from bbp_notebooks.operator.tokens import digest, new_token
 from bbp_notebooks.slurm.commands import JobSpec
 from bbp_notebooks.slurm.jobscript import Callback, JobScript, render_job_script
-from bbp_notebooks.ssh import CommandFailed
+from bbp_notebooks.ssh import CommandFailed, SubmissionRejected
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,24 @@ async def ensure_submitted(
         )
         script = render_job_script(job_script(rt, session, site, chosen, env, token))
         adopted = False
-        job_id = await client.submit(identity, job_spec(tag, chosen), script)
+        try:
+            job_id = await client.submit(identity, job_spec(tag, chosen), script)
+        except SubmissionRejected as refusal:
+            SUBMISSION_FAILURES.labels(site.name, observe.SUBMISSION_REJECTED).inc()
+            log.warning(
+                "session %s/%s: %s refused the job: %s",
+                session.namespace,
+                session.name,
+                site.name,
+                refusal.reason,
+            )
+            refused = status.model_copy(update={"callback_token_sha256": token_digest})
+            return observe.rejected(
+                refused,
+                f"Slurm at {site.name} refused the job: {refusal.reason}",
+                now=now,
+                generation=session.generation,
+            )
         SUBMISSIONS.labels(site.name).inc()
         if "exit-after-sbatch" in rt.settings.failpoints:
             log.error("failpoint exit-after-sbatch: dying after submitting job %d", job_id)

@@ -8,6 +8,7 @@ from bbp_notebooks.ssh.errors import (
     SiteUnavailable,
     SlurmControllerUnavailable,
     SshError,
+    SubmissionRejected,
 )
 from bbp_notebooks.ssh.identity import CertificateAuthority, Identity, IdentityKind, SiteEndpoint
 from bbp_notebooks.ssh.pool import CommandResult, Observer, Renewer, SshPool
@@ -30,4 +31,5 @@ __all__ = [
     "SlurmControllerUnavailable",
     "SshError",
     "SshPool",
+    "SubmissionRejected",
 ]

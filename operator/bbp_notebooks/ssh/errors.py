@@ -22,6 +22,7 @@ __all__ = [
     "SiteUnavailable",
     "SlurmControllerUnavailable",
     "SshError",
+    "SubmissionRejected",
     "error_for_exit",
 ]
 
@@ -81,6 +82,20 @@ class CommandFailed(SshError):
         self.argv0 = argv0
         self.exit_status = exit_status
         self.stderr = stderr
+
+
+class SubmissionRejected(CommandFailed):
+    """sbatch ran and Slurm refused the job (invalid account, partition, QOS, time limit, node
+    count...): an answer, final for this spec. ``reason`` is Slurm's own words."""
+
+    outcome = "rejected"
+
+    def __init__(self, site: str, argv0: str, exit_status: int, stderr: str) -> None:
+        super().__init__(site, argv0, exit_status, stderr)
+        lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+        # "sbatch: error: Batch job submission failed: Invalid account ..." -> what follows.
+        last = lines[-1] if lines else f"sbatch exited with status {exit_status}"
+        self.reason = last.split("Batch job submission failed:", 1)[-1].strip()[:1000]
 
 
 class SlurmControllerUnavailable(SiteUnavailable):

@@ -21,7 +21,7 @@ from bbp_notebooks.slurm.commands import (
 )
 from bbp_notebooks.slurm.jobscript import Connection, connection_file_argv, parse_connection
 from bbp_notebooks.slurm.values import SlurmOutputError
-from bbp_notebooks.ssh.errors import CommandFailed, SshError, error_for_exit
+from bbp_notebooks.ssh.errors import CommandFailed, SshError, SubmissionRejected, error_for_exit
 from bbp_notebooks.ssh.identity import Identity, SiteEndpoint
 from bbp_notebooks.ssh.pool import CommandResult, SshPool
 
@@ -88,7 +88,16 @@ class SlurmClient:
         may exist; look for it by its tag (the job name) before submitting again.
         """
         argv = commands.sbatch_argv(spec)
-        result = await self._run(identity, argv, stdin=script, timeout=self.submit_timeout)
+        result = await self._run(
+            identity, argv, stdin=script, timeout=self.submit_timeout, check=False
+        )
+        if result.exit_status != 0:
+            error = self._fail(argv, result)
+            if type(error) is CommandFailed:  # slurmctld answered: this job is refused
+                raise SubmissionRejected(
+                    self.endpoint.name, argv[0], result.exit_status, result.stderr
+                )
+            raise error
         try:
             return commands.parse_sbatch(result.stdout)
         except SlurmOutputError as error:
