@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from bbp_notebooks.api.constants import API_VERSION
 from bbp_notebooks.devtools.admission import admin_annotations, install_admission_policy
 from bbp_notebooks.devtools.controlplane import ControlPlane, repo_root
 from bbp_notebooks.devtools.stack import OPERATOR_NAMESPACE, USER_CA_SECRET, Operator, wait_for
+from bbp_notebooks.operator.planning import job_name
 from fixtures.operator import RECORDING_NOTEBOOK
 from fixtures.realslurm import RealSlurm
 
@@ -198,5 +201,84 @@ def test_on_real_slurm_a_lost_callback_is_covered_by_the_connection_file(real: R
     finally:
         real.operator.stop()
         for key in ("BBP_CALLBACK_URL", "BBP_ENDPOINT_FALLBACK_AFTER_SECONDS"):
+            real.operator.settings.pop(key, None)
+        real.operator.start()
+
+
+ORPHAN_GRACE_S = 15
+
+
+def test_on_real_slurm_the_sweep_cancels_only_our_orphans_and_only_after_the_grace(
+    real: RealStack,
+) -> None:
+    """Another installation's job and a job whose name forges an squeue record (claiming one of
+    our tags for alice's own job) are left running; our installation's true orphan is cancelled,
+    and only once it is older than the grace."""
+    real.operator.stop()
+    real.operator.settings.update(
+        {"BBP_ORPHAN_GRACE_SECONDS": str(ORPHAN_GRACE_S), "BBP_ORPHAN_SWEEP_EVERY_POLLS": "1"}
+    )
+    real.operator.start()
+    site = real.slurm.sites["geneva"]
+    submitted: list[int] = []
+
+    def sbatch(user: str, name: str) -> int:
+        result = subprocess.run(
+            ["runuser", "-u", user, "--", "env", f"SLURM_CONF={site.slurm_conf}", "sbatch",
+             "--parsable", f"--job-name={name}", "--time=5", "--chdir=/tmp",
+             "--output=/dev/null"],
+            input="#!/bin/bash\nsleep 300\n", capture_output=True, text=True, timeout=60,
+            check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        submitted.append(int(result.stdout.strip().split(";")[0]))
+        return submitted[-1]
+
+    try:
+        started = time.monotonic()
+        victim = sbatch("alice", "my-own-analysis")
+        forged = (
+            f"x\n{victim}|alice|RUNNING|None|{site.node_name}|N/A|2020-01-01T00:00:00|5:00|4:00"
+            f"|{site.default_partition}|bbp|{job_name('default', str(uuid.uuid4()))}"
+        )
+        forger = sbatch("bob", forged)
+        other = sbatch("bob", job_name("other", str(uuid.uuid4())))
+        orphan = sbatch("bob", job_name("default", str(uuid.uuid4())))
+        alive = {"RUNNING", "PENDING"}
+        while time.monotonic() - started < ORPHAN_GRACE_S - 3:
+            assert real.squeue(orphan) in alive, "the orphan was cancelled inside its grace"
+            time.sleep(0.5)
+        survived = time.monotonic() - started
+        wait_for(lambda: real.squeue(orphan) == "CANCELLED", 30, "the orphan's cancel", 0.2)
+        cancelled = time.monotonic() - started
+        print(
+            f"\nreal Slurm, orphan grace {ORPHAN_GRACE_S} s, sweep every 1 s poll: orphan alive "
+            f"at {survived:.1f} s, seen CANCELLED at {cancelled:.1f} s after its submission"
+        )
+        assert cancelled >= ORPHAN_GRACE_S
+        time.sleep(3)  # a few more sweeps
+        states = {job_id: real.squeue(job_id) for job_id in (victim, forger, other)}
+        print(f"left running: victim {victim}, forger {forger}, other installation {other}:")
+        print(f"  {states}")
+        assert set(states.values()) <= alive, states
+        log = real.operator.log_path.read_text()
+        assert f"cancelled orphan job {orphan} " in log
+        assert not any(f"orphan job {job_id} " in log for job_id in (victim, forger, other))
+        with urllib.request.urlopen(f"{real.operator.url}/metrics", timeout=5) as response:  # noqa: S310
+            metrics = response.read().decode()
+        dropped = [
+            line for line in metrics.splitlines()
+            if line.startswith('bbp_notebooks_squeue_rows_dropped_total{site="geneva"}')
+        ]  # fmt: skip
+        print(f"  {dropped}")
+        assert dropped and float(dropped[0].split()[-1]) >= 1
+    finally:
+        if submitted:
+            subprocess.run(
+                ["scancel", *map(str, submitted)], env={"SLURM_CONF": site.slurm_conf,
+                "PATH": "/usr/bin:/bin"}, capture_output=True, timeout=60, check=False,
+            )  # fmt: skip
+        real.operator.stop()
+        for key in ("BBP_ORPHAN_GRACE_SECONDS", "BBP_ORPHAN_SWEEP_EVERY_POLLS"):
             real.operator.settings.pop(key, None)
         real.operator.start()
