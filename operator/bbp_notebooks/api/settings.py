@@ -134,6 +134,14 @@ class OperatorSettings(BaseSettings):
         description="At sites with connectionFileFallback, how long a running job may go without "
         "reporting its endpoint before the operator reads its connection file.",
     )
+    cancel_give_up_seconds: int = Field(
+        default=600,
+        ge=1,
+        le=86400,
+        description="How long a deleted session waits for its job's cancel to succeed before it "
+        "is released anyway (with a Warning Event); the orphan sweep then cancels the job once "
+        "the site answers again.",
+    )
     command_timeout_seconds: int = Field(
         default=30, ge=1, le=600, description="Deadline for one Slurm command over ssh."
     )

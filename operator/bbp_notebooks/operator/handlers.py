@@ -353,16 +353,41 @@ async def _wait_for_admission_policy(
 
 @kopf.on.delete(GROUP, VERSION, SESSION_PLURAL)  # type: ignore[arg-type]  # index kwargs
 async def cancel(
-    body: kopf.Body, memo: kopf.Memo, site_index: kopf.Index[str, SiteView], **_: Any
+    body: kopf.Body,
+    memo: kopf.Memo,
+    site_index: kopf.Index[str, SiteView],
+    retry: int,
+    **_: Any,
 ) -> None:
     rt: Runtime = memo["runtime"]
     session = session_ref(body)
-    rt.endpoints.pop(session.uid, None)
     try:
         job_id = await sessions.cancel(rt, session, _single(site_index))
+    except sessions.SiteGone as error:
+        message = f"released without cancelling job {session.status.job_id}: {error}"
+        log.warning("session %s/%s: %s", session.namespace, session.name, message)
+        await rt.kube.event(session.involved, reason="SiteGone", message=message, type_="Warning")
+        job_id = None
     except (SshError, sessions.JobStillActive, CredentialsUnavailable) as error:
         RECONCILE_ERRORS.labels("cancel", type(error).__name__).inc()
-        raise kopf.TemporaryError(f"job not cancelled yet: {error}", delay=3) from error
+        deleted = dt.datetime.fromisoformat(
+            body["metadata"]["deletionTimestamp"].replace("Z", "+00:00")
+        )
+        waited = (dt.datetime.now(dt.UTC) - deleted).total_seconds()
+        if waited < rt.settings.cancel_give_up_seconds:
+            delay = min(60.0, 3.0 * 2 ** min(retry, 5))
+            raise kopf.TemporaryError(f"job not cancelled yet: {error}", delay=delay) from error
+        # A delete must finish: the orphan sweep cancels the job once the site answers again.
+        message = (
+            f"gave up cancelling after {waited:.0f} s ({error}); the orphan sweep cancels the "
+            "job when the site answers"
+        )
+        log.warning("session %s/%s: %s", session.namespace, session.name, message)
+        await rt.kube.event(
+            session.involved, reason="CancelAbandoned", message=message, type_="Warning"
+        )
+        job_id = None
+    rt.endpoints.pop(session.uid, None)
     if job_id is not None:
         log.info("session %s/%s: job %d ended", session.namespace, session.name, job_id)
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -32,7 +33,8 @@ from bbp_notebooks.operator.runtime import Runtime
 from bbp_notebooks.operator.tokens import digest, new_token
 from bbp_notebooks.slurm.commands import JobSpec
 from bbp_notebooks.slurm.jobscript import Callback, JobScript, render_job_script
-from bbp_notebooks.ssh import CommandFailed, SubmissionRejected
+from bbp_notebooks.slurm.values import JobState
+from bbp_notebooks.ssh import CommandFailed, Identity, SlurmClient, SubmissionRejected
 
 log = logging.getLogger(__name__)
 
@@ -242,26 +244,69 @@ class JobStillActive(Exception):
     """scancel was sent but the job has not ended yet."""
 
 
+class SiteGone(Exception):
+    """The session's job ran at a SlurmSite that no longer exists: nobody can cancel it here."""
+
+
+# After an accepted scancel, how long the delete waits for Slurm to confirm the end before it
+# reports "still ending" (a normal stop takes a second or two; waiting is progress, not an error).
+CANCEL_CONFIRM_S = 15.0
+CANCEL_CONFIRM_POLL_S = 0.5
+# Jobs in COMPLETING have been told to stop: for a delete, they have ended.
+_ENDING = frozenset({JobState.COMPLETING})
+
+
+@dataclass(frozen=True)
+class CancelPlan:
+    """Where a deleted session's job may be, decided without any I/O."""
+
+    sites: tuple[SiteView, ...]
+    why_none: str = ""
+
+
+def plan_cancel(
+    status: NotebookSessionStatus,
+    spec: NotebookSessionSpec,
+    sites: Mapping[str, SiteView],
+    protected: Collection[str],
+) -> CancelPlan:
+    """The sites to look for the job at: none when no job was ever submitted or its end is
+    already known; raises SiteGone when the job's site was deleted."""
+    if status.job_id is None and status.callback_token_sha256 is None:
+        # The token digest is written before any sbatch: without it no job was ever submitted.
+        return CancelPlan((), "no job was ever submitted")
+    if status.job_id is None and status.phase == SessionPhase.INVALID_SPEC:
+        return CancelPlan((), "refused before any job")
+    if status.job_id is not None and status.phase in _ENDED_PHASES:
+        return CancelPlan((), f"job {status.job_id} already ended ({status.phase})")
+    site_name = status.site or (spec.site if spec.site != "auto" else None)
+    if site_name and site_name not in sites:
+        raise SiteGone(f"SlurmSite {site_name!r} no longer exists")
+    candidates = [sites[site_name]] if site_name else list(sites.values())
+    # We never submit as a refused user at a site, so we never log in as one there either.
+    allowed = tuple(s for s in candidates if user_refusal(s, spec.user, protected) is None)
+    return CancelPlan(allowed, "" if allowed else "no site where this user may run")
+
+
+# Phases whose job Slurm has reported ended (JobVanished is not one: the job may still run).
+_ENDED_PHASES = frozenset({SessionPhase.COMPLETED, SessionPhase.CANCELLED, SessionPhase.TIMEOUT})
+
+
 async def cancel(rt: Runtime, session: SessionRef, sites: Mapping[str, SiteView]) -> int | None:
     """Cancel the session's job and confirm that it ended. Returns the job id, if there was one.
 
     Looks the job up by tag when the status never recorded it (crash right after sbatch).
-    Raises JobStillActive or the ssh layer's errors; the caller retries.
+    Raises JobStillActive, SiteGone or the ssh layer's errors; the caller decides.
     """
-    if session.status.job_id is None and (
-        session.status.phase == SessionPhase.INVALID_SPEC
-        or session.status.callback_token_sha256 is None
-    ):
-        # The token digest is written before any sbatch: without it no job was ever submitted,
-        # so there is nothing to cancel and no reason to log in as the user.
-        return None
-    site_name = session.status.site or (session.spec.site if session.spec.site != "auto" else None)
-    candidates = [sites[site_name]] if site_name and site_name in sites else list(sites.values())
     protected = protected_users(rt.settings.protected_users, sites.values())
+    where = plan_cancel(session.status, session.spec, sites, protected)
+    if not where.sites:
+        log.info(
+            "session %s/%s: nothing to cancel (%s)", session.namespace, session.name, where.why_none
+        )
+        return session.status.job_id
     tag = job_name(rt.settings.installation_id, session.uid)
-    for site in candidates:
-        if user_refusal(site, session.spec.user, protected) is not None:
-            continue  # we never submit as such a user there, so we never log in as one either
+    for site in where.sites:
         client = rt.client(site.name, site.spec)
         identity = await rt.identity(site.name, site.spec, session.spec.user)
         found = await client.queue(identity, names=[tag], users=[session.spec.user])
@@ -269,12 +314,24 @@ async def cancel(rt: Runtime, session: SessionRef, sites: Mapping[str, SiteView]
         if not active:
             continue
         try:
-            await client.cancel(identity, active, name=tag)
+            await client.cancel(identity, active, name=tag, user=session.spec.user)
         except CommandFailed:
             pass  # it may have ended between the query and scancel; the query below decides
-        after = await client.queue(identity, job_ids=active)
-        still = [e.job_id for e in after if not e.state.is_terminal]
-        if still:
-            raise JobStillActive(f"job(s) {still} at {site.name} still ending")
+        await _confirm_ended(client, identity, active, site.name)
         return active[0]
     return session.status.job_id
+
+
+async def _confirm_ended(
+    client: SlurmClient, identity: Identity, job_ids: list[int], site: str
+) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CANCEL_CONFIRM_S
+    while True:
+        after = await client.queue(identity, job_ids=job_ids)
+        still = [e.job_id for e in after if not e.state.is_terminal and e.state not in _ENDING]
+        if not still:
+            return
+        if loop.time() >= deadline:
+            raise JobStillActive(f"job(s) {still} at {site} still ending")
+        await asyncio.sleep(CANCEL_CONFIRM_POLL_S)
