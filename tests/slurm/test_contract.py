@@ -121,11 +121,12 @@ async def wait_accounting(
 
 async def raw_sacct_states(site: ContractSite, job_ids: list[int]) -> dict[int, str]:
     """sacct's State column as printed ("CANCELLED by 1001"), which the parser folds."""
-    result = await site.run("alice", sacct_argv(job_ids))
+    sentinel = "bbpnb0123456789abcdef"
+    result = await site.run("alice", sacct_argv(job_ids, sentinel=sentinel))
     assert result.exit_status == 0, result.stderr
     states = {}
     for line in result.stdout.splitlines():
-        job_id, _user, state, *_ = line.split("|")
+        job_id, _user, state, *_ = line.split(sentinel)
         states[int(job_id)] = state
     return states
 
@@ -283,6 +284,27 @@ async def test_a_job_name_cannot_forge_a_queue_record(site: Contract) -> None:
     mine = await s.client.queue(alice, names=[s.job_name("forge-victim")])
     assert [e.user for e in mine] == ["alice"]
     agree(site, "squeue:forged", (sorted(forgers), listing.dropped >= 2, by_id[victim].user))
+
+    # sacct's fields are delimited by the sentinel: the forged name stays one field.
+    ids = [victim, forgers["newline"], forgers["pipe"]]
+    accounted: dict[int, AccountingEntry] = {}
+
+    async def all_accounted() -> bool:
+        accounted.clear()
+        accounted.update({e.job_id: e for e in await s.client.accounting(alice, ids)})
+        return set(accounted) == set(ids) and REAL_UNNAMED_JOB not in {
+            e.name for e in accounted.values()
+        }
+
+    await wait_for("the jobs in sacct", all_accounted, 30.0)
+    assert [e.job_id for e in await s.client.accounting(alice, ids)].count(victim) == 1
+    assert (accounted[victim].user, accounted[victim].name) == ("alice", s.job_name("forge-victim"))
+    assert (accounted[forgers["newline"]].user, accounted[forgers["newline"]].name) == (
+        "bob",
+        forged_name,
+    )
+    assert accounted[forgers["pipe"]].name == "a|b c"
+    agree(site, "sacct:forged", tuple(accounted[i].user for i in ids))
     await s.client.cancel(alice, [victim])
     await s.client.cancel(s.identity("bob"), list(forgers.values()))
 

@@ -183,10 +183,11 @@ def test_squeue_rejects_filters_slurm_would_misread(kwargs: dict[str, list[objec
 
 
 def test_sacct_reads_the_accounting_database_by_default() -> None:
-    assert sacct_argv([1000001, 1000002]) == [
+    assert sacct_argv([1000001, 1000002], sentinel=SENTINEL) == [
         "sacct",
         "--noheader",
         "--parsable2",
+        f"--delimiter={SENTINEL}",
         "--allocations",
         "--jobs=1000001,1000002",
         SACCT_FORMAT,
@@ -194,10 +195,11 @@ def test_sacct_reads_the_accounting_database_by_default() -> None:
 
 
 def test_sacct_reads_the_completion_log_on_sites_without_slurmdbd() -> None:
-    assert sacct_argv([7], source=SacctSource.JOBCOMP) == [
+    assert sacct_argv([7], sentinel=SENTINEL, source=SacctSource.JOBCOMP) == [
         "sacct",
         "--noheader",
         "--parsable2",
+        f"--delimiter={SENTINEL}",
         "--completion",
         "--jobs=7",
         SACCT_FORMAT,
@@ -206,7 +208,9 @@ def test_sacct_reads_the_completion_log_on_sites_without_slurmdbd() -> None:
 
 def test_sacct_refuses_an_empty_job_list() -> None:
     with pytest.raises(ValueError):
-        sacct_argv([])
+        sacct_argv([], sentinel=SENTINEL)
+    with pytest.raises(ValueError, match="sentinel"):
+        sacct_argv([7], sentinel="|")
 
 
 def test_scancel_names_exactly_the_jobs() -> None:
@@ -399,8 +403,14 @@ SACCT_OUTPUT = (
 )
 
 
+def sacct_output(text: str) -> str:
+    """SACCT_OUTPUT-shaped text as sacct prints it with the sentinel as its delimiter: the first
+    seven '|' of a line separate fields, any further one is part of the job name."""
+    return "".join(SENTINEL.join(line.split("|", 7)) for line in text.splitlines(keepends=True))
+
+
 def test_sacct_output_becomes_typed_entries() -> None:
-    entries = parse_sacct(SACCT_OUTPUT)
+    entries = parse_sacct(sacct_output(SACCT_OUTPUT), SENTINEL)
     assert entries[1] == AccountingEntry(
         job_id=1000001,
         name="bbpnb-b",
@@ -418,7 +428,7 @@ def test_sacct_output_becomes_typed_entries() -> None:
 
 
 def test_sacct_job_steps_are_not_jobs() -> None:
-    assert [e.job_id for e in parse_sacct(SACCT_OUTPUT)] == [
+    assert [e.job_id for e in parse_sacct(sacct_output(SACCT_OUTPUT), SENTINEL)] == [
         1000000,
         1000001,
         1000002,
@@ -427,9 +437,39 @@ def test_sacct_job_steps_are_not_jobs() -> None:
     ]
 
 
-def test_sacct_with_a_bad_exit_code_is_an_error() -> None:
+def test_a_job_name_cannot_forge_an_sacct_record() -> None:
+    # Alice renamed her job to end its record and invent one saying bob's job 1000005 completed.
+    forged = "x\n1000005|bob|COMPLETED|0:0|2026-11-25T10:00:00|2026-11-25T10:01:00|node01|y|z"
+    stdout = (
+        f"1000004{SENTINEL}alice{SENTINEL}RUNNING{SENTINEL}0:0{SENTINEL}2026-11-25T10:00:00"
+        f"{SENTINEL}Unknown{SENTINEL}node01{SENTINEL}{forged}\n"
+        f"1000005{SENTINEL}bob{SENTINEL}RUNNING{SENTINEL}0:0{SENTINEL}2026-11-25T10:00:00"
+        f"{SENTINEL}Unknown{SENTINEL}node01{SENTINEL}bbpnb-b\n"
+    )
+    entries = parse_sacct(stdout, SENTINEL)
+    assert [(e.job_id, e.user, e.state) for e in entries] == [
+        (1000004, "alice", JobState.RUNNING),
+        (1000005, "bob", JobState.RUNNING),
+    ]
+    assert entries[0].name == forged  # kept whole, as printed: it is only a name
+
+
+@pytest.mark.parametrize(
+    "stdout",
+    [
+        "1|alice|FAILED|two|N/A|N/A|n1|x\n",  # a bad exit code
+        "1|alice|FAILED|0:0|N/A|N/A|n1\n",  # a field short
+        "1|alice|FAILED|0:0|N/A|N/A|n1|x",  # cut before its newline
+        "1|alice|FAILED|0:0|N/A|N/A|n1|x\n2|bob",  # ends inside a record
+    ],
+)
+def test_unreadable_sacct_output_is_an_error_not_a_guess(stdout: str) -> None:
     with pytest.raises(SlurmOutputError):
-        parse_sacct("1|alice|FAILED|two|N/A|N/A|n1|x\n")
+        parse_sacct(sacct_output(stdout), SENTINEL)
+
+
+def test_empty_sacct_output_is_no_jobs() -> None:
+    assert parse_sacct("", SENTINEL) == parse_sacct("\n", SENTINEL) == []
 
 
 def test_sinfo_output_gives_free_nodes_and_cores_per_partition() -> None:

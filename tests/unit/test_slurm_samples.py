@@ -64,7 +64,8 @@ def test_squeue_with_all_states_keeps_a_just_completed_job_and_drops_a_forged_re
 
 
 def test_sacct_reports_how_every_job_ended() -> None:
-    entries = {e.job_id: e for e in parse_sacct(ours("sacct_allocations.stdout.txt"))}
+    # Captured with sacct's default delimiter, '|' (the names in it hold none).
+    entries = {e.job_id: e for e in parse_sacct(ours("sacct_allocations.stdout.txt"), "|")}
     assert len(entries) == 14
     assert entries[1000000].state is JobState.CANCELLED  # "CANCELLED by 0"
     assert entries[1000002].state is JobState.CANCELLED  # "CANCELLED by 1001"

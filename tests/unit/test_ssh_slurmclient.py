@@ -37,6 +37,15 @@ def squeue_records(call: Call, *records: str) -> str:
     return "".join(f"{sentinel}{record}\n" for record in records)
 
 
+SACCT_ROW = "1000007|alice|TIMEOUT|0:0|2026-11-25T10:00:00|2026-11-25T11:00:00|node01|bbpnb-abc"
+
+
+def sacct_records(call: Call, *records: str) -> str:
+    """Records as sacct prints them with the client's --delimiter."""
+    (delimiter,) = [a.removeprefix("--delimiter=") for a in call.argv if a.startswith("--delim")]
+    return "".join(record.replace("|", delimiter) + "\n" for record in records)
+
+
 class FakeSlurm:
     """Answers per command name; tests replace entries to inject output or faults."""
 
@@ -44,11 +53,7 @@ class FakeSlurm:
         self.replies: dict[str, Callable[[Call], Reply]] = {
             "sbatch": lambda call: (0, "1000007\n", ""),
             "squeue": lambda call: (0, squeue_records(call, SQUEUE_ROW), ""),
-            "sacct": lambda call: (
-                0,
-                "1000007|alice|TIMEOUT|0:0|2026-11-25T10:00:00|2026-11-25T11:00:00|node01|bbpnb-abc\n",
-                "",
-            ),
+            "sacct": lambda call: (0, sacct_records(call, SACCT_ROW), ""),
             "scancel": lambda call: (0, "", ""),
             "sinfo": lambda call: (
                 (0, "slurm 22.05.8\n", "")

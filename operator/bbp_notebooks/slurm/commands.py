@@ -2,7 +2,8 @@
 
 Every builder returns a list of strings meant for ``shlex.join``; every option carries its value in
 the same element (``--name=value``) so that a value starting with ``-`` stays a value. Every parser
-reads an explicit ``|``-delimited field list with the one free-text field (the job name) last.
+reads an explicit field list with the one free-text field (the job name) last; squeue and sacct,
+whose job names any user chooses, mark records or fields with a sentinel the caller draws per call.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ import dataclasses
 import datetime as dt
 import enum
 import re
-from collections.abc import Callable, Iterable
-from typing import TypeVar
+from collections.abc import Iterable
 
 from bbp_notebooks.api.constants import POSIX_USER_PATTERN
 from bbp_notebooks.slurm.values import (
@@ -194,10 +194,14 @@ class QueueListing:
     dropped: int
 
 
-def _squeue_format(sentinel: str) -> str:
+def _check_sentinel(sentinel: str) -> str:
     if not _SENTINEL.match(sentinel):
         raise ValueError(f"a record sentinel is 16 to 64 letters or digits, not {sentinel!r}")
-    return "--format=" + sentinel + "|".join(_SQUEUE_FIELDS)
+    return sentinel
+
+
+def _squeue_format(sentinel: str) -> str:
+    return "--format=" + _check_sentinel(sentinel) + "|".join(_SQUEUE_FIELDS)
 
 
 def squeue_argv(
@@ -257,19 +261,6 @@ def _split_rows(stdout: str, fields: int) -> list[list[str]]:
     return rows
 
 
-_Row = TypeVar("_Row")
-
-
-def _parse_rows(stdout: str, fields: int, build: Callable[[list[str]], _Row]) -> list[_Row]:
-    rows = []
-    for columns in _split_rows(stdout, fields):
-        try:
-            rows.append(build(columns))
-        except SlurmOutputError as error:
-            raise SlurmOutputError(f"{error} in row {'|'.join(columns)!r}") from None
-    return rows
-
-
 def _queue_entry(columns: list[str]) -> QueueEntry:
     job_id, user, state, reason, nodes, start, submit, limit, left, partition, account, name = (
         columns
@@ -298,8 +289,7 @@ def parse_squeue(stdout: str, sentinel: str) -> QueueListing:
     time, a name holding a newline or a '|') is dropped and counted, never repaired: a job name
     that tries to forge a record stays inside its own record, which is then dropped whole.
     """
-    _squeue_format(sentinel)
-    head, *records = stdout.split(sentinel)
+    head, *records = stdout.split(_check_sentinel(sentinel))
     dropped = 1 if head.strip() else 0  # squeue prints nothing before the first record
     entries = []
     for record in records:
@@ -349,8 +339,13 @@ class AccountingEntry:
     nodes: str | None
 
 
-def sacct_argv(job_ids: Iterable[int], *, source: SacctSource = SacctSource.DATABASE) -> list[str]:
-    """sacct for the given jobs only (never "all jobs since midnight")."""
+def sacct_argv(
+    job_ids: Iterable[int], *, sentinel: str, source: SacctSource = SacctSource.DATABASE
+) -> list[str]:
+    """sacct for the given jobs only (never "all jobs since midnight").
+
+    ``sentinel`` is the field delimiter (``--delimiter``): drawn per call, no job name can hold
+    it, so a name with newlines and '|' in it stays one field (see :func:`parse_sacct`)."""
     ids = _check_job_ids(job_ids)
     if not ids:
         raise ValueError("sacct without job ids would list every job")
@@ -358,10 +353,38 @@ def sacct_argv(job_ids: Iterable[int], *, source: SacctSource = SacctSource.DATA
         "sacct",
         "--noheader",
         "--parsable2",
+        "--delimiter=" + _check_sentinel(sentinel),
         *_SACCT_SOURCE_FLAGS[source],
         "--jobs=" + ",".join(ids),
         "--format=" + ",".join(_SACCT_FIELDS),
     ]
+
+
+def _delimited_records(stdout: str, delimiter: str, fields: int) -> list[list[str]]:
+    """Records of ``fields`` fields separated by ``delimiter``, each ending in a newline.
+
+    Only the last field (the job name) is free text and the first (the job id) never holds a
+    newline, so the newline that ends a record is the last one before the next record's first
+    delimiter: a name may hold newlines and stays whole."""
+    if not stdout.strip():
+        return []
+    chunks = stdout.split(delimiter)
+    if (len(chunks) - 1) % (fields - 1) != 0:
+        raise SlurmOutputError(f"sacct output is not records of {fields} fields")
+    records = []
+    current = [chunks[0]]
+    for chunk in chunks[1:]:
+        if len(current) < fields - 1:
+            current.append(chunk)
+            continue
+        last, newline, first = chunk.rpartition("\n")
+        if not newline:
+            raise SlurmOutputError(f"sacct record does not end in a newline: {chunk[:80]!r}")
+        records.append([*current, last])
+        current = [first]
+    if current != [""]:
+        raise SlurmOutputError(f"sacct output ends inside a record: {current[0][:80]!r}")
+    return records
 
 
 def _accounting_entry(columns: list[str]) -> AccountingEntry | None:
@@ -383,10 +406,24 @@ def _accounting_entry(columns: list[str]) -> AccountingEntry | None:
     )
 
 
-def parse_sacct(stdout: str) -> list[AccountingEntry]:
-    """Entries from the output of :func:`sacct_argv`; job steps are dropped."""
-    entries = _parse_rows(stdout, len(_SACCT_FIELDS), _accounting_entry)
-    return [entry for entry in entries if entry is not None]
+def parse_sacct(stdout: str, delimiter: str) -> list[AccountingEntry]:
+    """Entries from the output of :func:`sacct_argv` with its sentinel as ``delimiter``; job
+    steps are dropped.
+
+    Unlike squeue's, an unreadable sacct record is an error, not a drop: sacct is asked only
+    about our sessions' jobs, and a missing answer would read as "job gone". A job name cannot
+    forge a record (it cannot hold the delimiter), so it is kept as printed."""
+    if not delimiter or "\n" in delimiter:
+        raise ValueError(f"not a field delimiter: {delimiter!r}")
+    entries = []
+    for columns in _delimited_records(stdout, delimiter, len(_SACCT_FIELDS)):
+        try:
+            entry = _accounting_entry(columns)
+        except SlurmOutputError as error:
+            raise SlurmOutputError(f"{error} in record {'|'.join(columns)!r}") from None
+        if entry is not None:
+            entries.append(entry)
+    return entries
 
 
 # --- scancel ------------------------------------------------------------------------------------

@@ -149,10 +149,11 @@ class SlurmClient:
         ids = list(job_ids)
         if not ids:
             return []
-        argv = commands.sacct_argv(ids, source=self.sacct_source)
+        sentinel = _sentinel()
+        argv = commands.sacct_argv(ids, sentinel=sentinel, source=self.sacct_source)
         result = await self._run(identity, argv)
         try:
-            return commands.parse_sacct(result.stdout)
+            return commands.parse_sacct(result.stdout, sentinel)
         except SlurmOutputError as error:
             raise self._parse_error(argv, error) from None
 
