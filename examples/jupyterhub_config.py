@@ -7,7 +7,9 @@ environment, never from this file:
     JPY_COOKIE_SECRET        hex, e.g. `openssl rand -hex 32`
     CONFIGPROXY_AUTH_TOKEN   the hub <-> configurable-http-proxy token
     BBP_DEV_PASSWORD         the shared password of the development users
-    KUBECONFIG               the control plane's kubeconfig (`bbp-notebooks-controlplane env`)
+    KUBECONFIG               the hub's own identity: `make dev` writes a token of the chart's hub
+                             ServiceAccount (devtools.admission.install_hub_identity); the
+                             admission policy lets only that identity set the groups annotation
 
 Optional: BBP_CHP (path of configurable-http-proxy; scripts/install-dev-deps.sh installs a pinned
 one from npm and prints its path), BBP_HUB_PORT (8000), BBP_HUB_API_PORT (8081),
