@@ -342,8 +342,9 @@ def test_upgrade_keeps_sessions_their_status_and_every_generated_secret(
         e["name"]: e for e in statefulset["spec"]["template"]["spec"]["containers"][0]["env"]
     }
     assert variables["BBP_PEERING"]["value"] == "true"
-    assert "clusterkopfpeering.kopf.dev/bbp-notebooks" in installed.kubectl(
-        "get", "clusterkopfpeerings", "-o", "name"
+    # The operator serves the session namespace only, so its peering object lives there.
+    assert "kopfpeering.kopf.dev/bbp-notebooks" in installed.kubectl(
+        "get", "kopfpeerings", "-n", installed.session_namespace, "-o", "name"
     )
     assert "networkpolicy" in installed.kubectl(
         "get", "networkpolicy", "-n", installed.namespace, "-o", "name"
@@ -388,7 +389,8 @@ def rbac(control_plane: ControlPlane, keys: Path) -> Iterator[Release]:
         "rbac",
         namespace="bbp-rbac",
         values={
-            "operator": {"replicas": 2},
+            # Cluster-wide, the widest the operator's identity gets (the default is namespaced).
+            "operator": {"replicas": 2, "watchAllNamespaces": True},
             "userCa": {"create": True, "privateKey": user_ca.private},
             "rbac": {"sessionSecretNamespaces": ["team-c"]},
             "slurmSites": [],

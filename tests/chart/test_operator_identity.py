@@ -164,9 +164,11 @@ def test_the_operator_peers_through_the_charts_peering_object(
     release: Release, operator_log: Path
 ) -> None:
     peers = wait_for(
-        lambda: get(release, "clusterkopfpeering", "bbp-notebooks").get("status"),
+        lambda: get(release, "kopfpeering", "bbp-notebooks", "-n", release.session_namespace).get(
+            "status"
+        ),
         DEADLINE_S,
-        "the operator's keep-alive in the ClusterKopfPeering",
+        "the operator's keep-alive in the session namespace's KopfPeering",
     )
     (peer,) = peers.values()
     assert peer["priority"] == 0  # the pod index the chart maps to BBP_PRIORITY
@@ -206,7 +208,7 @@ def test_the_operator_reconciles_a_session_with_the_charts_rbac_alone(
         DEADLINE_S,
         "an Event about it",
     )
-    assert [(e["type"], e["reason"]) for e in events] == [("Warning", "InvalidSpec")]
+    assert [(e["type"], e["reason"]) for e in events] == [("Warning", "UnknownProfile")]
     site = wait_for(
         lambda: get(release, "slurmsite", "smoke-site").get("status", {}).get("conditions"),
         DEADLINE_S,
