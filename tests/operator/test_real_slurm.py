@@ -243,7 +243,8 @@ def test_on_real_slurm_the_sweep_cancels_only_our_orphans_and_only_after_the_gra
         )
         forger = sbatch("bob", forged)
         other = sbatch("bob", job_name("other", str(uuid.uuid4())))
-        orphan = sbatch("bob", job_name("default", str(uuid.uuid4())))
+        # alice: the sweep never logs in as a protected user (bob is the monitor user here).
+        orphan = sbatch("alice", job_name("default", str(uuid.uuid4())))
         alive = {"RUNNING", "PENDING"}
         while time.monotonic() - started < ORPHAN_GRACE_S - 3:
             assert real.squeue(orphan) in alive, "the orphan was cancelled inside its grace"

@@ -72,3 +72,16 @@ def test_only_our_sessionless_jobs_past_the_grace_are_candidates(
 
 def test_a_job_of_a_known_session_is_never_a_candidate() -> None:
     assert candidates(JOB, frozenset({UID})) == []
+
+
+def test_a_tagged_job_of_a_protected_user_is_never_a_candidate() -> None:
+    # We never submit as root or a monitor user, so such a job is not ours: never log in as it.
+    uid = session_uid(JOB.name, "default")
+    assert uid is not None
+    for user in ("root", "bbpmon"):
+        tagged = {uid: dataclasses.replace(JOB, user=user)}
+        found = orphan_candidates(
+            tagged, set(), now=NOW, grace=GRACE, zone=ZONE, protected={"root", "bbpmon"}
+        )
+        assert found == {}
+    assert orphan_candidates({uid: JOB}, set(), now=NOW, grace=GRACE, zone=ZONE, protected={"root"})

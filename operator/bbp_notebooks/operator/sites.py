@@ -12,7 +12,7 @@ import datetime as dt
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
@@ -39,7 +39,7 @@ from bbp_notebooks.operator.metrics import (
     SQUEUE_ROWS_DROPPED,
     TIME_TO_READY,
 )
-from bbp_notebooks.operator.planning import SiteView, session_uid
+from bbp_notebooks.operator.planning import SiteView, protected_users, session_uid
 from bbp_notebooks.operator.runtime import CredentialsUnavailable, Runtime
 from bbp_notebooks.operator.sessions import SessionRef
 from bbp_notebooks.slurm.commands import AccountingEntry, QueueEntry
@@ -388,19 +388,25 @@ def orphan_candidates(
     now: dt.datetime,
     grace: dt.timedelta,
     zone: ZoneInfo,
+    protected: Collection[str] = frozenset(),
 ) -> dict[str, QueueEntry]:
     """Tagged, unfinished jobs of no known session that were submitted more than ``grace`` ago.
 
     A job whose age squeue does not tell (no submit time) is never a candidate: when in doubt,
     leave the job running. Slurm prints whole seconds, truncated, so a job counts as submitted
-    at the end of the second it shows."""
+    at the end of the second it shows. A job of a ``protected`` user is never ours (we never
+    submit as one), so the sweep never logs in as one."""
     candidates = {}
     for uid, entry in tagged.items():
         submitted = localised(entry.submit_time, zone)
         if uid in known or entry.state.is_terminal or submitted is None:
             continue
         submitted += dt.timedelta(seconds=1)
-        if now - submitted > grace and re.match(POSIX_USER_PATTERN, entry.user):
+        if (
+            now - submitted > grace
+            and re.match(POSIX_USER_PATTERN, entry.user)
+            and entry.user not in protected
+        ):
             candidates[uid] = entry
     return candidates
 
@@ -420,6 +426,7 @@ async def sweep_orphans(
         now=dt.datetime.now(dt.UTC),
         grace=dt.timedelta(seconds=rt.settings.orphan_grace_seconds),
         zone=ZoneInfo(site.spec.time_zone),
+        protected=protected_users(rt.settings.protected_users, [site]),
     )
     if not candidates:
         return []
