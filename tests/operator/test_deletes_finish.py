@@ -6,21 +6,11 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
 
 from bbp_notebooks.devtools.stack import wait_for
 from fixtures.operator import Stack, session
 
 GIVE_UP_S = 20  # BBP_CANCEL_GIVE_UP_SECONDS of the test operator
-
-
-def warnings_of(stack: Stack, name: str, reason: str) -> list[dict[str, Any]]:
-    found = stack.kubectl(
-        "get", "events", "-n", "default", "--field-selector", f"involvedObject.name={name}",
-        "-o", "json",
-    )  # fmt: skip
-    items = json.loads(found.stdout)["items"]
-    return [e for e in items if e["type"] == "Warning" and e["reason"] == reason]
 
 
 def test_a_delete_while_the_controller_is_down_finishes_after_the_give_up_time(
@@ -36,7 +26,7 @@ def test_a_delete_while_the_controller_is_down_finishes_after_the_give_up_time(
         assert stack.get("notebooksession", "stuck-delete") is not None, "released too early"
         stack.wait_gone("stuck-delete", timeout=GIVE_UP_S + 60)
         released = time.monotonic() - started
-        (event,) = warnings_of(stack, "stuck-delete", "CancelAbandoned")
+        (event,) = stack.warnings("stuck-delete", "CancelAbandoned")
         assert "orphan sweep" in event["message"]
         print(f"\ndelete with the controller down released after {released:.0f} s")
     finally:
@@ -67,7 +57,7 @@ def test_a_session_whose_site_was_deleted_is_released_with_an_event(stack: Stack
     time.sleep(2)  # the operator's site index follows the watch
     stack.kubectl("delete", "notebooksession", "orphaned-site", "--wait=false")
     stack.wait_gone("orphaned-site", timeout=30)
-    (event,) = warnings_of(stack, "orphaned-site", "SiteGone")
+    (event,) = stack.warnings("orphaned-site", "SiteGone")
     assert "ephemeral" in event["message"] and str(job_id) in event["message"]
     stack.ssh_run("alice", ["scancel", str(job_id)])
 

@@ -4,24 +4,11 @@ read as an unreachable site. Real operator, real apiserver, the emulated site.""
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 from bbp_notebooks.devtools.stack import wait_for
-from fixtures.operator import Stack, session
-
-
-def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next(c for c in status.get("conditions", []) if c["type"] == type_)
-
-
-def warnings_of(stack: Stack, name: str) -> list[dict[str, Any]]:
-    found = stack.kubectl(
-        "get", "events", "-n", "default", "--field-selector", f"involvedObject.name={name}",
-        "-o", "json",
-    )  # fmt: skip
-    return [e for e in json.loads(found.stdout)["items"] if e["type"] == "Warning"]
+from fixtures.operator import Stack, condition, session
 
 
 def test_a_job_slurm_refuses_fails_the_session_at_once_with_slurms_message(stack: Stack) -> None:
@@ -36,7 +23,7 @@ def test_a_job_slurm_refuses_fails_the_session_at_once_with_slurms_message(stack
     assert "Invalid account" in status["message"]  # what the hub shows the user
     assert condition(status, "SiteReachable")["status"] == "True"
     assert "jobId" not in status
-    (event,) = [e for e in warnings_of(stack, "refused") if e["reason"] == "SubmissionRejected"]
+    (event,) = stack.warnings("refused", "SubmissionRejected")
     assert "Invalid account" in event["message"]
     print(f"\nsbatch refusal -> session Failed with Slurm's message: {elapsed:.1f} s")
     stack.kubectl("delete", "notebooksession", "refused", "--wait=false")
@@ -58,7 +45,7 @@ def test_a_refused_login_is_named_warned_once_and_backed_off(stack: Stack) -> No
     time.sleep(15)  # a site-unavailable retry would have come every 15 s; this one waits 60
     attempts = stack.operator.log_path.read_text(errors="replace").count("LoginRefused: geneva")
     assert attempts == 1, f"{attempts} login attempts in 15 s"
-    warnings = [e for e in warnings_of(stack, "no-login") if e["reason"] == "LoginRefused"]
+    warnings = stack.warnings("no-login", "LoginRefused")
     assert len(warnings) == 1 and warnings[0].get("count", 1) == 1, warnings
     stack.kubectl("delete", "notebooksession", "no-login", "--wait=false")
     stack.wait_gone("no-login", timeout=20)

@@ -8,25 +8,11 @@ from __future__ import annotations
 import base64
 import json
 import time
-from typing import Any
 
 from bbp_notebooks.devtools.admission import install_admission_policy
 from bbp_notebooks.devtools.stack import MONITOR_USER, wait_for
 from bbp_notebooks.operator.planning import job_name
-from fixtures.operator import Stack, session
-
-
-def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next(c for c in status.get("conditions", []) if c["type"] == type_)
-
-
-def events_of(stack: Stack, name: str) -> list[dict[str, Any]]:
-    found = stack.kubectl(
-        "get", "events", "-n", "default", "--field-selector", f"involvedObject.name={name}",
-        "-o", "json",
-    )  # fmt: skip
-    items: list[dict[str, Any]] = json.loads(found.stdout)["items"]
-    return items
+from fixtures.operator import Stack, condition, session
 
 
 def test_a_user_the_site_denies_gets_no_job_and_a_named_refusal(stack: Stack) -> None:
@@ -107,8 +93,7 @@ def test_without_the_admission_policy_nothing_is_submitted_until_it_is_back(
         assert submitted["reason"] == "AdmissionPolicyMissing", submitted
         assert "bbp-notebooks-sessions" in submitted["message"]
         assert waiting["phase"] == "Pending" and "jobId" not in waiting
-        warnings = [e for e in events_of(stack, "unvouched") if e["type"] == "Warning"]
-        assert any(e["reason"] == "AdmissionPolicyMissing" for e in warnings), warnings
+        assert stack.warnings("unvouched", "AdmissionPolicyMissing")
         uid = stack.get("notebooksession", "unvouched")["metadata"]["uid"]  # type: ignore[index]
         time.sleep(3)
         assert stack.jobs(name=job_name("default", uid)) == []

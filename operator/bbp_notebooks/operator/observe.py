@@ -68,6 +68,21 @@ def initial(
     )
 
 
+def _conditioned(
+    status: NotebookSessionStatus,
+    *changes: tuple[str, bool, str, str],
+    now: dt.datetime,
+    generation: int | None,
+    **update: object,
+) -> NotebookSessionStatus:
+    """``status`` with conditions set, each (type, status, reason, message), and ``update``."""
+    status = initial(status, now=now, generation=generation)
+    conditions = status.conditions
+    for type_, value, reason, message in changes:
+        conditions = _set(conditions, type_, value, reason, message, now=now, generation=generation)
+    return status.model_copy(update={"conditions": conditions, **update})
+
+
 def invalid(
     status: NotebookSessionStatus,
     reason: str,
@@ -76,18 +91,13 @@ def invalid(
     now: dt.datetime,
     generation: int | None,
 ) -> NotebookSessionStatus:
-    status = initial(status, now=now, generation=generation)
-    conditions = _set(
-        status.conditions,
-        ConditionType.SUBMITTED,
-        False,
-        reason,
-        message,
+    return _conditioned(
+        status,
+        (ConditionType.SUBMITTED, False, reason, message),
         now=now,
         generation=generation,
-    )
-    return status.model_copy(
-        update={"phase": SessionPhase.INVALID_SPEC, "conditions": conditions, "message": message}
+        phase=SessionPhase.INVALID_SPEC,
+        message=message,
     )
 
 
@@ -147,17 +157,14 @@ def rejected(
     status: NotebookSessionStatus, message: str, *, now: dt.datetime, generation: int | None
 ) -> NotebookSessionStatus:
     """Slurm refused the job: final, with Slurm's words, so the hub shows them at once."""
-    status = initial(status, now=now, generation=generation)
-    conditions = _set(
-        status.conditions, ConditionType.SUBMITTED, False, SUBMISSION_REJECTED, message,
-        now=now, generation=generation,
-    )  # fmt: skip
-    conditions = _set(
-        conditions, ConditionType.SITE_REACHABLE, True, "SiteAnswered", "",
-        now=now, generation=generation,
-    )  # fmt: skip
-    return status.model_copy(
-        update={"phase": SessionPhase.FAILED, "conditions": conditions, "message": message}
+    return _conditioned(
+        status,
+        (ConditionType.SUBMITTED, False, SUBMISSION_REJECTED, message),
+        (ConditionType.SITE_REACHABLE, True, "SiteAnswered", ""),
+        now=now,
+        generation=generation,
+        phase=SessionPhase.FAILED,
+        message=message,
     )
 
 
@@ -171,50 +178,39 @@ def cannot_log_in(
 ) -> NotebookSessionStatus:
     """The frontend refused our login (LoginRefused) or showed a host key we do not trust
     (HostKeyMismatch): not an unreachable site, and not retried as one."""
-    status = initial(status, now=now, generation=generation)
-    conditions = _set(
-        status.conditions, ConditionType.SITE_REACHABLE, False, reason, message,
-        now=now, generation=generation,
-    )  # fmt: skip
-    conditions = _set(
-        conditions, ConditionType.SUBMITTED, False, reason, message,
-        now=now, generation=generation,
-    )  # fmt: skip
-    return status.model_copy(update={"conditions": conditions, "message": message})
+    return _conditioned(
+        status,
+        (ConditionType.SITE_REACHABLE, False, reason, message),
+        (ConditionType.SUBMITTED, False, reason, message),
+        now=now,
+        generation=generation,
+        message=message,
+    )
 
 
 def admission_policy_missing(
     status: NotebookSessionStatus, message: str, *, now: dt.datetime, generation: int | None
 ) -> NotebookSessionStatus:
     """Not submitted, and not invalid: the operator waits until the admission policy is back."""
-    status = initial(status, now=now, generation=generation)
-    conditions = _set(
-        status.conditions,
-        ConditionType.SUBMITTED,
-        False,
-        ADMISSION_POLICY_MISSING,
-        message,
+    return _conditioned(
+        status,
+        (ConditionType.SUBMITTED, False, ADMISSION_POLICY_MISSING, message),
         now=now,
         generation=generation,
+        message=message,
     )
-    return status.model_copy(update={"conditions": conditions, "message": message})
 
 
 def site_unreachable(
     status: NotebookSessionStatus, message: str, *, now: dt.datetime, generation: int | None
 ) -> NotebookSessionStatus:
     """The site did not answer: keep the last known state, never read it as a failure."""
-    status = initial(status, now=now, generation=generation)
-    conditions = _set(
-        status.conditions,
-        ConditionType.SITE_REACHABLE,
-        False,
-        "SiteUnavailable",
-        message,
+    return _conditioned(
+        status,
+        (ConditionType.SITE_REACHABLE, False, "SiteUnavailable", message),
         now=now,
         generation=generation,
     )
-    return status.model_copy(update={"conditions": conditions})
 
 
 def observed(
