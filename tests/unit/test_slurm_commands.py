@@ -150,6 +150,7 @@ def test_listing_every_job_needs_its_own_builder() -> None:
     assert squeue_all_argv(sentinel=SENTINEL) == [
         "squeue",
         "--noheader",
+        "--all",
         "--states=all",
         SQUEUE_FORMAT,
     ]

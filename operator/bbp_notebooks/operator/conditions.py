@@ -13,6 +13,8 @@ class ConditionType:
     READY = "Ready"
     SITE_REACHABLE = "SiteReachable"
     REACHABLE = "Reachable"
+    # Site: False when many sessions' jobs vanish from the monitor's view at once (the breaker).
+    JOBS_VISIBLE = "JobsVisible"
 
 
 SESSION_CONDITIONS = (

@@ -1,19 +1,22 @@
-"""One poll of one Slurm site: availability, every session's job, orphans. Cost is per site.
+"""One poll of one Slurm site: gather (Slurm commands -> a Snapshot), reconcile (pure, in
+reconcile.py), apply (status writes, Events, metrics, the orphan sweep). Cost is per site.
 
 Each interval costs a constant number of Slurm commands whatever the number of sessions: one
-sinfo, one squeue over the whole queue (filtered here by our job tag), and one sacct for the
-sessions whose jobs left the queue. A failed command never reads as "job gone".
+sinfo, one squeue over the whole queue (filtered by our job tag), and one sacct for the sessions
+whose jobs left the queue; only a job the monitor cannot see is asked about as its owner. A
+failed command never reads as "job gone".
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 import re
 from collections import Counter
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -22,15 +25,13 @@ from bbp_notebooks.api.constants import POSIX_USER_PATTERN
 from bbp_notebooks.api.models import (
     Endpoint,
     NotebookSessionStatus,
-    PartitionStatus,
     SessionPhase,
     SlurmSiteStatus,
-    UserAccounts,
     dump,
 )
-from bbp_notebooks.operator import observe
+from bbp_notebooks.operator import observe, reconcile
 from bbp_notebooks.operator.callbacks import FIRST_UNPRIVILEGED_PORT, allowed_hosts
-from bbp_notebooks.operator.conditions import ConditionType, get, set_condition
+from bbp_notebooks.operator.conditions import ConditionType, get
 from bbp_notebooks.operator.metrics import (
     QUEUE_WAIT,
     RECONCILE_ERRORS,
@@ -39,11 +40,10 @@ from bbp_notebooks.operator.metrics import (
     SQUEUE_ROWS_DROPPED,
     TIME_TO_READY,
 )
-from bbp_notebooks.operator.planning import SiteView, protected_users, session_uid
+from bbp_notebooks.operator.planning import SiteView, protected_users
 from bbp_notebooks.operator.runtime import CredentialsUnavailable, Runtime
 from bbp_notebooks.operator.sessions import SessionRef
-from bbp_notebooks.slurm.commands import AccountingEntry, QueueEntry
-from bbp_notebooks.slurm.values import JobState
+from bbp_notebooks.slurm.commands import QueueEntry
 from bbp_notebooks.ssh import CommandFailed, Identity, SlurmClient, SshError
 
 log = logging.getLogger(__name__)
@@ -56,100 +56,20 @@ class PollState:
     polls: int = 0
     version: str | None = None
     associations: dict[str, list[str]] | None = None
-    last_phase: dict[str, SessionPhase | None] = field(default_factory=dict)
 
 
-def localised(moment: dt.datetime | None, zone: ZoneInfo) -> dt.datetime | None:
-    """Slurm prints the controller's local time without an offset; attach the site's zone."""
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=zone)
-
-
-def from_queue(entry: QueueEntry, zone: ZoneInfo) -> observe.JobObservation:
-    return observe.JobObservation(
-        job_id=entry.job_id,
-        state=entry.state.value,
-        reason=entry.reason,
-        node=entry.nodes,
-        start_time=localised(entry.start_time, zone),
-        time_limit_minutes=entry.time_limit_s // 60 if entry.time_limit_s is not None else None,
-    )
-
-
-def from_accounting(entry: AccountingEntry, zone: ZoneInfo) -> observe.JobObservation:
-    return observe.JobObservation(
-        job_id=entry.job_id,
-        state=entry.state.value,
-        node=entry.nodes,
-        start_time=localised(entry.start, zone),
-        end_time=localised(entry.end, zone),
-        exit_code=entry.exit_code,
-        signal=entry.signal,
-    )
-
-
-def endpoint_for(rt: Runtime, session: SessionRef) -> Endpoint | None:
-    reported = rt.endpoints.get(session.uid)
-    if reported is not None and reported[0] == session.status.job_id:
-        return reported[1]
-    return session.status.endpoint
-
-
-def vanished(session: SessionRef, now: dt.datetime, grace: dt.timedelta) -> bool:
-    submitted = get(session.status.conditions, ConditionType.SUBMITTED)
-    return submitted is not None and now - submitted.last_transition_time > grace
-
-
-def site_status(
-    previous: SlurmSiteStatus,
-    *,
-    reachable: bool,
-    message: str,
-    now: dt.datetime,
-    generation: int | None,
-    partitions: list[PartitionStatus] | None = None,
-    queue: Iterable[QueueEntry] = (),
-    version: str | None = None,
-    associations: dict[str, list[str]] | None = None,
-    default_partition: str | None = None,
-) -> SlurmSiteStatus:
-    conditions = set_condition(
-        previous.conditions,
-        ConditionType.REACHABLE,
-        reachable,
-        "Polled" if reachable else "SiteUnavailable",
-        message,
-        now=now,
-        generation=generation,
-    )
-    if not reachable:
-        return previous.model_copy(
-            update={"conditions": conditions, "observed_generation": generation}
-        )
-    states = Counter(entry.state for entry in queue)
-    parts = partitions or []
-    return SlurmSiteStatus(
-        conditions=conditions,
-        partitions=parts,
-        # Sessions run in the default partition; partitions share nodes, so no sum.
-        idle_nodes=next((p.idle_nodes for p in parts if p.name == default_partition), 0),
-        pending_jobs=states[JobState.PENDING],
-        running_jobs=states[JobState.RUNNING] + states[JobState.COMPLETING],
-        slurm_version=version or previous.slurm_version,
-        user_accounts=[
-            UserAccounts(user=user, accounts=accounts)
-            for user, accounts in sorted((associations or {}).items())
-        ]
-        if associations is not None
-        else previous.user_accounts,
-        last_poll_time=now,
-        observed_generation=generation,
-    )
+def endpoints_known(rt: Runtime, sessions: Iterable[SessionRef]) -> dict[str, Endpoint]:
+    """Endpoints this replica accepted for the sessions' current jobs (status may lag them)."""
+    known = {}
+    for session in sessions:
+        reported = rt.endpoints.get(session.uid)
+        if reported is not None and reported[0] == session.status.job_id:
+            known[session.uid] = reported[1]
+    return known
 
 
 async def _write_session(
-    rt: Runtime, state: PollState, session: SessionRef, new: NotebookSessionStatus, site: str
+    rt: Runtime, session: SessionRef, new: NotebookSessionStatus, site: str
 ) -> None:
     if dump(new) == dump(session.status):
         return
@@ -180,7 +100,6 @@ async def _write_session(
             TIME_TO_READY.labels(site, profile).observe(
                 (dt.datetime.now(dt.UTC) - session.created).total_seconds()
             )
-    state.last_phase[session.uid] = new.phase
 
 
 async def _endpoint_fallback(
@@ -237,7 +156,6 @@ WRITE_CONCURRENCY = 16
 
 async def _write_all(
     rt: Runtime,
-    state: PollState,
     site: str,
     changes: list[tuple[SessionRef, NotebookSessionStatus]],
 ) -> None:
@@ -245,9 +163,64 @@ async def _write_all(
 
     async def write(session: SessionRef, new: NotebookSessionStatus) -> None:
         async with gate:
-            await _write_session(rt, state, session, new, site)
+            await _write_session(rt, session, new, site)
 
     await asyncio.gather(*(write(s, n) for s, n in changes if dump(n) != dump(s.status)))
+
+
+async def gather(
+    rt: Runtime, site: SiteView, sessions: list[SessionRef], state: PollState
+) -> reconcile.Snapshot:
+    """The site-wide Slurm commands of one poll, as the monitor user; raises when the site cannot
+    be asked. sinfo, one squeue, and sacct only for jobs that left the queue."""
+    now = dt.datetime.now(dt.UTC)
+    client = rt.client(site.name, site.spec)
+    identity = await rt.identity(site.name, site.spec, site.spec.monitor_user)
+    availability = await client.partitions(identity)
+    if state.version is None or state.polls % 20 == 0:
+        state.version = await client.version(identity)
+        state.associations = await _associations(client, identity, site.name)
+    listing = await client.queue_all(identity)
+    if listing.dropped:
+        SQUEUE_ROWS_DROPPED.labels(site.name).inc(listing.dropped)
+        log.warning("site %s: %d unreadable squeue records dropped", site.name, listing.dropped)
+    tagged = reconcile.tagged_jobs(listing.entries, rt.settings.installation_id)
+    ask = reconcile.needs_accounting(sessions, tagged)
+    accounting = {e.job_id: e for e in await client.accounting(identity, ask)} if ask else {}
+    return reconcile.Snapshot(
+        now=now,
+        partitions=tuple(availability),
+        queue=tuple(listing.entries),
+        accounting=accounting,
+        version=state.version,
+        associations=state.associations,
+    )
+
+
+async def owner_view(
+    rt: Runtime, site: SiteView, sessions: Iterable[SessionRef], zone: ZoneInfo
+) -> dict[int, observe.JobObservation | None]:
+    """Jobs the monitor cannot see, asked as their owners (squeue -j, then sacct -j). A job the
+    owner cannot be asked about is left out: unconfirmed, so it does not end."""
+    seen: dict[int, observe.JobObservation | None] = {}
+    for session in sessions:
+        job_id = session.status.job_id
+        if job_id is None:
+            continue
+        try:
+            identity = await rt.identity(site.name, site.spec, session.spec.user)
+            client = rt.client(site.name, site.spec)
+            queued = [
+                e for e in await client.queue(identity, job_ids=[job_id]) if e.job_id == job_id
+            ]
+            if queued:
+                seen[job_id] = reconcile.from_queue(queued[0], zone)
+                continue
+            ended = [e for e in await client.accounting(identity, [job_id]) if e.job_id == job_id]
+            seen[job_id] = reconcile.from_accounting(ended[0], zone) if ended else None
+        except (SshError, CredentialsUnavailable) as error:
+            log.warning("job %d at %s: its owner could not be asked: %s", job_id, site.name, error)
+    return seen
 
 
 async def poll_once(
@@ -257,117 +230,74 @@ async def poll_once(
     sessions: list[SessionRef],
     state: PollState,
 ) -> SlurmSiteStatus:
-    """Poll ``site`` once and write what changed. Returns the site's new status."""
-    now = dt.datetime.now(dt.UTC)
-    client = rt.client(site.name, site.spec)
-    active = [
-        s
-        for s in sessions
-        if s.status.job_id is not None and not (s.status.phase and s.status.phase.is_terminal)
-    ]
+    """Poll ``site`` once (gather, reconcile, apply) and write what changed. Returns the site's
+    new status."""
+    looked_at = reconcile.active(sessions)
     try:
-        identity = await rt.identity(site.name, site.spec, site.spec.monitor_user)
-        availability = await client.partitions(identity)
-        if state.version is None or state.polls % 20 == 0:
-            state.version = await client.version(identity)
-            state.associations = await _associations(client, identity, site.name)
-        listing = await client.queue_all(identity)
-        if listing.dropped:
-            SQUEUE_ROWS_DROPPED.labels(site.name).inc(listing.dropped)
-            log.warning("site %s: %d unreadable squeue records dropped", site.name, listing.dropped)
-        queue = listing.entries
-        tagged = {
-            uid: e
-            for e in queue
-            if (uid := session_uid(e.name, rt.settings.installation_id)) is not None
-        }
-        ask_accounting = [
-            s.status.job_id
-            for s in active
-            if s.status.job_id is not None
-            and (s.uid not in tagged or tagged[s.uid].state.is_terminal)
-        ]
-        accounting = (
-            {e.job_id: e for e in await client.accounting(identity, ask_accounting)}
-            if ask_accounting
-            else {}
-        )
+        snapshot = await gather(rt, site, looked_at, state)
     except (SshError, CredentialsUnavailable) as error:
-        SITE_POLLS.labels(site.name, type(error).__name__).inc()
-        message = str(error)
-        log.warning("site %s unreachable: %s", site.name, message)
-        unreachable = [
-            (s, observe.site_unreachable(s.status, message, now=now, generation=s.generation))
-            for s in active
-        ]
-        await _write_all(rt, state, site.name, unreachable)
-        return site_status(
-            site.status, reachable=False, message=message, now=now, generation=generation
-        )
-
+        return await _unreachable(rt, site, generation, looked_at, error)
     SITE_POLLS.labels(site.name, "ok").inc()
-    zone = ZoneInfo(site.spec.time_zone)
     state.polls += 1
-    grace = dt.timedelta(seconds=max(60, 3 * site.spec.poll_interval_seconds))
-    changes = []
-    for session in active:
-        entry = tagged.get(session.uid)
-        job: observe.JobObservation | None
-        if (
-            entry is not None
-            and entry.job_id == session.status.job_id
-            and not entry.state.is_terminal
-        ):
-            job = from_queue(entry, zone)
-        elif session.status.job_id in accounting:
-            job = from_accounting(accounting[session.status.job_id], zone)
-        elif entry is not None and entry.job_id == session.status.job_id:
-            job = from_queue(
-                entry, zone
-            )  # ended, not yet in accounting: squeue's final state will do
-        else:
-            job = None
-        new = observe.observed(
-            session.status,
-            job,
-            endpoint=endpoint_for(rt, session),
-            vanished=job is None and vanished(session, now, grace),
-            now=now,
-            generation=session.generation,
-        )
-        changes.append((session, new))
-    if site.spec.connection_file_fallback:
-        changes = [(s, await _endpoint_fallback(rt, site, s, new, now)) for s, new in changes]
-    await _write_all(rt, state, site.name, changes)
-
-    if (
-        state.polls % rt.settings.orphan_sweep_every_polls == 1
-        or rt.settings.orphan_sweep_every_polls == 1
-    ):
-        await sweep_orphans(rt, site, tagged, {s.uid for s in sessions})
-
-    partitions = [
-        PartitionStatus(
-            name=p.name,
-            idle_nodes=p.nodes_idle,
-            total_nodes=p.nodes_total,
-            idle_cores=p.cpus_idle,
-            total_cores=p.cpus_total,
-        )
-        for p in availability
-    ]
-    return site_status(
-        site.status,
-        reachable=True,
-        message="",
-        now=now,
-        generation=generation,
-        partitions=partitions,
-        queue=queue,
-        version=state.version,
-        associations=state.associations,
+    settings = reconcile.Settings(
+        installation_id=rt.settings.installation_id,
+        zone=ZoneInfo(site.spec.time_zone),
+        grace=dt.timedelta(seconds=max(60, 3 * site.spec.poll_interval_seconds)),
         default_partition=site.default_partition,
     )
+    endpoints = endpoints_known(rt, looked_at)
+    result = reconcile.reconcile(snapshot, site.status, generation, looked_at, endpoints, settings)
+    if result.confirm:  # follow-up reads, then decide again with what the owners saw
+        seen = await owner_view(rt, site, result.confirm, settings.zone)
+        snapshot = dataclasses.replace(snapshot, owner_view=seen)
+        result = reconcile.reconcile(
+            snapshot, site.status, generation, looked_at, endpoints, settings
+        )
+    if result.degraded:
+        visible = get(result.site.conditions, ConditionType.JOBS_VISIBLE)
+        log.warning("site %s: %s", site.name, visible.message if visible else "degraded")
+    await apply(rt, state, site, result, sessions, snapshot.now)
+    return result.site
+
+
+async def _unreachable(
+    rt: Runtime,
+    site: SiteView,
+    generation: int | None,
+    looked_at: list[SessionRef],
+    error: Exception,
+) -> SlurmSiteStatus:
+    """The site could not be asked: say so on every active session, keep their last state."""
+    now = dt.datetime.now(dt.UTC)
+    SITE_POLLS.labels(site.name, type(error).__name__).inc()
+    message = str(error)
+    log.warning("site %s unreachable: %s", site.name, message)
+    unreachable = [
+        (s, observe.site_unreachable(s.status, message, now=now, generation=s.generation))
+        for s in looked_at
+    ]
+    await _write_all(rt, site.name, unreachable)
+    return reconcile.site_status(
+        site.status, reachable=False, message=message, now=now, generation=generation
+    )
+
+
+async def apply(
+    rt: Runtime,
+    state: PollState,
+    site: SiteView,
+    result: reconcile.PollResult,
+    sessions: list[SessionRef],
+    now: dt.datetime,
+) -> None:
+    """Write what changed (with Events and metrics) and sweep for orphans when it is time."""
+    changes = list(result.sessions)
+    if site.spec.connection_file_fallback:
+        changes = [(s, await _endpoint_fallback(rt, site, s, new, now)) for s, new in changes]
+    await _write_all(rt, site.name, changes)
+    every = rt.settings.orphan_sweep_every_polls
+    if every == 1 or state.polls % every == 1:
+        await sweep_orphans(rt, site, dict(result.tagged), {s.uid for s in sessions})
 
 
 async def _associations(
@@ -398,7 +328,7 @@ def orphan_candidates(
     submit as one), so the sweep never logs in as one."""
     candidates = {}
     for uid, entry in tagged.items():
-        submitted = localised(entry.submit_time, zone)
+        submitted = reconcile.localised(entry.submit_time, zone)
         if uid in known or entry.state.is_terminal or submitted is None:
             continue
         submitted += dt.timedelta(seconds=1)

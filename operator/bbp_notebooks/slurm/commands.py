@@ -234,9 +234,10 @@ def squeue_argv(
 def squeue_all_argv(*, sentinel: str) -> list[str]:
     """squeue for every job the caller may see: one RPC per site poll, filtered by tag afterwards.
 
-    A separate builder on purpose: no combination of empty filters can produce it.
+    A separate builder on purpose: no combination of empty filters can produce it. ``--all``
+    includes hidden partitions, whose jobs would otherwise look "gone" to the monitor.
     """
-    return ["squeue", "--noheader", "--states=all", _squeue_format(sentinel)]
+    return ["squeue", "--noheader", "--all", "--states=all", _squeue_format(sentinel)]
 
 
 def _optional(text: str, *absent: str) -> str | None:

@@ -1,0 +1,279 @@
+"""One site poll's decisions, as a pure function of what Slurm said (a Snapshot), the sessions,
+the endpoints jobs reported, the clock and the settings. No clients, no I/O: sites.py gathers
+the snapshot before and applies the result after.
+
+Which source decides a job's state, in order: the monitor's squeue while the job is queued or
+running; sacct once it left the queue (the authority on how it ended); squeue's final state while
+sacct has not caught up; what the job's owner sees (squeue -j / sacct -j as the user) when the
+monitor sees nothing. A job is "vanished" only when the owner's view, asked now, knows it neither.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
+
+from bbp_notebooks.api.models import (
+    Endpoint,
+    NotebookSessionStatus,
+    PartitionStatus,
+    SlurmSiteStatus,
+    UserAccounts,
+)
+from bbp_notebooks.operator import observe
+from bbp_notebooks.operator.conditions import ConditionType, get, set_condition
+from bbp_notebooks.operator.planning import session_uid
+from bbp_notebooks.operator.sessions import SessionRef
+from bbp_notebooks.slurm.commands import AccountingEntry, PartitionAvailability, QueueEntry
+from bbp_notebooks.slurm.values import JobState
+
+# The circuit breaker: when at least this many sessions, and more than this share of a site's
+# active sessions, go missing from the monitor's view in one poll, the view is what is broken
+# (a partition hidden, PrivateData switched on, slurmdbd behind): the site is marked, no session
+# is confirmed one by one, none ends.
+BREAKER_MIN_MISSING = 3
+BREAKER_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What one poll learnt from a site (immutable; plain data)."""
+
+    now: dt.datetime
+    partitions: tuple[PartitionAvailability, ...]
+    queue: tuple[QueueEntry, ...]
+    accounting: Mapping[int, AccountingEntry]
+    version: str | None = None
+    associations: dict[str, list[str]] | None = None
+    # Jobs the monitor could not see, as their owner saw them when asked: an observation, or
+    # None when the owner's squeue and sacct both answered that no such job exists.
+    owner_view: Mapping[int, observe.JobObservation | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Settings:
+    installation_id: str
+    zone: ZoneInfo
+    grace: dt.timedelta  # how long after submission a job may be absent before it is looked for
+    default_partition: str
+
+
+@dataclass(frozen=True)
+class PollResult:
+    """What to write and do after a poll."""
+
+    sessions: tuple[tuple[SessionRef, NotebookSessionStatus], ...]
+    site: SlurmSiteStatus
+    tagged: Mapping[str, QueueEntry]  # our installation's jobs in the queue, by session uid
+    confirm: tuple[SessionRef, ...]  # missing from the monitor's view: ask their owners
+    degraded: bool
+
+
+def localised(moment: dt.datetime | None, zone: ZoneInfo) -> dt.datetime | None:
+    """Slurm prints the controller's local time without an offset; attach the site's zone."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=zone)
+
+
+def from_queue(entry: QueueEntry, zone: ZoneInfo) -> observe.JobObservation:
+    return observe.JobObservation(
+        job_id=entry.job_id,
+        state=entry.state.value,
+        reason=entry.reason,
+        node=entry.nodes,
+        start_time=localised(entry.start_time, zone),
+        time_limit_minutes=entry.time_limit_s // 60 if entry.time_limit_s is not None else None,
+    )
+
+
+def from_accounting(entry: AccountingEntry, zone: ZoneInfo) -> observe.JobObservation:
+    return observe.JobObservation(
+        job_id=entry.job_id,
+        state=entry.state.value,
+        node=entry.nodes,
+        start_time=localised(entry.start, zone),
+        end_time=localised(entry.end, zone),
+        exit_code=entry.exit_code,
+        signal=entry.signal,
+    )
+
+
+def active(sessions: Iterable[SessionRef]) -> list[SessionRef]:
+    """Sessions with a job whose end is not known yet: the ones a poll looks at."""
+    return [
+        s
+        for s in sessions
+        if s.status.job_id is not None and not (s.status.phase and s.status.phase.is_terminal)
+    ]
+
+
+def tagged_jobs(queue: Iterable[QueueEntry], installation_id: str) -> dict[str, QueueEntry]:
+    return {u: e for e in queue if (u := session_uid(e.name, installation_id)) is not None}
+
+
+def needs_accounting(sessions: Iterable[SessionRef], tagged: Mapping[str, QueueEntry]) -> list[int]:
+    """Job ids to ask sacct about: those that left the queue, or ended in it."""
+    return [
+        s.status.job_id
+        for s in active(sessions)
+        if s.status.job_id is not None and (s.uid not in tagged or tagged[s.uid].state.is_terminal)
+    ]
+
+
+def job_of(
+    session: SessionRef, snapshot: Snapshot, tagged: Mapping[str, QueueEntry], zone: ZoneInfo
+) -> observe.JobObservation | None:
+    """The best observation of the session's job, by the order in the module docstring."""
+    job_id = session.status.job_id
+    entry = tagged.get(session.uid)
+    ours = entry if entry is not None and entry.job_id == job_id else None
+    if ours is not None and not ours.state.is_terminal:
+        return from_queue(ours, zone)
+    if job_id is None:
+        return None
+    if job_id in snapshot.accounting:
+        return from_accounting(snapshot.accounting[job_id], zone)
+    if ours is not None:  # ended, not yet in accounting: squeue's final state will do
+        return from_queue(ours, zone)
+    return snapshot.owner_view.get(job_id)
+
+
+def overdue(session: SessionRef, now: dt.datetime, grace: dt.timedelta) -> bool:
+    """Submitted longer ago than ``grace``: a job this old must be visible somewhere."""
+    submitted = get(session.status.conditions, ConditionType.SUBMITTED)
+    return submitted is not None and now - submitted.last_transition_time > grace
+
+
+def reconcile(
+    snapshot: Snapshot,
+    previous_site: SlurmSiteStatus,
+    site_generation: int | None,
+    sessions: Iterable[SessionRef],
+    endpoints: Mapping[str, Endpoint],
+    settings: Settings,
+) -> PollResult:
+    """The new status of every active session and of the site, after a poll that answered."""
+    now = snapshot.now
+    looked_at = active(sessions)
+    tagged = tagged_jobs(snapshot.queue, settings.installation_id)
+    jobs = {s.uid: job_of(s, snapshot, tagged, settings.zone) for s in looked_at}
+    missing = [
+        s
+        for s in looked_at
+        if jobs[s.uid] is None
+        and overdue(s, now, settings.grace)
+        and s.status.job_id not in snapshot.owner_view
+    ]
+    degraded = len(missing) >= BREAKER_MIN_MISSING and len(missing) > BREAKER_SHARE * len(looked_at)
+    changes = []
+    for session in looked_at:
+        job = jobs[session.uid]
+        # Gone only when the owner, asked now, knows the job neither in the queue nor in sacct.
+        gone = (
+            job is None
+            and session.status.job_id in snapshot.owner_view
+            and overdue(session, now, settings.grace)
+        )
+        new = observe.observed(
+            session.status,
+            job,
+            endpoint=endpoints.get(session.uid, session.status.endpoint),
+            vanished=gone,
+            now=now,
+            generation=session.generation,
+        )
+        changes.append((session, new))
+    site = site_status(
+        previous_site,
+        reachable=True,
+        message="",
+        now=now,
+        generation=site_generation,
+        partitions=[partition_status(p) for p in snapshot.partitions],
+        queue=snapshot.queue,
+        version=snapshot.version,
+        associations=snapshot.associations,
+        default_partition=settings.default_partition,
+        missing=len(missing) if degraded else 0,
+    )
+    return PollResult(
+        sessions=tuple(changes),
+        site=site,
+        tagged=tagged,
+        confirm=() if degraded else tuple(missing),
+        degraded=degraded,
+    )
+
+
+def partition_status(p: PartitionAvailability) -> PartitionStatus:
+    return PartitionStatus(
+        name=p.name,
+        idle_nodes=p.nodes_idle,
+        total_nodes=p.nodes_total,
+        idle_cores=p.cpus_idle,
+        total_cores=p.cpus_total,
+    )
+
+
+def site_status(
+    previous: SlurmSiteStatus,
+    *,
+    reachable: bool,
+    message: str,
+    now: dt.datetime,
+    generation: int | None,
+    partitions: list[PartitionStatus] | None = None,
+    queue: Iterable[QueueEntry] = (),
+    version: str | None = None,
+    associations: dict[str, list[str]] | None = None,
+    default_partition: str | None = None,
+    missing: int = 0,
+) -> SlurmSiteStatus:
+    conditions = set_condition(
+        previous.conditions,
+        ConditionType.REACHABLE,
+        reachable,
+        "Polled" if reachable else "SiteUnavailable",
+        message,
+        now=now,
+        generation=generation,
+    )
+    if not reachable:
+        return previous.model_copy(
+            update={"conditions": conditions, "observed_generation": generation}
+        )
+    conditions = set_condition(
+        conditions,
+        ConditionType.JOBS_VISIBLE,
+        not missing,
+        "ManyJobsMissing" if missing else "AllJobsVisible",
+        f"{missing} sessions' jobs are missing from the monitor's view at once: the view is "
+        "suspect (hidden partition, PrivateData, accounting lag); no session is ended for it"
+        if missing
+        else "",
+        now=now,
+        generation=generation,
+    )
+    states = Counter(entry.state for entry in queue)
+    parts = partitions or []
+    return SlurmSiteStatus(
+        conditions=conditions,
+        partitions=parts,
+        # Sessions run in the default partition; partitions share nodes, so no sum.
+        idle_nodes=next((p.idle_nodes for p in parts if p.name == default_partition), 0),
+        pending_jobs=states[JobState.PENDING],
+        running_jobs=states[JobState.RUNNING] + states[JobState.COMPLETING],
+        slurm_version=version or previous.slurm_version,
+        user_accounts=[
+            UserAccounts(user=user, accounts=accounts)
+            for user, accounts in sorted((associations or {}).items())
+        ]
+        if associations is not None
+        else previous.user_accounts,
+        last_poll_time=now,
+        observed_generation=generation,
+    )
