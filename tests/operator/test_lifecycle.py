@@ -55,7 +55,10 @@ def test_site_status_reports_availability_version_and_users_accounts(stack: Stac
         return status if status.get("userAccounts") else None
 
     status = wait_for(polled, 30, "lugano's status")
-    assert {c["type"]: c["status"] for c in status["conditions"]} == {"Reachable": "True"}
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {
+        "Reachable": "True",
+        "JobsVisible": "True",
+    }
     assert status["slurmVersion"].startswith("22.05")
     assert status["partitions"][0]["totalNodes"] == 4 and status["idleNodes"] <= 4
     accounts = {entry["user"]: entry["accounts"] for entry in status["userAccounts"]}

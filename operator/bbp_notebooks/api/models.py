@@ -580,7 +580,11 @@ class UserAccounts(StatusModel):
 class SlurmSiteStatus(StatusModel):
     """Live state of the site, refreshed every poll interval."""
 
-    conditions: list[Condition] = Field(default_factory=list, description="Reachable.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Reachable, and JobsVisible (False when many sessions' jobs vanish from the "
+        "monitor's view at once).",
+    )
     partitions: list[PartitionStatus] = Field(
         default_factory=list, description="Live availability per partition."
     )
