@@ -117,3 +117,18 @@ def test_exit_codes_and_job_ids() -> None:
     for bad in ("", "0", "12_3", "12.batch", "+5", "1e3"):
         with pytest.raises(SlurmOutputError):
             parse_job_id(bad)
+
+
+def test_every_job_state_has_exactly_one_category_and_every_end_a_name() -> None:
+    from bbp_notebooks.operator.observe import ENDINGS
+    from bbp_notebooks.slurm.values import JobCategory
+
+    for state in JobState:
+        assert isinstance(state.category, JobCategory), state
+        assert state.is_terminal == (state.category is JobCategory.ENDED)
+    ended = {s for s in JobState if s.category is JobCategory.ENDED}
+    assert set(ENDINGS) == ended  # no second list of terminal states can disagree
+    # The states that used to disagree or go unrecognised:
+    assert JobState.SPECIAL_EXIT.category is JobCategory.QUEUED
+    assert JobState.STOPPED.category is JobCategory.RUNNING
+    assert JobState.RESIZING.category is JobCategory.RUNNING

@@ -14,23 +14,21 @@ from bbp_notebooks.api.models import (
 )
 from bbp_notebooks.operator.conditions import SESSION_CONDITIONS, ConditionType, ensure_all
 from bbp_notebooks.operator.conditions import set_condition as _set
+from bbp_notebooks.slurm.values import JobCategory, JobState
 
-QUEUED_STATES = frozenset({"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"})
-RUNNING_STATES = frozenset({"RUNNING", "COMPLETING", "SUSPENDED", "STAGE_OUT", "SIGNALING"})
-
-# Terminal Slurm state -> (phase, CamelCase reason).
-TERMINAL_STATES: dict[str, tuple[SessionPhase, str]] = {
-    "COMPLETED": (SessionPhase.COMPLETED, "JobCompleted"),
-    "CANCELLED": (SessionPhase.CANCELLED, "JobCancelled"),
-    "TIMEOUT": (SessionPhase.TIMEOUT, "JobTimeLimitReached"),
-    "FAILED": (SessionPhase.FAILED, "JobFailed"),
-    "NODE_FAIL": (SessionPhase.FAILED, "NodeFail"),
-    "OUT_OF_MEMORY": (SessionPhase.FAILED, "OutOfMemory"),
-    "BOOT_FAIL": (SessionPhase.FAILED, "BootFail"),
-    "DEADLINE": (SessionPhase.FAILED, "DeadlineReached"),
-    "PREEMPTED": (SessionPhase.FAILED, "Preempted"),
-    "SPECIAL_EXIT": (SessionPhase.FAILED, "SpecialExit"),
-    "REVOKED": (SessionPhase.FAILED, "Revoked"),
+# How a job ended -> (phase, CamelCase reason). Which states count as ended is JobState's
+# category (slurm/values.py); this only names each end.
+ENDINGS: dict[JobState, tuple[SessionPhase, str]] = {
+    JobState.COMPLETED: (SessionPhase.COMPLETED, "JobCompleted"),
+    JobState.CANCELLED: (SessionPhase.CANCELLED, "JobCancelled"),
+    JobState.TIMEOUT: (SessionPhase.TIMEOUT, "JobTimeLimitReached"),
+    JobState.FAILED: (SessionPhase.FAILED, "JobFailed"),
+    JobState.NODE_FAIL: (SessionPhase.FAILED, "NodeFail"),
+    JobState.OUT_OF_MEMORY: (SessionPhase.FAILED, "OutOfMemory"),
+    JobState.BOOT_FAIL: (SessionPhase.FAILED, "BootFail"),
+    JobState.DEADLINE: (SessionPhase.FAILED, "DeadlineReached"),
+    JobState.PREEMPTED: (SessionPhase.FAILED, "Preempted"),
+    JobState.REVOKED: (SessionPhase.FAILED, "Revoked"),
 }
 
 
@@ -49,8 +47,16 @@ class JobObservation:
     signal: int | None = None
 
     @property
+    def category(self) -> JobCategory | None:
+        """None for a state this version does not know (reported as UnrecognisedJobState)."""
+        try:
+            return JobState(self.state).category
+        except ValueError:
+            return None
+
+    @property
     def terminal(self) -> bool:
-        return self.state in TERMINAL_STATES
+        return self.category is JobCategory.ENDED
 
 
 def initial(
@@ -253,7 +259,7 @@ def observed(
 
     if job.time_limit_minutes is not None:
         update["time_limit_minutes"] = job.time_limit_minutes
-    if job.state in QUEUED_STATES:
+    if job.category is JobCategory.QUEUED:
         reason = job.reason or "None"
         cond(ConditionType.RUNNING, False, "JobPending", f"waiting in queue: {reason}")
         cond(ConditionType.READY, False, "JobPending", "")
@@ -262,7 +268,7 @@ def observed(
             queue=QueueInfo(reason=reason, estimated_start=job.start_time),
             message=f"queued: {reason}",
         )
-    elif job.state in RUNNING_STATES:
+    elif job.category is JobCategory.RUNNING:
         node = job.node or None
         cond(ConditionType.RUNNING, True, "JobRunning", f"on {node}")
         update.update(node=node, start_time=job.start_time or status.start_time, queue=None)
@@ -279,7 +285,7 @@ def observed(
                 phase=SessionPhase.RUNNING, message=f"running on {node}, starting notebook"
             )
     elif job.terminal:
-        phase, reason = TERMINAL_STATES[job.state]
+        phase, reason = ENDINGS[JobState(job.state)]
         message = f"Slurm job {job.job_id} ended {job.state}"
         if job.exit_code is not None and phase == SessionPhase.FAILED:
             message += f" (exit code {job.exit_code}" + (

@@ -40,9 +40,14 @@ class JobState(enum.Enum):
     REVOKED = "REVOKED"
 
     @property
+    def category(self) -> JobCategory:
+        """Queued, running or ended: the one place that sorts Slurm's states."""
+        return _CATEGORY[self]
+
+    @property
     def is_terminal(self) -> bool:
         """The job has ended and will not run again (Slurm's IS_JOB_FINISHED, plus REVOKED)."""
-        return self in _TERMINAL
+        return self.category is JobCategory.ENDED
 
     @property
     def is_active(self) -> bool:
@@ -50,20 +55,53 @@ class JobState(enum.Enum):
         return not self.is_terminal
 
 
-_TERMINAL = frozenset(
-    {
-        JobState.COMPLETED,
-        JobState.FAILED,
-        JobState.CANCELLED,
-        JobState.TIMEOUT,
-        JobState.NODE_FAIL,
-        JobState.OUT_OF_MEMORY,
-        JobState.PREEMPTED,
-        JobState.BOOT_FAIL,
-        JobState.DEADLINE,
-        JobState.REVOKED,
-    }
-)
+class JobCategory(enum.Enum):
+    QUEUED = "queued"  # waiting for resources, held, requeued: no node to reach yet
+    RUNNING = "running"  # allocated: running, suspended, ending
+    ENDED = "ended"  # finished for good
+
+
+_CATEGORY: dict[JobState, JobCategory] = {
+    **dict.fromkeys(
+        (
+            JobState.PENDING,
+            JobState.CONFIGURING,  # nodes booting for it
+            JobState.REQUEUED,
+            JobState.REQUEUE_HOLD,
+            JobState.REQUEUE_FED,
+            JobState.RESV_DEL_HOLD,
+            JobState.SPECIAL_EXIT,  # requeued and held after a special exit code
+        ),
+        JobCategory.QUEUED,
+    ),
+    **dict.fromkeys(
+        (
+            JobState.RUNNING,
+            JobState.RESIZING,
+            JobState.SUSPENDED,
+            JobState.STOPPED,
+            JobState.COMPLETING,
+            JobState.SIGNALING,
+            JobState.STAGE_OUT,
+        ),
+        JobCategory.RUNNING,
+    ),
+    **dict.fromkeys(
+        (
+            JobState.COMPLETED,
+            JobState.FAILED,
+            JobState.CANCELLED,
+            JobState.TIMEOUT,
+            JobState.NODE_FAIL,
+            JobState.OUT_OF_MEMORY,
+            JobState.PREEMPTED,
+            JobState.BOOT_FAIL,
+            JobState.DEADLINE,
+            JobState.REVOKED,
+        ),
+        JobCategory.ENDED,
+    ),
+}
 
 # Short codes (squeue %t) and spellings that older/newer Slurm versions print.
 _STATE_ALIASES = {
