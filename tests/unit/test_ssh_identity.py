@@ -54,15 +54,15 @@ def test_source_addresses_become_the_source_address_critical_option(
     ca: CertificateAuthority, tmp_path: pathlib.Path
 ) -> None:
     identity = ca.mint(
-        "alice", dt.timedelta(minutes=10), now=NOW, source_addresses=["10.1.2.3", "fd00::/64"]
+        "alice", dt.timedelta(minutes=10), now=NOW, source_addresses=["192.0.2.3", "fd00::/64"]
     )
     listing = keygen_listing(identity, tmp_path)
-    assert "Critical Options: \n                source-address 10.1.2.3/32,fd00::/64\n" in listing
+    assert "Critical Options: \n                source-address 192.0.2.3/32,fd00::/64\n" in listing
     assert "Principals: \n                alice\n" in listing
     assert "Extensions: (none)" in listing
 
 
-@pytest.mark.parametrize("addresses", [["10.0.0.300"], ["example.org"], ["10.0.0.1,10.0.0.2"]])
+@pytest.mark.parametrize("addresses", [["192.0.2.300"], ["example.org"], ["192.0.2.1,192.0.2.2"]])
 def test_a_source_address_sshd_could_not_parse_is_refused_at_minting(
     ca: CertificateAuthority, addresses: list[str]
 ) -> None:
@@ -72,7 +72,7 @@ def test_a_source_address_sshd_could_not_parse_is_refused_at_minting(
 
 def test_one_address_given_as_a_bare_string_is_refused(ca: CertificateAuthority) -> None:
     with pytest.raises(TypeError):
-        ca.mint("alice", source_addresses="10.0.0.1")
+        ca.mint("alice", source_addresses="192.0.2.1")
 
 
 def test_every_mint_uses_a_fresh_key(ca: CertificateAuthority) -> None:
