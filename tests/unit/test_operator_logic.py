@@ -16,8 +16,9 @@ from bbp_notebooks.api.models import (
     SlurmSiteStatus,
     dump,
 )
+from bbp_notebooks.api.vocabulary import ConditionType
 from bbp_notebooks.operator import observe
-from bbp_notebooks.operator.conditions import ConditionType, get, set_condition
+from bbp_notebooks.operator.conditions import get, set_condition
 from bbp_notebooks.operator.planning import (
     InvalidSpec,
     NoSiteAvailable,

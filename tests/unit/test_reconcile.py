@@ -19,8 +19,9 @@ from bbp_notebooks.api.models import (
     SlurmSiteStatus,
     dump,
 )
+from bbp_notebooks.api.vocabulary import ConditionType
 from bbp_notebooks.operator import observe, reconcile
-from bbp_notebooks.operator.conditions import ConditionType, get, set_condition
+from bbp_notebooks.operator.conditions import get, set_condition
 from bbp_notebooks.operator.planning import job_name
 from bbp_notebooks.operator.sessions import SessionRef
 from bbp_notebooks.slurm.commands import AccountingEntry, PartitionAvailability, QueueEntry

@@ -224,3 +224,19 @@ def test_a_token_matches_only_its_own_digest() -> None:
     assert not tokens.matches(two, tokens.digest(one))
     assert not tokens.matches(one, None)
     assert tokens.digest(one) != one and len(tokens.digest(one)) == 64
+
+
+def test_every_reason_and_condition_type_fits_the_condition_schema() -> None:
+    import re
+
+    from bbp_notebooks.api.models import Condition
+    from bbp_notebooks.api.vocabulary import ConditionType, Reason
+
+    reason_pattern = Condition.model_fields["reason"].metadata
+    patterns = [m.pattern for m in reason_pattern if hasattr(m, "pattern")]
+    assert patterns
+    for reason in Reason:
+        assert re.fullmatch(patterns[0], reason.value), reason
+    assert len({r.value for r in Reason}) == len(Reason)
+    for type_ in ConditionType:
+        assert re.fullmatch(r"[A-Z][A-Za-z0-9]*", type_.value)

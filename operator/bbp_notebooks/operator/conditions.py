@@ -5,17 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from bbp_notebooks.api.models import Condition, ConditionStatus
-
-
-class ConditionType:
-    SUBMITTED = "Submitted"
-    RUNNING = "Running"
-    READY = "Ready"
-    SITE_REACHABLE = "SiteReachable"
-    REACHABLE = "Reachable"
-    # Site: False when many sessions' jobs vanish from the monitor's view at once (the breaker).
-    JOBS_VISIBLE = "JobsVisible"
-
+from bbp_notebooks.api.vocabulary import ConditionType, Reason
 
 SESSION_CONDITIONS = (
     ConditionType.SUBMITTED,
@@ -59,7 +49,7 @@ def set_condition(
     )
     result = [c for c in conditions if c.type != type_]
     result.append(updated)
-    order = {name: index for index, name in enumerate(SESSION_CONDITIONS)}
+    order: dict[str, int] = {name: index for index, name in enumerate(SESSION_CONDITIONS)}
     return sorted(result, key=lambda c: order.get(c.type, len(order)))
 
 
@@ -77,7 +67,7 @@ def ensure_all(
                 conditions,
                 type_,
                 ConditionStatus.UNKNOWN,
-                "NotYetObserved",
+                Reason.NOT_YET_OBSERVED,
                 "",
                 now=now,
                 generation=generation,

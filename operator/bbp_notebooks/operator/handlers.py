@@ -37,8 +37,9 @@ from bbp_notebooks.api.models import (
     dump,
 )
 from bbp_notebooks.api.settings import OperatorSettings
+from bbp_notebooks.api.vocabulary import ConditionType, Reason
 from bbp_notebooks.operator import callbacks, observe, sessions, sites, tokens
-from bbp_notebooks.operator.conditions import ConditionType, get
+from bbp_notebooks.operator.conditions import get
 from bbp_notebooks.operator.http import build_app, serve
 from bbp_notebooks.operator.kube import Kube
 from bbp_notebooks.operator.metrics import (
@@ -47,7 +48,6 @@ from bbp_notebooks.operator.metrics import (
     SSH_CHANNELS,
     SSH_CONNECTIONS,
 )
-from bbp_notebooks.operator.observe import ADMISSION_POLICY_MISSING
 from bbp_notebooks.operator.planning import NoSiteAvailable, SiteView
 from bbp_notebooks.operator.runtime import CredentialsUnavailable, Runtime
 from bbp_notebooks.ssh import AuthenticationFailed, HostKeyMismatch, SshError
@@ -316,7 +316,7 @@ async def _login_refused(
     retry: int,
 ) -> NoReturn:
     host_key = isinstance(error, HostKeyMismatch)
-    reason = observe.HOST_KEY_MISMATCH if host_key else observe.LOGIN_REFUSED
+    reason = Reason.HOST_KEY_MISMATCH if host_key else Reason.LOGIN_REFUSED
     RECONCILE_ERRORS.labels("submit", reason).inc()
     now = dt.datetime.now(dt.UTC)
     waiting = observe.cannot_log_in(
@@ -345,9 +345,12 @@ async def _wait_for_admission_policy(
     if waiting.conditions != session.status.conditions:
         log.error("session %s/%s: %s", session.namespace, session.name, message)
         await rt.kube.event(
-            session.involved, reason=ADMISSION_POLICY_MISSING, message=message, type_="Warning"
+            session.involved,
+            reason=Reason.ADMISSION_POLICY_MISSING,
+            message=message,
+            type_="Warning",
         )
-    RECONCILE_ERRORS.labels("submit", ADMISSION_POLICY_MISSING).inc()
+    RECONCILE_ERRORS.labels("submit", Reason.ADMISSION_POLICY_MISSING).inc()
     raise kopf.TemporaryError(message, delay=15)
 
 
@@ -366,7 +369,9 @@ async def cancel(
     except sessions.SiteGone as error:
         message = f"released without cancelling job {session.status.job_id}: {error}"
         log.warning("session %s/%s: %s", session.namespace, session.name, message)
-        await rt.kube.event(session.involved, reason="SiteGone", message=message, type_="Warning")
+        await rt.kube.event(
+            session.involved, reason=Reason.SITE_GONE, message=message, type_="Warning"
+        )
         job_id = None
     except (SshError, sessions.JobStillActive, CredentialsUnavailable) as error:
         RECONCILE_ERRORS.labels("cancel", type(error).__name__).inc()
@@ -384,7 +389,7 @@ async def cancel(
         )
         log.warning("session %s/%s: %s", session.namespace, session.name, message)
         await rt.kube.event(
-            session.involved, reason="CancelAbandoned", message=message, type_="Warning"
+            session.involved, reason=Reason.CANCEL_ABANDONED, message=message, type_="Warning"
         )
         job_id = None
     rt.endpoints.pop(session.uid, None)

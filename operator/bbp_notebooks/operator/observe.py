@@ -12,23 +12,24 @@ from bbp_notebooks.api.models import (
     QueueInfo,
     SessionPhase,
 )
-from bbp_notebooks.operator.conditions import SESSION_CONDITIONS, ConditionType, ensure_all
+from bbp_notebooks.api.vocabulary import ConditionType, Reason
+from bbp_notebooks.operator.conditions import SESSION_CONDITIONS, ensure_all
 from bbp_notebooks.operator.conditions import set_condition as _set
 from bbp_notebooks.slurm.values import JobCategory, JobState
 
 # How a job ended -> (phase, CamelCase reason). Which states count as ended is JobState's
 # category (slurm/values.py); this only names each end.
 ENDINGS: dict[JobState, tuple[SessionPhase, str]] = {
-    JobState.COMPLETED: (SessionPhase.COMPLETED, "JobCompleted"),
-    JobState.CANCELLED: (SessionPhase.CANCELLED, "JobCancelled"),
-    JobState.TIMEOUT: (SessionPhase.TIMEOUT, "JobTimeLimitReached"),
-    JobState.FAILED: (SessionPhase.FAILED, "JobFailed"),
-    JobState.NODE_FAIL: (SessionPhase.FAILED, "NodeFail"),
-    JobState.OUT_OF_MEMORY: (SessionPhase.FAILED, "OutOfMemory"),
-    JobState.BOOT_FAIL: (SessionPhase.FAILED, "BootFail"),
-    JobState.DEADLINE: (SessionPhase.FAILED, "DeadlineReached"),
-    JobState.PREEMPTED: (SessionPhase.FAILED, "Preempted"),
-    JobState.REVOKED: (SessionPhase.FAILED, "Revoked"),
+    JobState.COMPLETED: (SessionPhase.COMPLETED, Reason.JOB_COMPLETED),
+    JobState.CANCELLED: (SessionPhase.CANCELLED, Reason.JOB_CANCELLED),
+    JobState.TIMEOUT: (SessionPhase.TIMEOUT, Reason.JOB_TIME_LIMIT_REACHED),
+    JobState.FAILED: (SessionPhase.FAILED, Reason.JOB_FAILED),
+    JobState.NODE_FAIL: (SessionPhase.FAILED, Reason.NODE_FAIL),
+    JobState.OUT_OF_MEMORY: (SessionPhase.FAILED, Reason.OUT_OF_MEMORY),
+    JobState.BOOT_FAIL: (SessionPhase.FAILED, Reason.BOOT_FAIL),
+    JobState.DEADLINE: (SessionPhase.FAILED, Reason.DEADLINE_REACHED),
+    JobState.PREEMPTED: (SessionPhase.FAILED, Reason.PREEMPTED),
+    JobState.REVOKED: (SessionPhase.FAILED, Reason.REVOKED),
 }
 
 
@@ -118,7 +119,7 @@ def submitted(
     generation: int | None,
 ) -> NotebookSessionStatus:
     status = initial(status, now=now, generation=generation)
-    reason = "ExistingJobAdopted" if adopted else "JobSubmitted"
+    reason = Reason.EXISTING_JOB_ADOPTED if adopted else Reason.JOB_SUBMITTED
     message = f"Slurm job {job_id} at {site}"
     conditions = _set(
         status.conditions,
@@ -133,7 +134,7 @@ def submitted(
         conditions,
         ConditionType.SITE_REACHABLE,
         True,
-        "SiteAnswered",
+        Reason.SITE_ANSWERED,
         "",
         now=now,
         generation=generation,
@@ -153,20 +154,14 @@ def submitted(
     )
 
 
-ADMISSION_POLICY_MISSING = "AdmissionPolicyMissing"
-SUBMISSION_REJECTED = "SubmissionRejected"
-LOGIN_REFUSED = "LoginRefused"
-HOST_KEY_MISMATCH = "HostKeyMismatch"
-
-
 def rejected(
     status: NotebookSessionStatus, message: str, *, now: dt.datetime, generation: int | None
 ) -> NotebookSessionStatus:
     """Slurm refused the job: final, with Slurm's words, so the hub shows them at once."""
     return _conditioned(
         status,
-        (ConditionType.SUBMITTED, False, SUBMISSION_REJECTED, message),
-        (ConditionType.SITE_REACHABLE, True, "SiteAnswered", ""),
+        (ConditionType.SUBMITTED, False, Reason.SUBMISSION_REJECTED, message),
+        (ConditionType.SITE_REACHABLE, True, Reason.SITE_ANSWERED, ""),
         now=now,
         generation=generation,
         phase=SessionPhase.FAILED,
@@ -200,7 +195,7 @@ def admission_policy_missing(
     """Not submitted, and not invalid: the operator waits until the admission policy is back."""
     return _conditioned(
         status,
-        (ConditionType.SUBMITTED, False, ADMISSION_POLICY_MISSING, message),
+        (ConditionType.SUBMITTED, False, Reason.ADMISSION_POLICY_MISSING, message),
         now=now,
         generation=generation,
         message=message,
@@ -213,7 +208,7 @@ def site_unreachable(
     """The site did not answer: keep the last known state, never read it as a failure."""
     return _conditioned(
         status,
-        (ConditionType.SITE_REACHABLE, False, "SiteUnavailable", message),
+        (ConditionType.SITE_REACHABLE, False, Reason.SITE_UNAVAILABLE, message),
         now=now,
         generation=generation,
     )
@@ -237,7 +232,7 @@ def observed(
         status.conditions,
         ConditionType.SITE_REACHABLE,
         True,
-        "SiteAnswered",
+        Reason.SITE_ANSWERED,
         "",
         now=now,
         generation=generation,
@@ -252,8 +247,8 @@ def observed(
     if job is None:
         if vanished:
             message = f"Slurm job {status.job_id} is known to neither squeue nor sacct"
-            cond(ConditionType.RUNNING, False, "JobVanished", message)
-            cond(ConditionType.READY, False, "JobEnded", message)
+            cond(ConditionType.RUNNING, False, Reason.JOB_VANISHED, message)
+            cond(ConditionType.READY, False, Reason.JOB_ENDED, message)
             update.update(phase=SessionPhase.FAILED, message=message, endpoint=None, end_time=now)
         return status.model_copy(update=update)
 
@@ -261,8 +256,8 @@ def observed(
         update["time_limit_minutes"] = job.time_limit_minutes
     if job.category is JobCategory.QUEUED:
         reason = job.reason or "None"
-        cond(ConditionType.RUNNING, False, "JobPending", f"waiting in queue: {reason}")
-        cond(ConditionType.READY, False, "JobPending", "")
+        cond(ConditionType.RUNNING, False, Reason.JOB_PENDING, f"waiting in queue: {reason}")
+        cond(ConditionType.READY, False, Reason.JOB_PENDING, "")
         update.update(
             phase=SessionPhase.QUEUED,
             queue=QueueInfo(reason=reason, estimated_start=job.start_time),
@@ -270,16 +265,19 @@ def observed(
         )
     elif job.category is JobCategory.RUNNING:
         node = job.node or None
-        cond(ConditionType.RUNNING, True, "JobRunning", f"on {node}")
+        cond(ConditionType.RUNNING, True, Reason.JOB_RUNNING, f"on {node}")
         update.update(node=node, start_time=job.start_time or status.start_time, queue=None)
         if endpoint is not None:
-            cond(ConditionType.READY, True, "EndpointReported", endpoint.url)
+            cond(ConditionType.READY, True, Reason.ENDPOINT_REPORTED, endpoint.url)
             update.update(
                 phase=SessionPhase.READY, endpoint=endpoint, message=f"ready at {endpoint.url}"
             )
         else:
             cond(
-                ConditionType.READY, False, "WaitingForEndpoint", "the notebook server is starting"
+                ConditionType.READY,
+                False,
+                Reason.WAITING_FOR_ENDPOINT,
+                "the notebook server is starting",
             )
             update.update(
                 phase=SessionPhase.RUNNING, message=f"running on {node}, starting notebook"
@@ -292,7 +290,7 @@ def observed(
                 f", signal {job.signal})" if job.signal else ")"
             )
         cond(ConditionType.RUNNING, False, reason, message)
-        cond(ConditionType.READY, False, "JobEnded", message)
+        cond(ConditionType.READY, False, Reason.JOB_ENDED, message)
         update.update(
             phase=phase,
             message=message,
@@ -303,5 +301,7 @@ def observed(
             end_time=job.end_time or now,
         )
     else:
-        cond(ConditionType.RUNNING, ConditionStatus.UNKNOWN, "UnrecognisedJobState", job.state)
+        cond(
+            ConditionType.RUNNING, ConditionStatus.UNKNOWN, Reason.UNRECOGNISED_JOB_STATE, job.state
+        )
     return status.model_copy(update=update)

@@ -15,7 +15,8 @@ from bbp_notebooks.api.models import (
     SlurmSiteSpec,
     SlurmSiteStatus,
 )
-from bbp_notebooks.operator.conditions import ConditionType, is_true
+from bbp_notebooks.api.vocabulary import ConditionType, Reason
+from bbp_notebooks.operator.conditions import is_true
 
 
 class InvalidSpec(Exception):
@@ -29,10 +30,6 @@ class InvalidSpec(Exception):
 
 class NoSiteAvailable(Exception):
     """No allowed site is reachable right now; this may heal."""
-
-
-# The reason of every refusal of who a session would run as.
-UserNotAllowed = "UserNotAllowed"
 
 
 @dataclass(frozen=True)
@@ -110,7 +107,9 @@ def user_refusal(
     policy = site.spec.user_policy
 
     def refused(why: str) -> InvalidSpec:
-        return InvalidSpec(UserNotAllowed, f"user {user!r} may not run at {site.name!r}: {why}")
+        return InvalidSpec(
+            Reason.USER_NOT_ALLOWED, f"user {user!r} may not run at {site.name!r}: {why}"
+        )
 
     if user in protected:
         return refused("a protected account (system or monitor user)")
@@ -157,10 +156,12 @@ def plan(
     user); raise InvalidSpec with a clear message. ``protected``: see :func:`user_refusal`."""
     profile = profiles.get(spec.profile)
     if profile is None:
-        raise InvalidSpec("UnknownProfile", f"NotebookProfile {spec.profile!r} does not exist")
+        raise InvalidSpec(
+            Reason.UNKNOWN_PROFILE, f"NotebookProfile {spec.profile!r} does not exist"
+        )
     if not profile_allows(profile, groups):
         raise InvalidSpec(
-            "ProfileNotAllowed",
+            Reason.PROFILE_NOT_ALLOWED,
             f"user {spec.user!r} is in none of the groups allowed to use profile {spec.profile!r}",
         )
     if spec.site == "auto":
@@ -177,10 +178,10 @@ def plan(
     else:
         found = sites.get(spec.site)
         if found is None:
-            raise InvalidSpec("UnknownSite", f"SlurmSite {spec.site!r} does not exist")
+            raise InvalidSpec(Reason.UNKNOWN_SITE, f"SlurmSite {spec.site!r} does not exist")
         if profile.allowed_sites and spec.site not in profile.allowed_sites:
             raise InvalidSpec(
-                "SiteNotAllowed",
+                Reason.SITE_NOT_ALLOWED,
                 f"profile {spec.profile!r} may run only at {', '.join(profile.allowed_sites)}",
             )
         site = found
@@ -189,11 +190,13 @@ def plan(
             raise refusal
     if site.spec.account_policy == AccountPolicy.REQUIRED and not spec.account:
         raise InvalidSpec(
-            "AccountRequired", f"site {site.name!r} requires an account (project) for every job"
+            Reason.ACCOUNT_REQUIRED,
+            f"site {site.name!r} requires an account (project) for every job",
         )
     if site.spec.auth.method == AuthMethod.GSSAPI:
         raise InvalidSpec(
-            "AuthMethodUnsupported", f"site {site.name!r} uses GSSAPI, which is not implemented yet"
+            Reason.AUTH_METHOD_UNSUPPORTED,
+            f"site {site.name!r} uses GSSAPI, which is not implemented yet",
         )
 
     overrides = spec.resources
@@ -208,15 +211,15 @@ def plan(
     max_memory = profile.max_memory_mib or profile.memory_mib
     if cores > max_cores:
         raise InvalidSpec(
-            "ResourcesExceedProfile", f"{cores} cores asked, profile allows {max_cores}"
+            Reason.RESOURCES_EXCEED_PROFILE, f"{cores} cores asked, profile allows {max_cores}"
         )
     if memory > max_memory:
         raise InvalidSpec(
-            "ResourcesExceedProfile", f"{memory} MiB asked, profile allows {max_memory} MiB"
+            Reason.RESOURCES_EXCEED_PROFILE, f"{memory} MiB asked, profile allows {max_memory} MiB"
         )
     if minutes > profile.max_time_limit_minutes:
         raise InvalidSpec(
-            "ResourcesExceedProfile",
+            Reason.RESOURCES_EXCEED_PROFILE,
             f"{minutes} minutes asked, profile allows {profile.max_time_limit_minutes}",
         )
     return Plan(

@@ -23,8 +23,9 @@ from bbp_notebooks.api.models import (
     SlurmSiteStatus,
     UserAccounts,
 )
+from bbp_notebooks.api.vocabulary import ConditionType, Reason
 from bbp_notebooks.operator import observe
-from bbp_notebooks.operator.conditions import ConditionType, get, set_condition
+from bbp_notebooks.operator.conditions import get, set_condition
 from bbp_notebooks.operator.planning import session_uid
 from bbp_notebooks.operator.sessions import SessionRef
 from bbp_notebooks.slurm.commands import AccountingEntry, PartitionAvailability, QueueEntry
@@ -237,7 +238,7 @@ def site_status(
         previous.conditions,
         ConditionType.REACHABLE,
         reachable,
-        "Polled" if reachable else "SiteUnavailable",
+        Reason.POLLED if reachable else Reason.SITE_UNAVAILABLE,
         message,
         now=now,
         generation=generation,
@@ -250,7 +251,7 @@ def site_status(
         conditions,
         ConditionType.JOBS_VISIBLE,
         not missing,
-        "ManyJobsMissing" if missing else "AllJobsVisible",
+        Reason.MANY_JOBS_MISSING if missing else Reason.ALL_JOBS_VISIBLE,
         f"{missing} sessions' jobs are missing from the monitor's view at once: the view is "
         "suspect (hidden partition, PrivateData, accounting lag); no session is ended for it"
         if missing

@@ -17,13 +17,13 @@ from bbp_notebooks.api.models import (
     NotebookSessionStatus,
     SessionPhase,
 )
+from bbp_notebooks.api.vocabulary import Reason
 from bbp_notebooks.operator import observe
 from bbp_notebooks.operator.metrics import SUBMISSION_FAILURES, SUBMISSIONS, USER_REFUSALS
 from bbp_notebooks.operator.planning import (
     InvalidSpec,
     Plan,
     SiteView,
-    UserNotAllowed,
     job_name,
     plan,
     protected_users,
@@ -96,14 +96,14 @@ async def environment_for(
         if waited < ENVIRONMENT_GRACE:
             raise EnvironmentNotReady(f"Secret {ref.name!r} does not exist yet") from None
         return InvalidSpec(
-            "EnvironmentSecretNotFound",
+            Reason.ENVIRONMENT_SECRET_NOT_FOUND,
             f"Secret {ref.name!r} does not exist in {session.namespace}",
         )
     if session.uid not in owners:
         if waited < ENVIRONMENT_GRACE and not owners:
             raise EnvironmentNotReady(f"Secret {ref.name!r} is not owned by the session yet")
         return InvalidSpec(
-            "EnvironmentSecretNotOwned",
+            Reason.ENVIRONMENT_SECRET_NOT_OWNED,
             f"Secret {ref.name!r} does not belong to this session (no ownerReference to it)"
             + (" but to another object" if owners else ""),
         )
@@ -170,7 +170,7 @@ async def ensure_submitted(
             raise env
     except InvalidSpec as invalid:
         SUBMISSION_FAILURES.labels(session.spec.site, invalid.reason).inc()
-        if invalid.reason == UserNotAllowed:
+        if invalid.reason == Reason.USER_NOT_ALLOWED:
             USER_REFUSALS.labels(session.spec.site, invalid.reason).inc()
         return observe.invalid(
             status, invalid.reason, invalid.message, now=now, generation=session.generation
@@ -197,7 +197,7 @@ async def ensure_submitted(
         try:
             job_id = await client.submit(identity, job_spec(tag, chosen), script)
         except SubmissionRejected as refusal:
-            SUBMISSION_FAILURES.labels(site.name, observe.SUBMISSION_REJECTED).inc()
+            SUBMISSION_FAILURES.labels(site.name, Reason.SUBMISSION_REJECTED).inc()
             log.warning(
                 "session %s/%s: %s refused the job: %s",
                 session.namespace,

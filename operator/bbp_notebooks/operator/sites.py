@@ -29,9 +29,10 @@ from bbp_notebooks.api.models import (
     SlurmSiteStatus,
     dump,
 )
+from bbp_notebooks.api.vocabulary import ConditionType
 from bbp_notebooks.operator import observe, reconcile
 from bbp_notebooks.operator.callbacks import FIRST_UNPRIVILEGED_PORT, allowed_hosts
-from bbp_notebooks.operator.conditions import ConditionType, get
+from bbp_notebooks.operator.conditions import get
 from bbp_notebooks.operator.metrics import (
     QUEUE_WAIT,
     RECONCILE_ERRORS,

@@ -1,0 +1,71 @@
+"""The words the operator, the hub and the tests share: condition types and reasons.
+
+Every condition type and every reason in a status or an Event is a member here, so no second
+spelling can disagree with the first. Reasons are CamelCase, as Kubernetes API conventions want.
+"""
+
+# ruff: noqa: S105  (reason names such as EnvironmentSecretNotFound are words, not secrets)
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ConditionType(StrEnum):
+    # NotebookSession
+    SUBMITTED = "Submitted"
+    RUNNING = "Running"
+    READY = "Ready"
+    SITE_REACHABLE = "SiteReachable"
+    # SlurmSite
+    REACHABLE = "Reachable"
+    JOBS_VISIBLE = "JobsVisible"  # False when many jobs vanish from the monitor's view at once
+
+
+class Reason(StrEnum):
+    # Submission
+    JOB_SUBMITTED = "JobSubmitted"
+    EXISTING_JOB_ADOPTED = "ExistingJobAdopted"
+    SUBMISSION_REJECTED = "SubmissionRejected"
+    ADMISSION_POLICY_MISSING = "AdmissionPolicyMissing"
+    # Refused before any job (phase InvalidSpec)
+    UNKNOWN_PROFILE = "UnknownProfile"
+    PROFILE_NOT_ALLOWED = "ProfileNotAllowed"
+    UNKNOWN_SITE = "UnknownSite"
+    SITE_NOT_ALLOWED = "SiteNotAllowed"
+    ACCOUNT_REQUIRED = "AccountRequired"
+    AUTH_METHOD_UNSUPPORTED = "AuthMethodUnsupported"
+    RESOURCES_EXCEED_PROFILE = "ResourcesExceedProfile"
+    USER_NOT_ALLOWED = "UserNotAllowed"
+    ENVIRONMENT_SECRET_NOT_FOUND = "EnvironmentSecretNotFound"
+    ENVIRONMENT_SECRET_NOT_OWNED = "EnvironmentSecretNotOwned"
+    # Reaching the site
+    SITE_ANSWERED = "SiteAnswered"
+    SITE_UNAVAILABLE = "SiteUnavailable"
+    LOGIN_REFUSED = "LoginRefused"
+    HOST_KEY_MISMATCH = "HostKeyMismatch"
+    POLLED = "Polled"
+    ALL_JOBS_VISIBLE = "AllJobsVisible"
+    MANY_JOBS_MISSING = "ManyJobsMissing"
+    # The job, as Slurm reports it
+    NOT_YET_OBSERVED = "NotYetObserved"
+    JOB_PENDING = "JobPending"
+    JOB_RUNNING = "JobRunning"
+    ENDPOINT_REPORTED = "EndpointReported"
+    WAITING_FOR_ENDPOINT = "WaitingForEndpoint"
+    JOB_ENDED = "JobEnded"
+    JOB_VANISHED = "JobVanished"
+    UNRECOGNISED_JOB_STATE = "UnrecognisedJobState"
+    # How a job ended
+    JOB_COMPLETED = "JobCompleted"
+    JOB_CANCELLED = "JobCancelled"
+    JOB_TIME_LIMIT_REACHED = "JobTimeLimitReached"
+    JOB_FAILED = "JobFailed"
+    NODE_FAIL = "NodeFail"
+    OUT_OF_MEMORY = "OutOfMemory"
+    BOOT_FAIL = "BootFail"
+    DEADLINE_REACHED = "DeadlineReached"
+    PREEMPTED = "Preempted"
+    REVOKED = "Revoked"
+    # Deleting a session (Warning Events)
+    SITE_GONE = "SiteGone"
+    CANCEL_ABANDONED = "CancelAbandoned"
