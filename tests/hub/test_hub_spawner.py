@@ -436,9 +436,14 @@ async def test_start_creates_the_secret_and_session_and_returns_the_url_once_rea
     assert meta["labels"][naming.HUB_USER_LABEL] == "alice"
     assert meta["labels"][naming.SERVER_NAME_LABEL] == ""
 
-    secret = await kube.core.read_namespaced_secret(secret_name, NAMESPACE)
-    owners = secret.metadata.owner_references
-    assert [(o.kind, o.name, o.uid) for o in owners] == [("NotebookSession", name, meta["uid"])]
+    async def owners() -> list[Any] | None:
+        # The spawner makes the session the Secret's owner right after creating the session.
+        secret = await kube.core.read_namespaced_secret(secret_name, NAMESPACE)
+        found: list[Any] | None = secret.metadata.owner_references
+        return found
+
+    found = await wait_for(owners, what="the Secret's owner reference")
+    assert [(o.kind, o.name, o.uid) for o in found] == [("NotebookSession", name, meta["uid"])]
     env = await kube.read_secret(NAMESPACE, secret_name)
     assert env is not None
     assert env["JUPYTERHUB_API_TOKEN"] == TOKEN
