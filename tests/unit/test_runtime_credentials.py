@@ -89,3 +89,63 @@ async def test_an_unchanged_ca_keeps_its_certificates(clock: list[dt.datetime]) 
     clock[0] += runtime_module.CA_RECHECK * 2
     assert await rt.identity("geneva", SITE, "alice") is first
     assert store.reads == 2  # read again, found the same version
+
+
+class SlowStore(SecretStore):
+    """A Secret read that takes a while: shows whether users wait for each other."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.concurrent = 0
+        self.most_concurrent = 0
+
+    async def read_secret_with_owners(
+        self, namespace: str, name: str
+    ) -> tuple[dict[str, bytes], frozenset[str], str]:
+        import asyncio
+
+        self.concurrent += 1
+        self.most_concurrent = max(self.most_concurrent, self.concurrent)
+        await asyncio.sleep(0.05)
+        self.concurrent -= 1
+        return await super().read_secret_with_owners(namespace, name)
+
+
+async def test_minting_for_one_user_does_not_wait_for_another() -> None:
+    import asyncio
+
+    store = SlowStore()
+    rt = Runtime.create(OperatorSettings(), store)  # type: ignore[arg-type]
+    users = [f"user{i}" for i in range(8)]
+    minted = await asyncio.gather(*(rt.identity("geneva", SITE, u) for u in users))
+    assert [m.username for m in minted] == users
+    assert store.most_concurrent > 1  # one global lock would have made this 1
+
+
+async def test_one_user_is_minted_once_however_many_ask_at_once() -> None:
+    import asyncio
+
+    store = SlowStore()
+    rt = Runtime.create(OperatorSettings(), store)  # type: ignore[arg-type]
+    minted = await asyncio.gather(*(rt.identity("geneva", SITE, "alice") for _ in range(5)))
+    assert len({id(m) for m in minted}) == 1
+
+
+async def test_prune_forgets_expired_identities_and_gone_sessions(
+    clock: list[dt.datetime],
+) -> None:
+    from bbp_notebooks.api.models import Endpoint
+
+    store = SecretStore()
+    rt = Runtime.create(OperatorSettings(), store)  # type: ignore[arg-type]
+    await rt.identity("geneva", SITE, "alice")
+    endpoint = Endpoint(host="127.0.0.1", port=9000, url="http://127.0.0.1:9000")
+    rt.endpoints.update({"live": (1, endpoint), "gone": (2, endpoint)})
+
+    rt.prune(clock[0], {"live"})
+    assert set(rt.endpoints) == {"live"}
+    assert ("geneva", "alice") in rt._identities  # still valid: kept
+
+    clock[0] += dt.timedelta(minutes=SITE.auth.certificate_validity_minutes)
+    rt.prune(clock[0], {"live"})
+    assert rt._identities == {} and rt._locks == {}

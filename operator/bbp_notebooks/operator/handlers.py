@@ -428,6 +428,7 @@ async def poll_site(
             if dump(new) != dump(view.status):
                 await rt.kube.patch_site_status(name, dump(new))
             sites.publish_session_gauge(refs)
+            rt.prune(dt.datetime.now(dt.UTC), {s.uid for s in refs})
             SSH_CONNECTIONS.set(rt.pool.connections_open)
             SSH_CHANNELS.set(rt.pool.channels_in_use)
         except asyncio.CancelledError:

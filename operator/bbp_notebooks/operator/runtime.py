@@ -77,7 +77,8 @@ class Runtime:
     endpoints: dict[str, tuple[int, Endpoint]] = field(default_factory=dict)
     _identities: dict[tuple[str, str], _CachedIdentity] = field(default_factory=dict)
     _cas: dict[str, _CachedCa] = field(default_factory=dict)
-    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # One lock per (site, user): minting for one user never waits for another user's Secret read.
+    _locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
     _admission: tuple[dt.datetime, bool | None] | None = None
 
     @classmethod
@@ -102,7 +103,7 @@ class Runtime:
         cached = self._identities.get((site, user))
         if cached is not None and cached.renew_after > now and self._ca_fresh(spec, site, now):
             return cached.identity
-        async with self._lock:
+        async with self._locks.setdefault((site, user), asyncio.Lock()):
             try:
                 return await self._mint(site, spec, user, now)
             except (k8s.ApiException, KeyError, ValueError) as error:
@@ -142,6 +143,19 @@ class Runtime:
             )
             return identity
         raise NotImplementedError("GSSAPI (Kerberos) login is not implemented yet")
+
+    def prune(self, now: dt.datetime, live_sessions: set[str]) -> None:
+        """Forget what no longer serves: identities past their renewal time (and their locks),
+        endpoints of sessions that are gone. Caches keyed by user or session stay bounded by
+        the sessions that exist."""
+        expired = [key for key, value in self._identities.items() if value.renew_after <= now]
+        for key in expired:
+            del self._identities[key]
+        for key in [k for k in self._locks if k not in self._identities]:
+            if not self._locks[key].locked():
+                del self._locks[key]
+        for uid in [uid for uid in self.endpoints if uid not in live_sessions]:
+            del self.endpoints[uid]
 
     def _ca_fresh(self, spec: SlurmSiteSpec, site: str, now: dt.datetime) -> bool:
         if spec.auth.method != AuthMethod.CERTIFICATE:
