@@ -16,6 +16,9 @@ log = logging.getLogger(__name__)
 
 # The generated client defaults to JSON Patch; status is written as a JSON merge patch.
 MERGE_PATCH: dict[str, Any] = {"_content_type": "application/merge-patch+json"}
+# Lists for which only names and uids matter ask for metadata only, a page at a time.
+METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+SWEEP_PAGE_SIZE = 500
 
 
 class Kube:
@@ -60,10 +63,30 @@ class Kube:
             GROUP, VERSION, SITE_PLURAL, name, {"status": status}, **MERGE_PATCH
         )
 
-    async def session_uids(self) -> set[str]:
-        """Every NotebookSession uid in the cluster, read now (authoritative, not an index)."""
-        listing = await self.custom.list_cluster_custom_object(GROUP, VERSION, SESSION_PLURAL)
-        return {item["metadata"]["uid"] for item in listing.get("items", [])}
+    async def session_uids(self, page_size: int = SWEEP_PAGE_SIZE) -> set[str]:
+        """Every NotebookSession uid in the cluster, read now (authoritative, not an index).
+
+        Metadata only (PartialObjectMetadataList, so no spec or status crosses the wire) and
+        paginated, so the sweep's memory does not grow with the sessions' size or number."""
+        uids: set[str] = set()
+        token: str | None = None
+        while True:
+            query: list[tuple[str, Any]] = [("limit", page_size)]
+            if token:
+                query.append(("continue", token))
+            page = await self.api_client.call_api(
+                f"/apis/{GROUP}/{VERSION}/{SESSION_PLURAL}",
+                "GET",
+                query_params=query,
+                header_params={"Accept": METADATA_ONLY},
+                response_types_map={200: "object"},
+                auth_settings=["BearerToken"],
+                _return_http_data_only=True,
+            )
+            uids.update(item["metadata"]["uid"] for item in page.get("items", []))
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return uids
 
     async def read_admission_policy(
         self, name: str
