@@ -182,6 +182,30 @@ async def test_a_forged_queue_record_is_dropped_and_counted_not_a_failed_poll(
     assert [e.job_id for e in await client.queue(alice, users=["alice"])] == [1000007]
 
 
+async def test_a_large_queue_is_parsed_off_the_event_loop(
+    client: SlurmClient, slurm: FakeSlurm, alice: Identity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from bbp_notebooks.slurm import commands
+
+    parsed_on: list[str] = []
+    real_parse = commands.parse_squeue
+
+    def parse(text: str, sentinel: str) -> object:
+        parsed_on.append(threading.current_thread().name)
+        return real_parse(text, sentinel)
+
+    monkeypatch.setattr(commands, "parse_squeue", parse)
+    small = await client.queue_all(alice)
+    rows = [SQUEUE_ROW.replace("1000007", str(2000000 + i)) for i in range(1000)]
+    slurm.replies["squeue"] = lambda call: (0, squeue_records(call, *rows), "")
+    large = await client.queue_all(alice)
+    assert (len(small.entries), len(large.entries)) == (1, 1000)
+    main = threading.main_thread().name
+    assert parsed_on[0] == main and parsed_on[1] != main
+
+
 async def test_accounting_reads_sacct_and_skips_the_call_for_no_jobs(
     client: SlurmClient, sshd: ThrowawaySshd, alice: Identity
 ) -> None:

@@ -6,6 +6,7 @@ job is not in its memory any more); a controller that cannot be reached is SiteU
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import Iterable, Sequence
@@ -30,6 +31,8 @@ __all__ = ["SlurmClient"]
 log = logging.getLogger(__name__)
 
 _UNKNOWN_JOB = "invalid job id specified"
+# squeue output at least this long is parsed in a worker thread (about 400 jobs' records).
+PARSE_INLINE_BYTES = 64 * 1024
 _ALREADY_DONE = "already completing or completed"
 
 
@@ -142,7 +145,11 @@ class SlurmClient:
         sentinel = _sentinel()
         argv = commands.squeue_all_argv(sentinel=sentinel)
         result = await self._run(identity, argv)
-        return commands.parse_squeue(result.stdout, sentinel)
+        if len(result.stdout) < PARSE_INLINE_BYTES:
+            return commands.parse_squeue(result.stdout, sentinel)
+        # A busy site's whole queue is megabytes: parse it in a thread, so the event loop keeps
+        # serving callbacks, watches and the other sites' polls meanwhile.
+        return await asyncio.to_thread(commands.parse_squeue, result.stdout, sentinel)
 
     async def accounting(self, identity: Identity, job_ids: Iterable[int]) -> list[AccountingEntry]:
         """How these jobs ended, from sacct (the authority once squeue has forgotten them)."""
