@@ -35,9 +35,9 @@ JOB = QueueEntry(
 
 def candidates(entry: QueueEntry, known: frozenset[str] = frozenset()) -> list[int]:
     uid = session_uid(entry.name, "default")
-    tagged = {uid: entry} if uid is not None else {}
+    tagged = {uid: (entry,)} if uid is not None else {}
     found = orphan_candidates(tagged, set(known), now=NOW, grace=GRACE, zone=ZONE)
-    return [e.job_id for e in found.values()]
+    return [e.job_id for _, e in found]
 
 
 @pytest.mark.parametrize(
@@ -79,9 +79,19 @@ def test_a_tagged_job_of_a_protected_user_is_never_a_candidate() -> None:
     uid = session_uid(JOB.name, "default")
     assert uid is not None
     for user in ("root", "bbpmon"):
-        tagged = {uid: dataclasses.replace(JOB, user=user)}
+        tagged = {uid: (dataclasses.replace(JOB, user=user),)}
         found = orphan_candidates(
             tagged, set(), now=NOW, grace=GRACE, zone=ZONE, protected={"root", "bbpmon"}
         )
-        assert found == {}
-    assert orphan_candidates({uid: JOB}, set(), now=NOW, grace=GRACE, zone=ZONE, protected={"root"})
+        assert found == []
+    assert orphan_candidates(
+        {uid: (JOB,)}, set(), now=NOW, grace=GRACE, zone=ZONE, protected={"root"}
+    )
+
+
+def test_every_job_of_a_gone_session_is_a_candidate() -> None:
+    uid = session_uid(JOB.name, "default")
+    assert uid is not None
+    second = dataclasses.replace(JOB, job_id=1000008)
+    found = orphan_candidates({uid: (JOB, second)}, set(), now=NOW, grace=GRACE, zone=ZONE)
+    assert [e.job_id for _, e in found] == [1000007, 1000008]

@@ -74,13 +74,19 @@ def session(
 
 
 def queued(
-    n: int, state: JobState, *, installation: str = "default", job_id: int | None = None
+    n: int,
+    state: JobState,
+    *,
+    installation: str = "default",
+    job_id: int | None = None,
+    submitted_ago: float | None = None,
+    user: str = "alice",
 ) -> QueueEntry:
     return QueueEntry(
-        job_id=job_id or 1000 + n, name=job_name(installation, uid(n)), user="alice", state=state,
+        job_id=job_id or 1000 + n, name=job_name(installation, uid(n)), user=user, state=state,
         reason="Resources" if state == JobState.PENDING else None, nodes="gva-cn01" if state != JobState.PENDING else None,
         start_time=None, time_limit_s=3600, time_left_s=3000, partition="prod", account=None,
-        submit_time=None,
+        submit_time=None if submitted_ago is None else (NOW - dt.timedelta(seconds=submitted_ago)).replace(tzinfo=None),
     )  # fmt: skip
 
 
@@ -201,3 +207,45 @@ def test_only_jobs_that_left_the_queue_are_asked_of_sacct() -> None:
         (queued(1, JobState.RUNNING), queued(2, JobState.COMPLETED)), "default"
     )
     assert reconcile.needs_accounting(sessions, tagged) == [1002, 1003]
+
+
+def pending_submission(n: int) -> SessionRef:
+    return SessionRef(
+        **{**session(n).__dict__, "status": NotebookSessionStatus.model_validate({"phase": "Pending"})}
+    )  # fmt: skip
+
+
+SECOND = 5000  # the job id of a second job carrying a session's tag
+DUPLICATE_CASES: list[tuple[str, SessionRef, QueueEntry, bool]] = [
+    # (case, session, second tagged job in the queue, cancelled)
+    ("a second job of a running session, past the grace", session(1), queued(1, JobState.RUNNING, job_id=SECOND, submitted_ago=600), True),
+    ("a second job still pending", session(1), queued(1, JobState.PENDING, job_id=SECOND, submitted_ago=600), True),
+    ("a second job of an ended session", session(1, phase="Completed"), queued(1, JobState.RUNNING, job_id=SECOND, submitted_ago=600), True),
+    ("younger than the grace: may still be adopted", session(1), queued(1, JobState.RUNNING, job_id=SECOND, submitted_ago=60), False),
+    ("age unknown: left alone", session(1), queued(1, JobState.RUNNING, job_id=SECOND), False),
+    ("already ended", session(1), queued(1, JobState.CANCELLED, job_id=SECOND, submitted_ago=600), False),
+    ("another user's job with our tag", session(1), queued(1, JobState.RUNNING, job_id=SECOND, submitted_ago=600, user="bob"), False),
+    ("another installation's tag", session(1), queued(1, JobState.RUNNING, job_id=SECOND, submitted_ago=600, installation="other"), False),
+    ("the session's own job", session(1), queued(1, JobState.RUNNING, submitted_ago=600), False),
+    ("a session still being submitted adopts, not cancels", pending_submission(1), queued(1, JobState.RUNNING, job_id=SECOND, submitted_ago=600), False),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("one", "second", "cancelled"), [c[1:] for c in DUPLICATE_CASES], ids=[c[0] for c in DUPLICATE_CASES]
+)  # fmt: skip
+def test_a_second_tagged_job_of_a_session_is_cancelled(one: SessionRef, second: QueueEntry, cancelled: bool) -> None:  # fmt: skip
+    settings = reconcile.Settings(**{**SETTINGS.__dict__, "duplicate_grace": dt.timedelta(seconds=300)})
+    own = queued(1, JobState.RUNNING, submitted_ago=900)
+    result = reconcile.reconcile(snapshot((own, second)), SlurmSiteStatus(), 1, [one], {}, settings)
+    assert [e.job_id for _, e in result.duplicates] == ([SECOND] if cancelled else [])
+    if one.status.phase == SessionPhase.RUNNING:  # the session's own job still decides its state
+        ((_, new),) = result.sessions
+        assert new.phase == SessionPhase.RUNNING and new.job_id == 1001
+
+
+def test_a_status_that_did_not_change_makes_an_empty_patch() -> None:
+    one = session(1, endpoint=True)
+    assert observe.status_patch(one.status, one.status) == {}
+    moved = one.status.model_copy(update={"node": "gva-cn02", "endpoint": None})
+    assert observe.status_patch(one.status, moved) == {"node": "gva-cn02", "endpoint": None}

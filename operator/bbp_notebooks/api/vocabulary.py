@@ -16,6 +16,7 @@ class ConditionType(StrEnum):
     RUNNING = "Running"
     READY = "Ready"
     SITE_REACHABLE = "SiteReachable"
+    CREDENTIALS_VALID = "CredentialsValid"  # the user's Kerberos ticket, at GSSAPI sites
     # SlurmSite
     REACHABLE = "Reachable"
     JOBS_VISIBLE = "JobsVisible"  # False when many jobs vanish from the monitor's view at once
@@ -27,13 +28,13 @@ class Reason(StrEnum):
     EXISTING_JOB_ADOPTED = "ExistingJobAdopted"
     SUBMISSION_REJECTED = "SubmissionRejected"
     ADMISSION_POLICY_MISSING = "AdmissionPolicyMissing"
+    SUBMISSION_UNCONFIRMED = "SubmissionUnconfirmed"
     # Refused before any job (phase InvalidSpec)
     UNKNOWN_PROFILE = "UnknownProfile"
     PROFILE_NOT_ALLOWED = "ProfileNotAllowed"
     UNKNOWN_SITE = "UnknownSite"
     SITE_NOT_ALLOWED = "SiteNotAllowed"
     ACCOUNT_REQUIRED = "AccountRequired"
-    AUTH_METHOD_UNSUPPORTED = "AuthMethodUnsupported"
     RESOURCES_EXCEED_PROFILE = "ResourcesExceedProfile"
     USER_NOT_ALLOWED = "UserNotAllowed"
     ENVIRONMENT_SECRET_NOT_FOUND = "EnvironmentSecretNotFound"
@@ -66,6 +67,15 @@ class Reason(StrEnum):
     DEADLINE_REACHED = "DeadlineReached"
     PREEMPTED = "Preempted"
     REVOKED = "Revoked"
+    # The user's Kerberos ticket (CredentialsValid)
+    TICKET_VALID = "TicketValid"
+    TICKET_RENEWED = "TicketRenewed"
+    TICKET_MISSING = "TicketMissing"
+    TICKET_PRINCIPAL_MISMATCH = "TicketPrincipalMismatch"
+    TICKET_NOT_RENEWABLE = "TicketNotRenewable"
+    TICKET_EXPIRED = "TicketExpired"
     # Deleting a session (Warning Events)
     SITE_GONE = "SiteGone"
     CANCEL_ABANDONED = "CancelAbandoned"
+    # The poll (Warning Events)
+    DUPLICATE_JOB_CANCELLED = "DuplicateJobCancelled"

@@ -288,9 +288,9 @@ async def submit(
         waiting = observe.site_unreachable(
             session.status, str(error), now=now, generation=session.generation
         )
-        patch.status.update(dump(waiting))
+        patch.status.update(observe.status_patch(session.status, waiting))
         raise kopf.TemporaryError(f"cannot submit yet: {error}", delay=15) from error
-    patch.status.update(dump(new))
+    patch.status.update(observe.status_patch(session.status, new))
     if new.phase != session.status.phase:
         submitted = get(new.conditions, ConditionType.SUBMITTED)
         refused = new.phase in (SessionPhase.INVALID_SPEC, SessionPhase.FAILED)
@@ -322,7 +322,7 @@ async def _login_refused(
     waiting = observe.cannot_log_in(
         session.status, reason, str(error), now=now, generation=session.generation
     )
-    patch.status.update(dump(waiting))
+    patch.status.update(observe.status_patch(session.status, waiting))
     if waiting.conditions != session.status.conditions:
         await rt.kube.event(session.involved, reason=reason, message=str(error), type_="Warning")
     delay = HOST_KEY_RETRY_S if host_key else LOGIN_BACKOFF_S[min(retry, len(LOGIN_BACKOFF_S) - 1)]
@@ -341,7 +341,7 @@ async def _wait_for_admission_policy(
     waiting = observe.admission_policy_missing(
         session.status, message, now=dt.datetime.now(dt.UTC), generation=session.generation
     )
-    patch.status.update(dump(waiting))
+    patch.status.update(observe.status_patch(session.status, waiting))
     if waiting.conditions != session.status.conditions:
         log.error("session %s/%s: %s", session.namespace, session.name, message)
         await rt.kube.event(

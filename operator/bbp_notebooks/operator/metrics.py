@@ -87,6 +87,12 @@ SITE_POLLS = Counter(
     ["site", "outcome"],
     registry=REGISTRY,
 )
+DUPLICATES_CANCELLED = Counter(
+    "bbp_notebooks_duplicate_jobs_cancelled_total",
+    "Second tagged jobs of a live session, cancelled by the poll.",
+    ["site"],
+    registry=REGISTRY,
+)
 SQUEUE_ROWS_DROPPED = Counter(
     "bbp_notebooks_squeue_rows_dropped_total",
     "squeue records that did not read as one job (e.g. a job name forging a row) and were "

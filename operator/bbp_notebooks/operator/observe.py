@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 from bbp_notebooks.api.models import (
     ConditionStatus,
@@ -11,6 +12,7 @@ from bbp_notebooks.api.models import (
     NotebookSessionStatus,
     QueueInfo,
     SessionPhase,
+    dump,
 )
 from bbp_notebooks.api.vocabulary import ConditionType, Reason
 from bbp_notebooks.operator.conditions import SESSION_CONDITIONS, ensure_all
@@ -305,3 +307,12 @@ def observed(
             ConditionType.RUNNING, ConditionStatus.UNKNOWN, Reason.UNRECOGNISED_JOB_STATE, job.state
         )
     return status.model_copy(update=update)
+
+
+def status_patch(old: NotebookSessionStatus, new: NotebookSessionStatus) -> dict[str, Any]:
+    """The merge patch that turns ``old`` into ``new``: only fields that differ (a removed one
+    as null). Empty when nothing changed, so a restart or a retry writes nothing."""
+    before, after = dump(old), dump(new)
+    patch: dict[str, Any] = {k: v for k, v in after.items() if before.get(k) != v}
+    patch.update({k: None for k in before if k not in after})
+    return patch

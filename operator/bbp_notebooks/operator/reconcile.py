@@ -60,6 +60,9 @@ class Settings:
     zone: ZoneInfo
     grace: dt.timedelta  # how long after submission a job may be absent before it is looked for
     default_partition: str
+    # How old a second tagged job of a live session must be before it is cancelled (the same
+    # rule as for orphans: a job submitted a moment ago may still be adopted).
+    duplicate_grace: dt.timedelta = dt.timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -68,9 +71,12 @@ class PollResult:
 
     sessions: tuple[tuple[SessionRef, NotebookSessionStatus], ...]
     site: SlurmSiteStatus
-    tagged: Mapping[str, QueueEntry]  # our installation's jobs in the queue, by session uid
+    tagged: Mapping[str, tuple[QueueEntry, ...]]  # our installation's queued jobs, by session
     confirm: tuple[SessionRef, ...]  # missing from the monitor's view: ask their owners
     degraded: bool
+    # Unfinished tagged jobs of existing sessions that are not the session's job (a lost sbatch
+    # answer resubmitted, a handover): cancel them, as their owner, restricted to the tag.
+    duplicates: tuple[tuple[SessionRef, QueueEntry], ...] = ()
 
 
 def localised(moment: dt.datetime | None, zone: ZoneInfo) -> dt.datetime | None:
@@ -112,34 +118,84 @@ def active(sessions: Iterable[SessionRef]) -> list[SessionRef]:
     ]
 
 
-def tagged_jobs(queue: Iterable[QueueEntry], installation_id: str) -> dict[str, QueueEntry]:
-    return {u: e for e in queue if (u := session_uid(e.name, installation_id)) is not None}
+def tagged_jobs(
+    queue: Iterable[QueueEntry], installation_id: str
+) -> dict[str, tuple[QueueEntry, ...]]:
+    """Our installation's jobs in the queue, by the session uid their tag names (usually one
+    each; more than one is a duplicate to cancel)."""
+    found: dict[str, list[QueueEntry]] = {}
+    for entry in queue:
+        uid = session_uid(entry.name, installation_id)
+        if uid is not None:
+            found.setdefault(uid, []).append(entry)
+    return {uid: tuple(entries) for uid, entries in found.items()}
 
 
-def needs_accounting(sessions: Iterable[SessionRef], tagged: Mapping[str, QueueEntry]) -> list[int]:
+def ours(session: SessionRef, tagged: Mapping[str, tuple[QueueEntry, ...]]) -> QueueEntry | None:
+    """The queue's entry for the session's own job (tag and job id both match)."""
+    return next((e for e in tagged.get(session.uid, ()) if e.job_id == session.status.job_id), None)
+
+
+def needs_accounting(
+    sessions: Iterable[SessionRef], tagged: Mapping[str, tuple[QueueEntry, ...]]
+) -> list[int]:
     """Job ids to ask sacct about: those that left the queue, or ended in it."""
     return [
         s.status.job_id
         for s in active(sessions)
-        if s.status.job_id is not None and (s.uid not in tagged or tagged[s.uid].state.is_terminal)
+        if s.status.job_id is not None and ((e := ours(s, tagged)) is None or e.state.is_terminal)
     ]
 
 
+def duplicates(
+    sessions: Iterable[SessionRef],
+    tagged: Mapping[str, tuple[QueueEntry, ...]],
+    *,
+    now: dt.datetime,
+    grace: dt.timedelta,
+    zone: ZoneInfo,
+) -> tuple[tuple[SessionRef, QueueEntry], ...]:
+    """Unfinished tagged jobs of a session that are not its job: a session whose job is
+    recorded (or that ended without one) owns exactly that job. A session still being
+    submitted is left to adopt what it finds; a job of another user than the session's, or
+    younger than ``grace`` (or of unknown age), is left alone."""
+    found = []
+    for session in sessions:
+        settled = session.status.job_id is not None or (
+            session.status.phase is not None and session.status.phase.is_terminal
+        )
+        if not settled:
+            continue
+        for entry in tagged.get(session.uid, ()):
+            submitted = localised(entry.submit_time, zone)
+            if (
+                entry.job_id != session.status.job_id
+                and not entry.state.is_terminal
+                and entry.user == session.spec.user
+                and submitted is not None
+                and now - (submitted + dt.timedelta(seconds=1)) > grace
+            ):
+                found.append((session, entry))
+    return tuple(found)
+
+
 def job_of(
-    session: SessionRef, snapshot: Snapshot, tagged: Mapping[str, QueueEntry], zone: ZoneInfo
+    session: SessionRef,
+    snapshot: Snapshot,
+    tagged: Mapping[str, tuple[QueueEntry, ...]],
+    zone: ZoneInfo,
 ) -> observe.JobObservation | None:
     """The best observation of the session's job, by the order in the module docstring."""
     job_id = session.status.job_id
-    entry = tagged.get(session.uid)
-    ours = entry if entry is not None and entry.job_id == job_id else None
-    if ours is not None and not ours.state.is_terminal:
-        return from_queue(ours, zone)
+    entry = ours(session, tagged)
+    if entry is not None and not entry.state.is_terminal:
+        return from_queue(entry, zone)
     if job_id is None:
         return None
     if job_id in snapshot.accounting:
         return from_accounting(snapshot.accounting[job_id], zone)
-    if ours is not None:  # ended, not yet in accounting: squeue's final state will do
-        return from_queue(ours, zone)
+    if entry is not None:  # ended, not yet in accounting: squeue's final state will do
+        return from_queue(entry, zone)
     return snapshot.owner_view.get(job_id)
 
 
@@ -157,7 +213,9 @@ def reconcile(
     endpoints: Mapping[str, Endpoint],
     settings: Settings,
 ) -> PollResult:
-    """The new status of every active session and of the site, after a poll that answered."""
+    """The new status of every active session and of the site, after a poll that answered.
+    ``sessions`` are all the site's sessions (ended ones too: they may have a duplicate)."""
+    sessions = list(sessions)
     now = snapshot.now
     looked_at = active(sessions)
     tagged = tagged_jobs(snapshot.queue, settings.installation_id)
@@ -207,6 +265,9 @@ def reconcile(
         tagged=tagged,
         confirm=() if degraded else tuple(missing),
         degraded=degraded,
+        duplicates=duplicates(
+            sessions, tagged, now=now, grace=settings.duplicate_grace, zone=settings.zone
+        ),
     )
 
 

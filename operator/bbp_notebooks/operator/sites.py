@@ -15,7 +15,7 @@ import datetime as dt
 import logging
 import re
 from collections import Counter
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -29,11 +29,12 @@ from bbp_notebooks.api.models import (
     SlurmSiteStatus,
     dump,
 )
-from bbp_notebooks.api.vocabulary import ConditionType
+from bbp_notebooks.api.vocabulary import ConditionType, Reason
 from bbp_notebooks.operator import observe, reconcile
 from bbp_notebooks.operator.callbacks import FIRST_UNPRIVILEGED_PORT, allowed_hosts
 from bbp_notebooks.operator.conditions import get
 from bbp_notebooks.operator.metrics import (
+    DUPLICATES_CANCELLED,
     QUEUE_WAIT,
     RECONCILE_ERRORS,
     SESSIONS,
@@ -245,14 +246,15 @@ async def poll_once(
         zone=ZoneInfo(site.spec.time_zone),
         grace=dt.timedelta(seconds=max(60, 3 * site.spec.poll_interval_seconds)),
         default_partition=site.default_partition,
+        duplicate_grace=dt.timedelta(seconds=rt.settings.orphan_grace_seconds),
     )
     endpoints = endpoints_known(rt, looked_at)
-    result = reconcile.reconcile(snapshot, site.status, generation, looked_at, endpoints, settings)
+    result = reconcile.reconcile(snapshot, site.status, generation, sessions, endpoints, settings)
     if result.confirm:  # follow-up reads, then decide again with what the owners saw
         seen = await owner_view(rt, site, result.confirm, settings.zone)
         snapshot = dataclasses.replace(snapshot, owner_view=seen)
         result = reconcile.reconcile(
-            snapshot, site.status, generation, looked_at, endpoints, settings
+            snapshot, site.status, generation, sessions, endpoints, settings
         )
     if result.degraded:
         visible = get(result.site.conditions, ConditionType.JOBS_VISIBLE)
@@ -296,9 +298,11 @@ async def apply(
     if site.spec.connection_file_fallback:
         changes = [(s, await _endpoint_fallback(rt, site, s, new, now)) for s, new in changes]
     await _write_all(rt, site.name, changes)
+    if result.duplicates:
+        await cancel_duplicates(rt, site, result.duplicates)
     every = rt.settings.orphan_sweep_every_polls
     if every == 1 or state.polls % every == 1:
-        await sweep_orphans(rt, site, dict(result.tagged), {s.uid for s in sessions})
+        await sweep_orphans(rt, site, result.tagged, {s.uid for s in sessions})
 
 
 async def _associations(
@@ -312,38 +316,72 @@ async def _associations(
         return None
 
 
+async def cancel_duplicates(
+    rt: Runtime, site: SiteView, found: Iterable[tuple[SessionRef, QueueEntry]]
+) -> list[int]:
+    """Cancel second jobs of live sessions (as their owner, restricted to tag and owner), with
+    a Warning Event on the session: only the job in status is the session's."""
+    cancelled = []
+    for session, entry in found:
+        try:
+            identity = await rt.identity(site.name, site.spec, entry.user)
+            await rt.client(site.name, site.spec).cancel(
+                identity, [entry.job_id], name=entry.name, user=entry.user
+            )
+        except (SshError, CredentialsUnavailable) as error:
+            log.warning(
+                "could not cancel duplicate job %d at %s: %s", entry.job_id, site.name, error
+            )
+            continue
+        cancelled.append(entry.job_id)
+        DUPLICATES_CANCELLED.labels(site.name).inc()
+        message = (
+            f"cancelled job {entry.job_id}, a second job carrying this session's tag (the "
+            f"session's job is {session.status.job_id})"
+        )
+        log.warning("session %s/%s: %s", session.namespace, session.name, message)
+        await rt.kube.event(
+            session.involved,
+            reason=Reason.DUPLICATE_JOB_CANCELLED,
+            message=message,
+            type_="Warning",
+        )
+    return cancelled
+
+
 def orphan_candidates(
-    tagged: dict[str, QueueEntry],
+    tagged: Mapping[str, tuple[QueueEntry, ...]],
     known: set[str],
     *,
     now: dt.datetime,
     grace: dt.timedelta,
     zone: ZoneInfo,
     protected: Collection[str] = frozenset(),
-) -> dict[str, QueueEntry]:
+) -> list[tuple[str, QueueEntry]]:
     """Tagged, unfinished jobs of no known session that were submitted more than ``grace`` ago.
 
     A job whose age squeue does not tell (no submit time) is never a candidate: when in doubt,
     leave the job running. Slurm prints whole seconds, truncated, so a job counts as submitted
     at the end of the second it shows. A job of a ``protected`` user is never ours (we never
     submit as one), so the sweep never logs in as one."""
-    candidates = {}
-    for uid, entry in tagged.items():
-        submitted = reconcile.localised(entry.submit_time, zone)
-        if uid in known or entry.state.is_terminal or submitted is None:
-            continue
-        submitted += dt.timedelta(seconds=1)
-        if (
-            now - submitted > grace
-            and re.match(POSIX_USER_PATTERN, entry.user)
-            and entry.user not in protected
-        ):
-            candidates[uid] = entry
+    candidates = []
+    for uid, entries in tagged.items():
+        for entry in entries:
+            submitted = reconcile.localised(entry.submit_time, zone)
+            if uid in known or entry.state.is_terminal or submitted is None:
+                continue
+            submitted += dt.timedelta(seconds=1)
+            if (
+                now - submitted > grace
+                and re.match(POSIX_USER_PATTERN, entry.user)
+                and entry.user not in protected
+            ):
+                candidates.append((uid, entry))
     return candidates
 
 
 async def sweep_orphans(
-    rt: Runtime, site: SiteView, tagged: dict[str, QueueEntry], known: set[str]
+    rt: Runtime, site: SiteView, tagged: Mapping[str, tuple[QueueEntry, ...]], known: set[str]
 ) -> list[int]:
     """Cancel tagged jobs whose session no longer exists. The index only nominates candidates;
     the API server, read now, decides, so a session created a moment ago is never mistaken.
@@ -363,7 +401,7 @@ async def sweep_orphans(
         return []
     existing = await rt.kube.session_uids()
     cancelled = []
-    for uid, entry in candidates.items():
+    for uid, entry in candidates:
         if uid in existing:
             continue
         try:
