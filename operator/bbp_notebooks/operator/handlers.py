@@ -38,7 +38,7 @@ from bbp_notebooks.api.models import (
 )
 from bbp_notebooks.api.settings import OperatorSettings
 from bbp_notebooks.api.vocabulary import ConditionType, Reason
-from bbp_notebooks.operator import callbacks, observe, sessions, sites, tokens
+from bbp_notebooks.operator import callbacks, metrics, observe, sessions, sites, tokens
 from bbp_notebooks.operator.conditions import get
 from bbp_notebooks.operator.http import build_app, serve
 from bbp_notebooks.operator.kube import Kube
@@ -234,6 +234,7 @@ async def record_endpoint(
                 continue  # changed under us (a poll, another report): judge it again
             return callbacks.Verdict(callbacks.Refusal.JOB_NOT_RECORDED, f"API: {error.reason}")
         rt.endpoints[uid] = (report.job_id, endpoint)
+        metrics.observe_session(ref, new)
         if new.phase != status.phase:
             await rt.kube.event(ref.involved, reason=SessionPhase.READY.value, message=endpoint.url)
         return verdict
@@ -364,6 +365,7 @@ async def cancel(
 ) -> None:
     rt: Runtime = memo["runtime"]
     session = session_ref(body)
+    metrics.deletion_started(session, body["metadata"].get("deletionTimestamp"))
     try:
         job_id = await sessions.cancel(rt, session, _single(site_index))
     except sessions.SiteGone as error:
@@ -393,6 +395,7 @@ async def cancel(
         )
         job_id = None
     rt.endpoints.pop(session.uid, None)
+    metrics.deletion_finished(session)
     if job_id is not None:
         log.info("session %s/%s: job %d ended", session.namespace, session.name, job_id)
 
@@ -427,7 +430,8 @@ async def poll_site(
                 )
             if dump(new) != dump(view.status):
                 await rt.kube.patch_site_status(name, dump(new))
-            sites.publish_session_gauge(refs)
+            metrics.publish_site(name, new)
+            metrics.publish_sessions(refs)
             rt.prune(dt.datetime.now(dt.UTC), {s.uid for s in refs})
             SSH_CONNECTIONS.set(rt.pool.connections_open)
             SSH_CHANNELS.set(rt.pool.channels_in_use)
@@ -437,3 +441,4 @@ async def poll_site(
             RECONCILE_ERRORS.labels("poll_site", "unexpected").inc()
             log.exception("poll of site %s failed", name)
         await stopped.wait(spec.poll_interval_seconds)
+    metrics.forget_site(name)

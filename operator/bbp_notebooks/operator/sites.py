@@ -14,7 +14,6 @@ import dataclasses
 import datetime as dt
 import logging
 import re
-from collections import Counter
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
@@ -30,17 +29,14 @@ from bbp_notebooks.api.models import (
     dump,
 )
 from bbp_notebooks.api.vocabulary import ConditionType, Reason
-from bbp_notebooks.operator import observe, reconcile
+from bbp_notebooks.operator import metrics, observe, reconcile
 from bbp_notebooks.operator.callbacks import FIRST_UNPRIVILEGED_PORT, allowed_hosts
 from bbp_notebooks.operator.conditions import get
 from bbp_notebooks.operator.metrics import (
     DUPLICATES_CANCELLED,
-    QUEUE_WAIT,
     RECONCILE_ERRORS,
-    SESSIONS,
     SITE_POLLS,
     SQUEUE_ROWS_DROPPED,
-    TIME_TO_READY,
 )
 from bbp_notebooks.operator.planning import SiteView, protected_users
 from bbp_notebooks.operator.runtime import CredentialsUnavailable, Runtime
@@ -89,19 +85,7 @@ async def _write_session(
             message=new.message or "",
             type_="Warning" if new.phase == SessionPhase.FAILED else "Normal",
         )
-        profile = session.spec.profile
-        if new.phase == SessionPhase.RUNNING or (
-            new.phase == SessionPhase.READY and old_phase != SessionPhase.RUNNING
-        ):
-            submitted = get(session.status.conditions, ConditionType.SUBMITTED)
-            if submitted is not None:
-                QUEUE_WAIT.labels(site, profile).observe(
-                    (dt.datetime.now(dt.UTC) - submitted.last_transition_time).total_seconds()
-                )
-        if new.phase == SessionPhase.READY:
-            TIME_TO_READY.labels(site, profile).observe(
-                (dt.datetime.now(dt.UTC) - session.created).total_seconds()
-            )
+        metrics.observe_session(session, new)
 
 
 async def _endpoint_fallback(
@@ -178,6 +162,7 @@ async def gather(
     now = dt.datetime.now(dt.UTC)
     client = rt.client(site.name, site.spec)
     identity = await rt.identity(site.name, site.spec, site.spec.monitor_user)
+    metrics.observe_credential(site.name, site.spec.auth.method.value, identity.valid_before)
     availability = await client.partitions(identity)
     if state.version is None or state.polls % 20 == 0:
         state.version = await client.version(identity)
@@ -417,12 +402,3 @@ async def sweep_orphans(
             log.warning("could not cancel orphan job %d at %s: %s", entry.job_id, site.name, error)
     return cancelled
 
-
-def publish_session_gauge(sessions: Iterable[SessionRef]) -> None:
-    counts = Counter(
-        (s.status.site or "", s.spec.profile, (s.status.phase or SessionPhase.PENDING).value)
-        for s in sessions
-    )
-    SESSIONS.clear()
-    for (site, profile, phase), count in counts.items():
-        SESSIONS.labels(site, profile, phase).set(count)
