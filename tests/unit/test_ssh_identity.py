@@ -106,10 +106,12 @@ def test_a_plain_key_identity_never_expires_and_hides_its_key() -> None:
     assert "PRIVATE" not in repr(identity) and "key=" not in repr(identity)
 
 
-def test_a_kerberos_identity_has_its_place_but_no_key() -> None:
-    identity = Identity.gssapi("alice")
+def test_a_kerberos_identity_has_a_ticket_cache_and_no_key() -> None:
+    identity = Identity.gssapi("alice", "FILE:/tmp/alice.ccache")
     assert identity.kind is IdentityKind.GSSAPI
     assert identity.fingerprint == "gssapi"
+    with pytest.raises(ValueError, match="either a key or"):
+        Identity("alice", None)
 
 
 def test_the_ca_public_key_is_an_authorized_keys_line(ca: CertificateAuthority) -> None:

@@ -75,6 +75,13 @@ CRDS: tuple[CrdDescription, ...] = (
             _column("JobID", "integer", ".status.jobId", "Slurm job id."),
             _column("Node", "string", ".status.node", "Compute node."),
             _column("URL", "string", ".status.endpoint.url", "Notebook server URL."),
+            _column(
+                "Credentials",
+                "date",
+                ".status.credentialsExpiry",
+                "When the user's Kerberos ticket ends (GSSAPI sites).",
+                priority=1,
+            ),
             _AGE,
         ),
     ),

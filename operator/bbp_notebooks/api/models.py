@@ -11,7 +11,7 @@ import datetime as dt
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bbp_notebooks.api.constants import DNS_LABEL_PATTERN, POSIX_USER_PATTERN
 
@@ -262,6 +262,12 @@ class NotebookSessionStatus(StatusModel):
     time_limit_minutes: int | None = Field(
         default=None, alias="timeLimitMinutes", ge=0, description="The job's wall-clock limit."
     )
+    credentials_expiry: Timestamp | None = Field(
+        default=None,
+        alias="credentialsExpiry",
+        description="When the credentials the operator holds for this session's user end (a "
+        "Kerberos ticket at a GSSAPI site; see the CredentialsValid condition).",
+    )
     callback_token_sha256: str | None = Field(
         default=None,
         alias="callbackTokenSHA256",
@@ -432,14 +438,65 @@ class AuthMethod(StrEnum):
     GSSAPI = "GSSAPI"
 
 
+class KerberosAuth(Model):
+    """How sessions of a GSSAPI site log in: whose tickets are accepted, for which host."""
+
+    realm: str = Field(
+        min_length=1,
+        max_length=255,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="The Kerberos realm of the site's users: a ticket is used for a session only "
+        "when its client principal is exactly <user>@<realm>.",
+    )
+    host_principal_host: str | None = Field(
+        default=None,
+        alias="hostPrincipalHost",
+        max_length=253,
+        pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$",
+        description="The host part of the frontend's service principal host/<host>@<realm> "
+        "(default: frontend.host).",
+    )
+    renew_before_seconds: int = Field(
+        default=600,
+        alias="renewBeforeSeconds",
+        ge=1,
+        le=86400,
+        description="Renew a session's ticket (and refresh the job's copy) when it has less "
+        "than this left; at most half of the ticket's lifetime is used instead when shorter.",
+    )
+
+
 class SiteAuth(Model):
     """How the operator logs in as the session's user."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.method != 'GSSAPI' || has(self.kerberos)",
+                    "message": "the GSSAPI method needs kerberos.realm",
+                }
+            ]
+        }
+    )
+
+    @model_validator(mode="after")
+    def _kerberos_for_gssapi(self) -> SiteAuth:
+        if self.method == AuthMethod.GSSAPI and self.kerberos is None:
+            raise ValueError("the GSSAPI method needs kerberos.realm")
+        return self
 
     method: AuthMethod = Field(
         default=AuthMethod.CERTIFICATE,
         description="Certificate: short-lived OpenSSH user certificates minted from a CA key in "
         "a Secret. UserKey: a per-user key Secret named <userKeySecretPrefix><user>. GSSAPI: "
-        "Kerberos (not yet implemented; sessions report it).",
+        "Kerberos: the ticket the hub obtained at the user's login (a Secret per user in the "
+        "session's namespace), delegated to the frontend; the monitor user and cancels whose "
+        "ticket has ended use certificates from caSecretName.",
+    )
+    kerberos: KerberosAuth | None = Field(
+        default=None,
+        description="Realm and host principal for the GSSAPI method (required with it).",
     )
     ca_secret_name: str | None = Field(
         default=None,

@@ -39,6 +39,7 @@ from bbp_notebooks.api.models import (
 from bbp_notebooks.api.settings import OperatorSettings
 from bbp_notebooks.api.vocabulary import ConditionType, Reason
 from bbp_notebooks.operator import callbacks, metrics, observe, sessions, sites, tokens
+from bbp_notebooks.operator import credentials as _credentials  # noqa: F401  (Kerberos timer)
 from bbp_notebooks.operator.conditions import get
 from bbp_notebooks.operator.http import build_app, serve
 from bbp_notebooks.operator.kube import Kube

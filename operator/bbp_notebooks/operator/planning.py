@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from bbp_notebooks.api.constants import JOB_NAME_PREFIX
 from bbp_notebooks.api.models import (
     AccountPolicy,
-    AuthMethod,
     NotebookProfileSpec,
     NotebookSessionSpec,
     SlurmSiteSpec,
@@ -193,12 +192,6 @@ def plan(
             Reason.ACCOUNT_REQUIRED,
             f"site {site.name!r} requires an account (project) for every job",
         )
-    if site.spec.auth.method == AuthMethod.GSSAPI:
-        raise InvalidSpec(
-            Reason.AUTH_METHOD_UNSUPPORTED,
-            f"site {site.name!r} uses GSSAPI, which is not implemented yet",
-        )
-
     overrides = spec.resources
     cores = (overrides.cores if overrides and overrides.cores else None) or profile.cores
     memory = (

@@ -12,12 +12,21 @@ from dataclasses import dataclass, field
 
 from kubernetes_asyncio import client as k8s
 
+from bbp_notebooks.api.kerberos import (
+    TICKET_KEY,
+    Ticket,
+    TicketError,
+    parse_ccache,
+    ticket_secret_name,
+)
 from bbp_notebooks.api.models import AuthMethod, Endpoint, SlurmSiteSpec
 from bbp_notebooks.api.settings import OperatorSettings
+from bbp_notebooks.api.vocabulary import Reason
 from bbp_notebooks.operator.admission import admission_policy_installed
 from bbp_notebooks.operator.kube import Kube
 from bbp_notebooks.operator.metrics import observe_command
 from bbp_notebooks.ssh import CertificateAuthority, Identity, SiteEndpoint, SlurmClient, SshPool
+from bbp_notebooks.ssh.kerberos import TicketFiles
 
 
 def known_hosts_text(spec: SlurmSiteSpec) -> str:
@@ -37,6 +46,8 @@ def site_endpoint(name: str, spec: SlurmSiteSpec) -> SiteEndpoint:
         host=spec.frontend.host,
         port=spec.frontend.port,
         known_hosts=known_hosts_text(spec),
+        gss_host=(spec.auth.kerberos.host_principal_host if spec.auth.kerberos else None)
+        or spec.frontend.host,
     )
 
 
@@ -45,6 +56,14 @@ log = logging.getLogger(__name__)
 
 class CredentialsUnavailable(Exception):
     """The CA or user-key Secret the site's auth method needs cannot be read."""
+
+
+class TicketUnusable(CredentialsUnavailable):
+    """The user's Kerberos ticket is missing, someone else's, or ended: no ssh is tried."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # a vocabulary.Reason value
 
 
 @dataclass
@@ -80,6 +99,9 @@ class Runtime:
     # One lock per (site, user): minting for one user never waits for another user's Secret read.
     _locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
     _admission: tuple[dt.datetime, bool | None] | None = None
+    # (namespace, user) -> the newest ticket seen (renewed here, or the hub's from its Secret)
+    tickets: dict[tuple[str, str], Ticket] = field(default_factory=dict)
+    _ticket_files: TicketFiles | None = None
 
     @classmethod
     def create(cls, settings: OperatorSettings, kube: Kube) -> Runtime:
@@ -97,8 +119,30 @@ class Runtime:
             timeout=float(self.settings.command_timeout_seconds),
         )
 
-    async def identity(self, site: str, spec: SlurmSiteSpec, user: str) -> Identity:
-        """Log-in material for ``user`` at ``site``: a fresh short-lived certificate, or a key."""
+    async def identity(
+        self,
+        site: str,
+        spec: SlurmSiteSpec,
+        user: str,
+        *,
+        namespace: str | None = None,
+        for_cancel: bool = False,
+    ) -> Identity:
+        """Log-in material for ``user`` at ``site``: a fresh short-lived certificate, or a key.
+
+        At a GSSAPI site a session's own work (``namespace`` given: the session's) logs in with
+        the user's Kerberos ticket; the monitor user, the sweep and a cancel whose ticket has
+        ended (``for_cancel``) use certificates from the site's caSecretName.
+        """
+        if spec.auth.method == AuthMethod.GSSAPI and namespace is not None:
+            try:
+                return await self.kerberos_identity(site, spec, user, namespace)
+            except TicketUnusable:
+                if not (for_cancel and spec.auth.ca_secret_name):
+                    raise
+                log.warning(
+                    "%s at %s: no usable ticket, cancelling with a certificate instead", user, site
+                )
         now = dt.datetime.now(dt.UTC)
         cached = self._identities.get((site, user))
         if cached is not None and cached.renew_after > now and self._ca_fresh(spec, site, now):
@@ -113,7 +157,7 @@ class Runtime:
 
     async def _mint(self, site: str, spec: SlurmSiteSpec, user: str, now: dt.datetime) -> Identity:
         auth = spec.auth
-        if auth.method == AuthMethod.CERTIFICATE:
+        if auth.method in (AuthMethod.CERTIFICATE, AuthMethod.GSSAPI):
             cached_ca = await self._ca(_ca_secret(site, spec), now)
             cached = self._identities.get((site, user))
             if (
@@ -142,7 +186,56 @@ class Runtime:
                 identity, now + dt.timedelta(minutes=5)
             )
             return identity
-        raise NotImplementedError("GSSAPI (Kerberos) login is not implemented yet")
+        raise NotImplementedError(f"auth method {auth.method}")
+
+    async def ticket(self, namespace: str, user: str, realm: str) -> Ticket:
+        """``user``'s ticket: the newer of the one renewed here and the hub's Secret (named from
+        the user, in the session's namespace). Raises TicketUnusable unless its client
+        principal is exactly ``user@realm`` — checked before any ssh, whoever wrote the Secret.
+        """
+        secret = ticket_secret_name(user)
+        found: Ticket | None = None
+        try:
+            data = await self.kube.read_secret(namespace, secret)
+            found = parse_ccache(data[TICKET_KEY])
+        except k8s.ApiException as error:
+            if error.status != 404:
+                raise CredentialsUnavailable(f"Secret {secret}: {_describe(error)}") from None
+        except (KeyError, TicketError) as error:
+            raise TicketUnusable(
+                Reason.TICKET_MISSING, f"Secret {secret} holds no usable ticket: {error}"
+            ) from None
+        held = self.tickets.get((namespace, user))
+        if found is None:
+            # The hub deletes the Secret at logout: a ticket renewed here is not used after it.
+            self.tickets.pop((namespace, user), None)
+            raise TicketUnusable(
+                Reason.TICKET_MISSING,
+                f"no Kerberos ticket for {user}: log in to the hub again (Secret {secret})",
+            )
+        try:
+            found.check_owner(user, realm)
+        except TicketError as error:
+            self.tickets.pop((namespace, user), None)
+            raise TicketUnusable(Reason.TICKET_PRINCIPAL_MISMATCH, str(error)) from None
+        newest = held if held is not None and held.start > found.start else found
+        self.tickets[(namespace, user)] = newest
+        return newest
+
+    async def kerberos_identity(
+        self, site: str, spec: SlurmSiteSpec, user: str, namespace: str
+    ) -> Identity:
+        """A GSSAPI identity from ``user``'s checked ticket, in a 0600 cache file of its own."""
+        assert spec.auth.kerberos is not None  # the model requires it with GSSAPI
+        ticket = await self.ticket(namespace, user, spec.auth.kerberos.realm)
+        if ticket.remaining() <= dt.timedelta(0):
+            raise TicketUnusable(
+                Reason.TICKET_EXPIRED, f"the Kerberos ticket of {ticket.principal} has ended"
+            )
+        if self._ticket_files is None:
+            self._ticket_files = TicketFiles()
+        path = self._ticket_files.write(f"{namespace}-{site}-{user}", ticket)
+        return Identity.gssapi(user, path, valid_before=ticket.end)
 
     def prune(self, now: dt.datetime, live_sessions: set[str]) -> None:
         """Forget what no longer serves: identities past their renewal time (and their locks),
@@ -158,7 +251,7 @@ class Runtime:
             del self.endpoints[uid]
 
     def _ca_fresh(self, spec: SlurmSiteSpec, site: str, now: dt.datetime) -> bool:
-        if spec.auth.method != AuthMethod.CERTIFICATE:
+        if spec.auth.method not in (AuthMethod.CERTIFICATE, AuthMethod.GSSAPI):
             return True
         cached = self._cas.get(_ca_secret(site, spec))
         return cached is not None and now - cached.checked < CA_RECHECK
@@ -199,6 +292,8 @@ class Runtime:
 
     async def close(self) -> None:
         await self.pool.close()
+        if self._ticket_files is not None:
+            self._ticket_files.close()
 
 
 def _ca_secret(site: str, spec: SlurmSiteSpec) -> str:

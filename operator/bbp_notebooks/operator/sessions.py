@@ -18,7 +18,7 @@ from bbp_notebooks.api.models import (
     SessionPhase,
 )
 from bbp_notebooks.api.vocabulary import Reason
-from bbp_notebooks.operator import observe
+from bbp_notebooks.operator import kerberos, observe
 from bbp_notebooks.operator.metrics import SUBMISSION_FAILURES, SUBMISSIONS, USER_REFUSALS
 from bbp_notebooks.operator.planning import (
     InvalidSpec,
@@ -34,7 +34,13 @@ from bbp_notebooks.operator.tokens import digest, new_token
 from bbp_notebooks.slurm.commands import JobSpec
 from bbp_notebooks.slurm.jobscript import Callback, JobScript, render_job_script
 from bbp_notebooks.slurm.values import JobState
-from bbp_notebooks.ssh import CommandFailed, Identity, SlurmClient, SubmissionRejected
+from bbp_notebooks.ssh import (
+    CommandFailed,
+    Identity,
+    IdentityKind,
+    SlurmClient,
+    SubmissionRejected,
+)
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +184,9 @@ async def ensure_submitted(
 
     site = sites[chosen.site]
     client = rt.client(site.name, site.spec)
-    identity = await rt.identity(site.name, site.spec, session.spec.user)
+    identity = await rt.identity(
+        site.name, site.spec, session.spec.user, namespace=session.namespace
+    )
     tag = job_name(rt.settings.installation_id, session.uid)
 
     existing = await client.queue(identity, names=[tag], users=[session.spec.user])
@@ -192,7 +200,12 @@ async def ensure_submitted(
         await rt.kube.patch_session_status(
             session.namespace, session.name, {"callbackTokenSHA256": token_digest}
         )
-        script = render_job_script(job_script(rt, session, site, chosen, env, token))
+        job = job_script(rt, session, site, chosen, env, token)
+        if identity.kind is IdentityKind.GSSAPI:  # the job's own ticket, placed before sbatch
+            job = await kerberos.place_ticket(
+                rt, site, session.namespace, session.spec.user, session.uid, job
+            )
+        script = render_job_script(job)
         adopted = False
         try:
             job_id = await client.submit(identity, job_spec(tag, chosen), script)
@@ -308,7 +321,9 @@ async def cancel(rt: Runtime, session: SessionRef, sites: Mapping[str, SiteView]
     tag = job_name(rt.settings.installation_id, session.uid)
     for site in where.sites:
         client = rt.client(site.name, site.spec)
-        identity = await rt.identity(site.name, site.spec, session.spec.user)
+        identity = await rt.identity(
+            site.name, site.spec, session.spec.user, namespace=session.namespace, for_cancel=True
+        )
         found = await client.queue(identity, names=[tag], users=[session.spec.user])
         active = [e.job_id for e in found if e.name == tag and not e.state.is_terminal]
         if not active:

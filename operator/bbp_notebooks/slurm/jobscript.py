@@ -50,6 +50,7 @@ _UID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _PLACEHOLDER = re.compile(r"\{(host|port)\}")
+_RELATIVE_PATH = re.compile(r"^(?!.*(^|/)\.\.?(/|$))[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 # Names that change how bash or the dynamic linker behave before any of our code runs.
 _FORBIDDEN_ENV = frozenset(
     {"BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "IFS", "PS4", "PROMPT_COMMAND", "CDPATH"}
@@ -81,6 +82,10 @@ class JobScript:
     advertise_host: str | None = None
     callback: Callback | None = None
     start_timeout_s: int = 300
+    # GSSAPI sites: the user's ticket cache, relative to the home directory, that the operator
+    # wrote (0600, 0700 folder) over SFTP before sbatch and rewrites after each renewal. Only its
+    # path is in the script; the job and the notebook find it through KRB5CCNAME.
+    kerberos_ccache: str | None = None
 
 
 def _check(what: str, value: str, *, allow_newlines: bool = False) -> str:
@@ -123,6 +128,8 @@ def _validate(job: JobScript) -> None:
             raise ValueError(f"callback url must be http(s): {job.callback.url!r}")
     if job.start_timeout_s <= 0:
         raise ValueError("start timeout must be positive")
+    if job.kerberos_ccache is not None and not _RELATIVE_PATH.match(job.kerberos_ccache):
+        raise ValueError(f"not a path inside the home directory: {job.kerberos_ccache!r}")
 
 
 def _notebook_command(argv: Sequence[str]) -> str:
@@ -242,6 +249,8 @@ def render_job_script(job: JobScript) -> str:
     if job.environment:
         lines.append("")
         lines += [f"export {name}={q(job.environment[name])}" for name in sorted(job.environment)]
+    if job.kerberos_ccache is not None:
+        lines += ["", f'export KRB5CCNAME="FILE:$HOME/"{q(job.kerberos_ccache)}']
     if job.modules:
         # Environment Modules and Lmod read unset variables; nounset would abort them.
         lines += ["", "set +u"]

@@ -32,6 +32,8 @@ class SiteEndpoint:
     host: str
     port: int
     known_hosts: str = dataclasses.field(repr=False)
+    # The host part of the frontend's Kerberos service principal (host/<gss_host>), for GSSAPI.
+    gss_host: str | None = None
 
     def __post_init__(self) -> None:
         if not self.known_hosts.strip():
@@ -50,7 +52,7 @@ class SiteEndpoint:
 class IdentityKind(enum.Enum):
     CERTIFICATE = "certificate"
     KEY = "key"
-    # Kerberos: the place is kept (Identity.gssapi), the transport is not written yet.
+    # Kerberos: the user's ticket cache, used with GSSAPI user authentication and delegation.
     GSSAPI = "gssapi"
 
 
@@ -58,19 +60,24 @@ class IdentityKind(enum.Enum):
 class Identity:
     """Log-in material for one POSIX user: a key, optionally with a certificate for it.
 
-    ``valid_before`` is the certificate's expiry (UTC), None for a plain key.
+    ``valid_before`` is the certificate's (or ticket's) expiry (UTC), None for a plain key.
+    A Kerberos identity has no key but ``ccache``: the ticket cache file GSSAPI reads
+    (``FILE:<path>``, 0600, whose client principal was checked to be this user's).
     """
 
     username: str
     key: asyncssh.SSHKey | None = dataclasses.field(repr=False)
     certificate: asyncssh.SSHCertificate | None = dataclasses.field(default=None, repr=False)
     valid_before: dt.datetime | None = None
+    ccache: str | None = None
 
     def __post_init__(self) -> None:
         if not _USER.match(self.username):
             raise ValueError(f"not a POSIX user name: {self.username!r}")
         if self.certificate is not None and self.key is None:
             raise ValueError("a certificate needs its private key")
+        if (self.key is None) == (self.ccache is None):
+            raise ValueError("an identity has either a key or a Kerberos ticket cache")
         if self.valid_before is None and self.certificate is not None:
             object.__setattr__(self, "valid_before", _certificate_expiry(self.certificate))
 
@@ -105,9 +112,11 @@ class Identity:
         return cls(username, key, cert)
 
     @classmethod
-    def gssapi(cls, username: str) -> Identity:
-        """A Kerberos identity. Logging in with it raises NotImplementedError for now."""
-        return cls(username, None)
+    def gssapi(
+        cls, username: str, ccache: str, valid_before: dt.datetime | None = None
+    ) -> Identity:
+        """A Kerberos identity: log in with the ticket in ``ccache`` (checked by the caller)."""
+        return cls(username, None, valid_before=valid_before, ccache=ccache)
 
 
 def _certificate_expiry(certificate: asyncssh.SSHCertificate) -> dt.datetime | None:

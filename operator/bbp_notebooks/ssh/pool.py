@@ -343,16 +343,27 @@ class SshPool:
     async def _connect(
         self, endpoint: SiteEndpoint, identity: Identity
     ) -> asyncssh.SSHClientConnection:
+        auth: dict[str, object]
         if identity.kind is IdentityKind.GSSAPI:
-            raise NotImplementedError(
-                "Kerberos (GSSAPI) login is not implemented: use certificate or key identities"
-            )
-        assert identity.key is not None
-        client_key: asyncssh.SSHKey | tuple[asyncssh.SSHKey, asyncssh.SSHCertificate]
-        if identity.certificate is not None:
-            client_key = (identity.key, identity.certificate)
+            # The user's own ticket cache (principal checked by whoever built the identity),
+            # given per connection: never $KRB5CCNAME or the process's default cache.
+            # Delegation leaves a forwarded ticket with the user's session on the frontend.
+            auth = {
+                "client_keys": None,
+                "gss_auth": True,
+                "gss_kex": False,
+                "gss_host": endpoint.gss_host or endpoint.host,
+                "gss_store": {"ccache": identity.ccache},
+                "gss_delegate_creds": True,
+            }
         else:
-            client_key = identity.key
+            assert identity.key is not None
+            client_key: asyncssh.SSHKey | tuple[asyncssh.SSHKey, asyncssh.SSHCertificate]
+            if identity.certificate is not None:
+                client_key = (identity.key, identity.certificate)
+            else:
+                client_key = identity.key
+            auth = {"client_keys": [client_key], "gss_auth": False}
         site = endpoint.name
         try:
             return await asyncssh.connect(
@@ -360,14 +371,13 @@ class SshPool:
                 endpoint.port,
                 username=identity.username,
                 known_hosts=endpoint.trusted_host_keys(),
-                client_keys=[client_key],
                 agent_path=None,
                 config=[],
                 x509_trusted_certs=None,
                 password_auth=False,
                 kbdint_auth=False,
-                gss_auth=False,
                 host_based_auth=False,
+                **auth,
                 connect_timeout=self._connect_timeout,
                 login_timeout=self._connect_timeout,
                 keepalive_interval=self._keepalive_interval,
@@ -391,6 +401,52 @@ class SshPool:
             raise SiteUnavailable(
                 site, f"cannot reach {endpoint.host}:{endpoint.port}: {reason}"
             ) from None
+
+    async def put_file(
+        self,
+        endpoint: SiteEndpoint,
+        identity: Identity,
+        path: str,
+        data: bytes,
+        timeout: float = 30.0,  # noqa: ASYNC109
+    ) -> None:
+        """Write ``data`` to ``path`` (relative to the user's home) over SFTP, 0600 from its
+        first byte, in 0700 parent folders, replacing the old file atomically. The bytes never
+        pass through a command line or a shell."""
+        if path.startswith("/") or ".." in path.split("/"):
+            raise ValueError(f"not a path inside the home directory: {path!r}")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        start = loop.time()
+        pooled = await self._acquire(endpoint, identity, "sftp", deadline)
+        outcome = "ok"
+        try:
+            async with asyncio.timeout_at(deadline):
+                async with pooled.connection.start_sftp_client() as sftp:
+                    parts = path.split("/")
+                    for depth in range(1, len(parts)):
+                        folder = "/".join(parts[:depth])
+                        if not await sftp.isdir(folder):
+                            await sftp.mkdir(folder, asyncssh.SFTPAttrs(permissions=0o700))
+                        await sftp.chmod(folder, 0o700)
+                    partial = f"{path}.partial"
+                    attrs = asyncssh.SFTPAttrs(permissions=0o600)
+                    async with sftp.open(partial, "wb", attrs) as handle:
+                        await handle.write(data)
+                    await sftp.chmod(partial, 0o600)
+                    await sftp.posix_rename(partial, path)
+        except TimeoutError:
+            outcome = "timeout"
+            raise CommandTimeout(endpoint.name, "sftp", timeout, started=True) from None
+        except (asyncssh.Error, OSError) as error:
+            outcome = "error"
+            raise SiteUnavailable(endpoint.name, f"sftp write of {path}: {error}") from None
+        finally:
+            pooled.in_use -= 1
+            pooled.slots.release()
+            if pooled.retired and pooled.in_use == 0:
+                pooled.connection.close()
+            self._observe(endpoint.name, "sftp", loop.time() - start, outcome)
 
     def _retire(self, pooled: _Pooled) -> None:
         """No new commands on this connection; it closes when its last command ends."""
