@@ -173,6 +173,23 @@ async def test_a_lost_sbatch_response_still_leaves_the_job_queued(
     assert listed.stdout == "1000000 lost\n"
 
 
+async def test_a_slow_sbatch_registers_its_job_after_a_client_that_gave_up(
+    mockslurm_site: MockSite, mockslurm_ssh: SshFactory
+) -> None:
+    conn = await mockslurm_ssh(mockslurm_site, "alice")
+    mockslurm_site.set_faults(sbatch_latency=1.0)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(
+            slurm(conn, "sbatch", "--parsable", "-J", "late", input=SLEEPER), timeout=0.3
+        )
+    mockslurm_site.set_faults(sbatch_latency=0.0)
+    again = await mockslurm_ssh(mockslurm_site, "alice")
+    assert (await slurm(again, "squeue", "-h", "-n", "late", "-o", "%j")).stdout == ""
+    await asyncio.sleep(1.2)
+    listed = await slurm(again, "squeue", "-h", "-n", "late", "-o", "%j")
+    assert listed.stdout == "late\n"
+
+
 async def test_unknown_users_cannot_log_in(
     mockslurm_site: MockSite, mockslurm_ssh: SshFactory
 ) -> None:

@@ -22,7 +22,7 @@ def uid_of(stack: Stack, name: str) -> str:
 
 def test_a_crash_between_sbatch_and_the_status_write_leaves_exactly_one_job(stack: Stack) -> None:
     stack.operator.stop()
-    stack.operator.settings["BBP_FAILPOINTS"] = '["exit-after-sbatch"]'
+    stack.operator.settings["BBP_FAILPOINTS"] = '["after-sbatch"]'
     stack.operator.start()
     try:
         stack.apply(session("crash"))

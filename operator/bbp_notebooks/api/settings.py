@@ -142,6 +142,14 @@ class OperatorSettings(BaseSettings):
         "is released anyway (with a Warning Event); the orphan sweep then cancels the job once "
         "the site answers again.",
     )
+    submission_settle_seconds: int = Field(
+        default=60,
+        ge=0,
+        le=3600,
+        description="After an sbatch whose answer was lost (a timeout after it started, a "
+        "dropped connection), how long to wait before looking for the job by its tag: a slow "
+        "controller may register it late. Nothing is submitted again before that look.",
+    )
     command_timeout_seconds: int = Field(
         default=30, ge=1, le=600, description="Deadline for one Slurm command over ssh."
     )
@@ -153,8 +161,9 @@ class OperatorSettings(BaseSettings):
     )
     failpoints: list[str] = Field(
         default_factory=list,
-        description="Fault injection for tests only (like etcd's gofail): 'exit-after-sbatch' "
-        "kills the process right after a successful sbatch, before the status write.",
+        description="Fault injection for tests only (operator/failpoints.py, like etcd's "
+        "gofail): 'after-sbatch' kills the process right after a successful sbatch, before the "
+        "status write.",
     )
     settings_file: Path | None = Field(
         default=None, description="Optional YAML file with these settings (environment wins)."

@@ -213,6 +213,9 @@ class Faults:
     ssh_refused: bool = False
     stuck_pending: bool = False
     sbatch_response_lost: bool = False
+    # slurmctld takes this long to register a submission (on top of controller_latency): the
+    # job appears only then, after a client with a shorter deadline has given up on the answer.
+    sbatch_latency: float = 0.0
     database_down: bool = False
 
     def to_dict(self) -> dict[str, object]:
@@ -222,6 +225,7 @@ class Faults:
             "ssh_refused": self.ssh_refused,
             "stuck_pending": self.stuck_pending,
             "sbatch_response_lost": self.sbatch_response_lost,
+            "sbatch_latency": self.sbatch_latency,
             "database_down": self.database_down,
         }
 

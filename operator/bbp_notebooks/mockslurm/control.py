@@ -6,7 +6,7 @@
   POST /sites/{site}/commands/reset
   GET  /sites/{site}/faults                 POST the same keys to change them:
        {"controller_down": bool, "controller_latency": s, "ssh_refused": bool,
-        "stuck_pending": bool, "sbatch_response_lost": bool, "database_down": bool,
+        "stuck_pending": bool, "sbatch_response_lost": bool, "sbatch_latency": float, "database_down": bool,
         "controller_down_delay": s, "ssh_down": bool}
   POST /sites/{site}/nodes/{node}/fail | /resume
   POST /sites/{site}/jobs/{id}/kill         {"state": "FAILED" | "CANCELLED"}
@@ -29,6 +29,7 @@ FAULT_KEYS = {
     "ssh_down",
     "stuck_pending",
     "sbatch_response_lost",
+    "sbatch_latency",
     "database_down",
 }
 SITES: web.AppKey[dict[str, MockSite]] = web.AppKey("sites", dict)
@@ -117,6 +118,7 @@ async def _set_faults(request: web.Request) -> web.Response:
             ssh_refused=_opt_bool(body, "ssh_refused"),
             stuck_pending=_opt_bool(body, "stuck_pending"),
             sbatch_response_lost=_opt_bool(body, "sbatch_response_lost"),
+            sbatch_latency=_opt_float(body, "sbatch_latency"),
             database_down=_opt_bool(body, "database_down"),
             controller_down_delay=_opt_float(body, "controller_down_delay"),
         )

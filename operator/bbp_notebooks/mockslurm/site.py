@@ -202,6 +202,7 @@ class MockSite:
         sbatch_response_lost: bool | None = None,
         database_down: bool | None = None,
         controller_down_delay: float | None = None,
+        sbatch_latency: float | None = None,
     ) -> None:
         faults = self.cluster.faults
         if controller_down is not None:
@@ -216,6 +217,8 @@ class MockSite:
             faults.sbatch_response_lost = sbatch_response_lost
         if database_down is not None:
             faults.database_down = database_down
+        if sbatch_latency is not None:
+            faults.sbatch_latency = sbatch_latency
         if controller_down_delay is not None:
             self.config.controller_down_delay = controller_down_delay
 
@@ -227,6 +230,7 @@ class MockSite:
             stuck_pending=False,
             sbatch_response_lost=False,
             database_down=False,
+            sbatch_latency=0.0,
         )
 
     def fail_node(self, name: str) -> None:

@@ -38,7 +38,16 @@ from bbp_notebooks.api.models import (
 )
 from bbp_notebooks.api.settings import OperatorSettings
 from bbp_notebooks.api.vocabulary import ConditionType, Reason
-from bbp_notebooks.operator import callbacks, metrics, observe, sessions, sites, tokens
+from bbp_notebooks.operator import (
+    callbacks,
+    failpoints,
+    logs,
+    metrics,
+    observe,
+    sessions,
+    sites,
+    tokens,
+)
 from bbp_notebooks.operator import credentials as _credentials  # noqa: F401  (Kerberos timer)
 from bbp_notebooks.operator.conditions import get
 from bbp_notebooks.operator.http import build_app, serve
@@ -54,6 +63,7 @@ from bbp_notebooks.operator.runtime import CredentialsUnavailable, Runtime
 from bbp_notebooks.ssh import AuthenticationFailed, HostKeyMismatch, SshError
 
 log = logging.getLogger(__name__)
+WAITING = logs.WAITING
 
 
 # Indexes: other objects are read from memory, never fetched per event -----------------------
@@ -152,6 +162,8 @@ async def configure(
     except k8s_config.ConfigException:
         await k8s_config.load_kube_config()
     api_client = ApiClient()
+    failpoints.arm(config)
+    logs.install()
     rt = Runtime.create(config, Kube(api_client))
     memo["runtime"] = rt
     memo["api_client"] = api_client
@@ -279,9 +291,9 @@ async def submit(
             rt, session, _single(profile_index), _single(site_index)
         )
     except sessions.EnvironmentNotReady as error:
-        raise kopf.TemporaryError(
-            f"waiting for the environment Secret: {error}", delay=2
-        ) from error
+        raise kopf.TemporaryError(f"{WAITING} the environment Secret: {error}", delay=2) from error
+    except sessions.SubmissionUnconfirmed as error:  # status says so; the next try looks again
+        raise kopf.TemporaryError(f"{WAITING} a lost sbatch answer: {error}", delay=1) from error
     except (AuthenticationFailed, HostKeyMismatch) as error:
         await _login_refused(rt, session, patch, error, retry)
     except (SshError, NoSiteAvailable, CredentialsUnavailable) as error:
@@ -377,18 +389,9 @@ async def cancel(
         )
         job_id = None
     except (SshError, sessions.JobStillActive, CredentialsUnavailable) as error:
-        RECONCILE_ERRORS.labels("cancel", type(error).__name__).inc()
-        deleted = dt.datetime.fromisoformat(
-            body["metadata"]["deletionTimestamp"].replace("Z", "+00:00")
-        )
-        waited = (dt.datetime.now(dt.UTC) - deleted).total_seconds()
-        if waited < rt.settings.cancel_give_up_seconds:
-            delay = min(60.0, 3.0 * 2 ** min(retry, 5))
-            raise kopf.TemporaryError(f"job not cancelled yet: {error}", delay=delay) from error
-        # A delete must finish: the orphan sweep cancels the job once the site answers again.
+        _cancel_not_done(rt, session, body, error, retry)  # raises while there is time left
         message = (
-            f"gave up cancelling after {waited:.0f} s ({error}); the orphan sweep cancels the "
-            "job when the site answers"
+            f"gave up cancelling ({error}); the orphan sweep cancels the job when the site answers"
         )
         log.warning("session %s/%s: %s", session.namespace, session.name, message)
         await rt.kube.event(
@@ -399,6 +402,26 @@ async def cancel(
     metrics.deletion_finished(session)
     if job_id is not None:
         log.info("session %s/%s: job %d ended", session.namespace, session.name, job_id)
+
+
+def _cancel_not_done(
+    rt: Runtime, session: sessions.SessionRef, body: kopf.Body, error: Exception, retry: int
+) -> None:
+    """Retry a cancel that has not finished, until ``cancel_give_up_seconds`` after the delete;
+    then return, and the delete goes through. A job Slurm is still ending after an accepted
+    scancel is waited for (progress, logged at INFO); a site that cannot be asked is an error."""
+    deleted = dt.datetime.fromisoformat(
+        body["metadata"]["deletionTimestamp"].replace("Z", "+00:00")
+    )
+    waited = (dt.datetime.now(dt.UTC) - deleted).total_seconds()
+    if waited >= rt.settings.cancel_give_up_seconds:
+        return
+    if isinstance(error, sessions.JobStillActive):
+        delay = min(30.0, 2.0 * 2 ** min(retry, 4))
+        raise kopf.TemporaryError(f"{WAITING} Slurm to end the job: {error}", delay=delay)
+    RECONCILE_ERRORS.labels("cancel", type(error).__name__).inc()
+    delay = min(60.0, 3.0 * 2 ** min(retry, 5))
+    raise kopf.TemporaryError(f"job not cancelled yet: {error}", delay=delay)
 
 
 # SlurmSite -----------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from bbp_notebooks.api.models import (
     dump,
 )
 from bbp_notebooks.api.vocabulary import ConditionType, Reason
-from bbp_notebooks.operator.conditions import SESSION_CONDITIONS, ensure_all
+from bbp_notebooks.operator.conditions import SESSION_CONDITIONS, ensure_all, get
 from bbp_notebooks.operator.conditions import set_condition as _set
 from bbp_notebooks.slurm.values import JobCategory, JobState
 
@@ -79,7 +79,7 @@ def initial(
 
 def _conditioned(
     status: NotebookSessionStatus,
-    *changes: tuple[str, bool, str, str],
+    *changes: tuple[str, bool | ConditionStatus, str, str],
     now: dt.datetime,
     generation: int | None,
     **update: object,
@@ -169,6 +169,26 @@ def rejected(
         phase=SessionPhase.FAILED,
         message=message,
     )
+
+
+def submission_unconfirmed(
+    status: NotebookSessionStatus, message: str, *, now: dt.datetime, generation: int | None
+) -> NotebookSessionStatus:
+    """sbatch may have created a job whose id never reached us: not submitted, not refused;
+    the job is looked for by its tag before anything is submitted again."""
+    return _conditioned(
+        status,
+        (ConditionType.SUBMITTED, ConditionStatus.UNKNOWN, Reason.SUBMISSION_UNCONFIRMED, message),
+        now=now,
+        generation=generation,
+        message=message,
+    )
+
+
+def unconfirmed(status: NotebookSessionStatus) -> bool:
+    """A previous sbatch's answer was lost (perhaps by a replica that is gone)."""
+    submitted = get(status.conditions, ConditionType.SUBMITTED)
+    return submitted is not None and submitted.reason == Reason.SUBMISSION_UNCONFIRMED
 
 
 def cannot_log_in(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import os
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
@@ -18,7 +17,7 @@ from bbp_notebooks.api.models import (
     SessionPhase,
 )
 from bbp_notebooks.api.vocabulary import Reason
-from bbp_notebooks.operator import kerberos, observe
+from bbp_notebooks.operator import failpoints, kerberos, observe
 from bbp_notebooks.operator.metrics import SUBMISSION_FAILURES, SUBMISSIONS, USER_REFUSALS
 from bbp_notebooks.operator.planning import (
     InvalidSpec,
@@ -39,7 +38,9 @@ from bbp_notebooks.ssh import (
     Identity,
     IdentityKind,
     SlurmClient,
+    SshError,
     SubmissionRejected,
+    may_have_run,
 )
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,11 @@ def job_script(
     )
 
 
+class SubmissionUnconfirmed(Exception):
+    """sbatch's answer was lost and the job is not (yet) in the queue: retry soon; the next
+    attempt waits the settle time again, looks again, and only then submits."""
+
+
 async def ensure_submitted(
     rt: Runtime,
     session: SessionRef,
@@ -160,14 +166,38 @@ async def ensure_submitted(
 ) -> NotebookSessionStatus:
     """The session's status once its job exists: validated, found by tag, or submitted now.
 
-    Raises the ssh layer's errors when the site cannot be asked; the caller retries later. Never
-    submits when a job carrying the session's tag already exists (crash between sbatch and the
-    status write, or a retry).
+    Raises the ssh layer's errors when the site cannot be asked, SubmissionUnconfirmed when an
+    sbatch answer was lost; the caller retries later. Never submits when a job carrying the
+    session's tag exists (crash between sbatch and the status write, a retry, a lost answer),
+    and after a lost answer never before the settle time has passed and the tag was looked for.
     """
     now = dt.datetime.now(dt.UTC)
     status = observe.initial(session.status, now=now, generation=session.generation)
     if status.job_id is not None or (status.phase is not None and status.phase.is_terminal):
         return status
+    decided = await _plan_for(rt, session, profiles, sites, status, now)
+    if isinstance(decided, NotebookSessionStatus):
+        return decided
+    chosen, env = decided
+    site = sites[chosen.site]
+    submission = _Submission(rt, session, site, chosen, now)
+    if observe.unconfirmed(session.status):  # an earlier answer was lost, maybe by a replica
+        await asyncio.sleep(rt.settings.submission_settle_seconds)
+    adopted_id = await submission.find()
+    if adopted_id is not None:
+        return submission.recorded(status, adopted_id, adopted=True)
+    return await submission.submit(status, env)
+
+
+async def _plan_for(
+    rt: Runtime,
+    session: SessionRef,
+    profiles: Mapping[str, NotebookProfileSpec],
+    sites: Mapping[str, SiteView],
+    status: NotebookSessionStatus,
+    now: dt.datetime,
+) -> tuple[Plan, dict[str, str]] | NotebookSessionStatus:
+    """The plan and the environment, or the InvalidSpec status that says why there is none."""
     try:
         protected = protected_users(rt.settings.protected_users, sites.values())
         chosen = plan(session.spec, profiles, sites, session.groups, protected)
@@ -181,76 +211,112 @@ async def ensure_submitted(
         return observe.invalid(
             status, invalid.reason, invalid.message, now=now, generation=session.generation
         )
+    return chosen, env
 
-    site = sites[chosen.site]
-    client = rt.client(site.name, site.spec)
-    identity = await rt.identity(
-        site.name, site.spec, session.spec.user, namespace=session.namespace
-    )
-    tag = job_name(rt.settings.installation_id, session.uid)
 
-    existing = await client.queue(identity, names=[tag], users=[session.spec.user])
-    adopted_id = next((entry.job_id for entry in existing if entry.name == tag), None)
-    token_digest = status.callback_token_sha256
-    if adopted_id is None:
+class _Submission:
+    """One session's submission at its chosen site: look up by tag, sbatch, record."""
+
+    def __init__(
+        self, rt: Runtime, session: SessionRef, site: SiteView, chosen: Plan, now: dt.datetime
+    ) -> None:
+        self.rt, self.session, self.site, self.chosen, self.now = rt, session, site, chosen, now
+        self.client = rt.client(site.name, site.spec)
+        self.tag = job_name(rt.settings.installation_id, session.uid)
+        self.where = f"{session.namespace}/{session.name}"
+
+    async def identity(self) -> Identity:
+        return await self.rt.identity(
+            self.site.name, self.site.spec, self.session.spec.user, namespace=self.session.namespace
+        )
+
+    async def find(self) -> int | None:
+        """The id of a job already carrying the session's tag, as its owner sees the queue."""
+        user = self.session.spec.user
+        existing = await self.client.queue(await self.identity(), names=[self.tag], users=[user])
+        return next((entry.job_id for entry in existing if entry.name == self.tag), None)
+
+    async def submit(
+        self, status: NotebookSessionStatus, env: dict[str, str]
+    ) -> NotebookSessionStatus:
         # A fresh token per submission; its digest is in status before the job can exist, so a
         # crash after sbatch leaves a job whose report can still be checked, by any replica.
         token = new_token()
-        token_digest = digest(token)
-        await rt.kube.patch_session_status(
-            session.namespace, session.name, {"callbackTokenSHA256": token_digest}
-        )
-        job = job_script(rt, session, site, chosen, env, token)
-        if identity.kind is IdentityKind.GSSAPI:  # the job's own ticket, placed before sbatch
+        status = status.model_copy(update={"callback_token_sha256": digest(token)})
+        await self._write(status)
+        rt, site, session = self.rt, self.site, self.session
+        identity = await self.identity()
+        job = job_script(rt, session, site, self.chosen, env, token)
+        if identity.kind == IdentityKind.GSSAPI:  # the job's own ticket, placed before sbatch
             job = await kerberos.place_ticket(
                 rt, site, session.namespace, session.spec.user, session.uid, job
             )
-        script = render_job_script(job)
-        adopted = False
         try:
-            job_id = await client.submit(identity, job_spec(tag, chosen), script)
+            job_id = await self.client.submit(
+                identity, job_spec(self.tag, self.chosen), render_job_script(job)
+            )
         except SubmissionRejected as refusal:
             SUBMISSION_FAILURES.labels(site.name, Reason.SUBMISSION_REJECTED).inc()
-            log.warning(
-                "session %s/%s: %s refused the job: %s",
-                session.namespace,
-                session.name,
-                site.name,
-                refusal.reason,
-            )
-            refused = status.model_copy(update={"callback_token_sha256": token_digest})
+            log.warning("session %s: %s refused the job: %s", self.where, site.name, refusal.reason)
             return observe.rejected(
-                refused,
+                status,
                 f"Slurm at {site.name} refused the job: {refusal.reason}",
-                now=now,
-                generation=session.generation,
+                now=self.now,
+                generation=self.session.generation,
             )
+        except SshError as error:
+            if not may_have_run(error):
+                raise
+            return await self._answer_lost(status, error)
         SUBMISSIONS.labels(site.name).inc()
-        if "exit-after-sbatch" in rt.settings.failpoints:
-            log.error("failpoint exit-after-sbatch: dying after submitting job %d", job_id)
-            os._exit(137)
-        log.info(
-            "submitted job %d for session %s/%s at %s",
-            job_id,
-            session.namespace,
-            session.name,
-            site.name,
+        failpoints.reached("after-sbatch", job_id=job_id)
+        log.info("submitted job %d for session %s at %s", job_id, self.where, site.name)
+        return self.recorded(status, job_id, adopted=False)
+
+    async def _answer_lost(
+        self, status: NotebookSessionStatus, error: SshError
+    ) -> NotebookSessionStatus:
+        """sbatch may have made a job: say so in status (so any replica, after a crash too,
+        waits before submitting), give the controller time, then look for it by tag."""
+        settle = self.rt.settings.submission_settle_seconds
+        SUBMISSION_FAILURES.labels(self.site.name, Reason.SUBMISSION_UNCONFIRMED).inc()
+        message = (
+            f"sbatch at {self.site.name} gave no answer ({error}); looking for the job by its "
+            f"tag in {settle} s before submitting again"
         )
-    else:
-        adopted, job_id = True, adopted_id
-        log.info(
-            "adopted existing job %d for session %s/%s", job_id, session.namespace, session.name
+        log.warning("session %s: %s", self.where, message)
+        waiting = observe.submission_unconfirmed(
+            status, message, now=self.now, generation=self.session.generation
         )
-    status = status.model_copy(update={"callback_token_sha256": token_digest})
-    return observe.submitted(
-        status,
-        job_id=job_id,
-        site=site.name,
-        time_limit_minutes=chosen.time_limit_minutes,
-        adopted=adopted,
-        now=now,
-        generation=session.generation,
-    )
+        await self._write(waiting)
+        await asyncio.sleep(settle)
+        job_id = await self.find()
+        if job_id is None:
+            raise SubmissionUnconfirmed(f"{message}: not found yet")
+        log.info("session %s: the lost sbatch made job %d; adopted", self.where, job_id)
+        return self.recorded(status, job_id, adopted=True)
+
+    async def _write(self, new: NotebookSessionStatus) -> None:
+        patch = observe.status_patch(self.session.status, new)
+        if patch:
+            await self.rt.kube.patch_session_status(
+                self.session.namespace, self.session.name, patch
+            )
+
+    def recorded(
+        self, status: NotebookSessionStatus, job_id: int, *, adopted: bool
+    ) -> NotebookSessionStatus:
+        if adopted:
+            log.info("adopted existing job %d for session %s", job_id, self.where)
+        return observe.submitted(
+            status,
+            job_id=job_id,
+            site=self.site.name,
+            time_limit_minutes=self.chosen.time_limit_minutes,
+            adopted=adopted,
+            now=self.now,
+            generation=self.session.generation,
+        )
 
 
 class JobStillActive(Exception):

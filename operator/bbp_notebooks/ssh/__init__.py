@@ -1,6 +1,7 @@
 """ssh transport to Slurm frontends: pooled connections, identities, error mapping, SlurmClient."""
 
 from bbp_notebooks.ssh.errors import (
+    AnswerLost,
     AuthenticationFailed,
     CommandFailed,
     CommandTimeout,
@@ -9,12 +10,14 @@ from bbp_notebooks.ssh.errors import (
     SlurmControllerUnavailable,
     SshError,
     SubmissionRejected,
+    may_have_run,
 )
 from bbp_notebooks.ssh.identity import CertificateAuthority, Identity, IdentityKind, SiteEndpoint
 from bbp_notebooks.ssh.pool import CommandResult, Observer, Renewer, SshPool
 from bbp_notebooks.ssh.slurmclient import SlurmClient
 
 __all__ = [
+    "AnswerLost",
     "AuthenticationFailed",
     "CertificateAuthority",
     "CommandFailed",
@@ -32,4 +35,5 @@ __all__ = [
     "SshError",
     "SshPool",
     "SubmissionRejected",
+    "may_have_run",
 ]

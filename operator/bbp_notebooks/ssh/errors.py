@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = [
+    "AnswerLost",
     "AuthenticationFailed",
     "CommandFailed",
     "CommandTimeout",
@@ -24,6 +25,7 @@ __all__ = [
     "SshError",
     "SubmissionRejected",
     "error_for_exit",
+    "may_have_run",
 ]
 
 
@@ -41,6 +43,19 @@ class SiteUnavailable(SshError):
     """Connection refused, timed out or dropped: the site could not be asked."""
 
     outcome = "site_unavailable"
+
+
+class AnswerLost(SiteUnavailable):
+    """The command started but its answer never came (connection lost, channel closed without
+    an exit status): it may have done its work. Like a CommandTimeout after it started."""
+
+    outcome = "answer_lost"
+
+
+def may_have_run(error: SshError) -> bool:
+    """Whether a command that raised ``error`` may nevertheless have run (so a submit must be
+    looked for before it is repeated)."""
+    return isinstance(error, AnswerLost) or (isinstance(error, CommandTimeout) and error.started)
 
 
 class AuthenticationFailed(SshError):

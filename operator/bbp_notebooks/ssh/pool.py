@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import asyncssh
 
 from bbp_notebooks.ssh.errors import (
+    AnswerLost,
     AuthenticationFailed,
     CommandTimeout,
     HostKeyMismatch,
@@ -250,7 +251,7 @@ class SshPool:
         except TimeoutError:
             raise CommandTimeout(endpoint.name, argv[0], deadline - start, started=True) from None
         except (asyncssh.Error, OSError) as error:
-            raise SiteUnavailable(endpoint.name, f"{argv[0]}: connection lost: {error}") from None
+            raise AnswerLost(endpoint.name, f"{argv[0]}: connection lost: {error}") from None
         finally:
             process.close()
             with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
@@ -263,7 +264,7 @@ class SshPool:
             if signal is None:
                 # The channel closed without an exit status: sshd or the session went away
                 # mid-command. We do not know what happened, so this is not an answer.
-                raise SiteUnavailable(
+                raise AnswerLost(
                     endpoint.name, f"{argv[0]}: channel closed without an exit status"
                 )
             stderr += f"\n(killed by signal {signal[0]})"

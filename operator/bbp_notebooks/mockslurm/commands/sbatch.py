@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shlex
 
@@ -171,6 +172,8 @@ async def main(ctx: Context, argv: list[str]) -> int:
     if not await ctx.contact_controller():
         ctx.err(f"sbatch: error: Batch job submission failed: {CONNECT_FAILURE}\n")
         return 1
+    if ctx.cluster.faults.sbatch_latency > 0:
+        await asyncio.sleep(ctx.cluster.faults.sbatch_latency)
     try:
         job = ctx.cluster.submit(
             user=ctx.user,
