@@ -9,10 +9,10 @@ import html
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from jupyterhub.objects import Hub, Server
@@ -40,6 +40,7 @@ from bbp_notebooks.api.models import (
     dump,
 )
 from bbp_notebooks.devtools.admission import HUB_USERNAME, install_hub_identity
+from bbp_notebooks.devtools.waiting import wait_until_async
 from bbp_notebooks.hub import naming, options
 from bbp_notebooks.hub.kube import HubKube, close_api_clients
 from bbp_notebooks.hub.spawner import NotebookSessionSpawner, SessionFailed
@@ -49,7 +50,6 @@ pytestmark = pytest.mark.kube
 NAMESPACE = "hub-tests"
 TOKEN = "hub-api-token-4b1d"  # noqa: S105 (a test value whose leak the tests look for)
 FINALIZER = f"{GROUP}/cancel-slurm-job"
-T = TypeVar("T")
 
 PROFILES: dict[str, dict[str, Any]] = {
     "hubt-open": {"displayName": "HubTest Open", "cores": 1, "memoryMiB": 1024},
@@ -217,19 +217,6 @@ def make_spawner(
     )
 
 
-async def wait_for(
-    probe: Callable[[], Awaitable[T | None]], *, within: float = 10.0, what: str = "condition"
-) -> T:
-    deadline = time.monotonic() + within
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 async def patch_status(kube: HubKube, name: str, status: NotebookSessionStatus) -> None:
     await kube.custom.patch_namespaced_custom_object_status(
         GROUP,
@@ -298,7 +285,7 @@ async def start_until_created(
             task.result()  # surface the start() error instead of timing out
         return await kube.read_session(NAMESPACE, name)
 
-    return task, await wait_for(created, what=f"session {name}")
+    return task, await wait_until_async(created, 10, f"session {name}", 0.05)
 
 
 async def start_ready(spawner: NotebookSessionSpawner, kube: HubKube) -> str:
@@ -442,7 +429,7 @@ async def test_start_creates_the_secret_and_session_and_returns_the_url_once_rea
         found: list[Any] | None = secret.metadata.owner_references
         return found
 
-    found = await wait_for(owners, what="the Secret's owner reference")
+    found = await wait_until_async(owners, 10, "the Secret's owner reference", 0.05)
     assert [(o.kind, o.name, o.uid) for o in found] == [("NotebookSession", name, meta["uid"])]
     env = await kube.read_secret(NAMESPACE, secret_name)
     assert env is not None
@@ -506,7 +493,7 @@ async def test_progress_streams_queue_node_and_ready_messages(
     for step in steps:
         await patch_status(kube, name, step)
         count = len(messages)
-        await wait_for(lambda c=count: _async(len(messages) > c), what="a progress message")
+        await wait_until_async(lambda c=count: len(messages) > c, 10, "a progress message", 0.05)
     await asyncio.wait_for(task, timeout=10)
     await asyncio.wait_for(follower, timeout=10)
     assert messages[-3:] == [
@@ -515,10 +502,6 @@ async def test_progress_streams_queue_node_and_ready_messages(
         "Starting the notebook on node-1 at HubTest Geneva (Slurm job 1000007)",
         "Notebook ready on node-1 at HubTest Geneva (Slurm job 1000007)",
     ]
-
-
-async def _async(value: T) -> T:
-    return value
 
 
 @pytest.mark.parametrize(
@@ -612,7 +595,7 @@ async def start_until_created_after(
         current = await kube.read_session(NAMESPACE, name)
         return current if current and current["metadata"]["uid"] != old_uid else None
 
-    return task, await wait_for(replaced, what="the replacement session")
+    return task, await wait_until_async(replaced, 10, "the replacement session", 0.05)
 
 
 async def test_named_servers_get_one_session_each(control_plane: Any, kube: HubKube) -> None:
@@ -674,7 +657,7 @@ async def test_poll_follows_the_session_and_never_reads_unreachable_as_stopped(
     assert await spawner.poll() == 1
 
     await kube.delete_session(NAMESPACE, name)
-    await wait_for(lambda: _gone(kube, name), what="session deleted")
+    await wait_until_async(lambda: _gone(kube, name), 10, "session deleted", 0.05)
     assert await spawner.poll() == 1
 
 
@@ -711,7 +694,7 @@ async def test_stop_deletes_the_session_and_waits_until_the_operator_lets_it_go(
         session = await kube.read_session(NAMESPACE, name)
         return session is not None and "deletionTimestamp" in session["metadata"]
 
-    await wait_for(deleting, what="deletion requested")
+    await wait_until_async(deleting, 10, "deletion requested", 0.05)
     await asyncio.sleep(0.5)
     assert not stopping.done()  # the job is not confirmed gone yet
     await set_finalizer(kube, name, False)  # the operator: job cancelled

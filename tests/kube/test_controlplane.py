@@ -6,10 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
@@ -17,10 +16,10 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from bbp_notebooks.devtools.controlplane import ControlPlane, repo_root
+from bbp_notebooks.devtools.waiting import wait_until
 
 pytestmark = pytest.mark.kube
 
-T = TypeVar("T")
 
 WIDGET_CRD = {
     "apiVersion": "apiextensions.k8s.io/v1",
@@ -50,18 +49,6 @@ WIDGET_CRD = {
         ],
     },
 }
-
-
-def wait_for(attempt: Callable[[], T], *, timeout: float, what: str) -> T:
-    """attempt()'s first result that does not raise an API error, within `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return attempt()
-        except ApiException:
-            if time.monotonic() >= deadline:
-                raise AssertionError(f"{what} did not happen within {timeout} s") from None
-            time.sleep(0.1)
 
 
 def status_of(call: Callable[[], object]) -> int:
@@ -175,10 +162,11 @@ def test_a_minted_identity_gets_exactly_what_its_role_grants(
             ),
         )
         # The authoriser reads RBAC objects from a watch cache: the grant lands within moments.
-        wait_for(
+        wait_until(
             lambda: core.list_namespaced_config_map(namespace),
-            timeout=10,
-            what="the Role granting configmap reads to take effect",
+            10,
+            "the Role granting configmap reads to take effect",
+            retry_on=(ApiException,),
         )
 
         assert status_of(lambda: core.list_namespaced_secret(namespace)) == 403

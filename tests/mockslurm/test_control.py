@@ -13,6 +13,7 @@ import pytest
 import yaml
 from aiohttp import web
 
+from bbp_notebooks.devtools import topology
 from bbp_notebooks.devtools.stack import free_port
 from bbp_notebooks.mockslurm.__main__ import serve
 from bbp_notebooks.mockslurm.config import MockSlurmConfig, load_config
@@ -136,7 +137,7 @@ async def test_the_entry_point_serves_every_site_of_the_config(
             config=[],
         ) as conn:
             result = await slurm(
-                conn, "sbatch", "--parsable", "-A", "proj-viz", "-o", "/dev/null",
+                conn, "sbatch", "--parsable", "-A", topology.USERS["bob"][0], "-o", "/dev/null",
                 input="#!/bin/sh\ntrue\n",
             )  # fmt: skip
             assert result.stdout == "2000000\n"

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import pwd
 from collections.abc import Callable
 from pathlib import Path
 
+from bbp_notebooks.devtools.waiting import wait_until_async
 from bbp_notebooks.mockslurm.site import MockSite
 from fixtures.mockslurm import SiteConfigFactory, SiteFactory, SshFactory, slurm
 
 SLEEPER = "#!/bin/bash\nsleep 60\n"
-
-
-async def _wait_for(predicate: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.05)
 
 
 async def test_a_submitted_job_is_listed_and_cancelled(
@@ -157,7 +149,7 @@ async def test_finished_jobs_leave_squeue_after_min_job_age_but_stay_in_sacct(
     assert shown.stdout == "COMPLETED\n"
     default = await slurm(conn, "squeue", "-h", "-j", str(job_id), "-o", "%T")
     assert (default.exit_status, default.stdout) == (0, "")
-    await _wait_for(lambda: job_id not in mockslurm_site.cluster.jobs, within=5)
+    await wait_until_async(lambda: job_id not in mockslurm_site.cluster.jobs, 5, "purge", 0.05)
     gone = await slurm(conn, "squeue", "-h", "-j", str(job_id), "-o", "%T")
     assert gone.exit_status == 1
     assert gone.stderr == "slurm_load_jobs error: Invalid job id specified\n"
@@ -178,7 +170,9 @@ async def test_jobs_queue_behind_a_full_cluster_with_slurm_reasons(
         )
         ids.append(int(result.stdout))
     await mockslurm_site.wait_for_state(ids[3], {"RUNNING"})
-    await _wait_for(lambda: mockslurm_site.job(ids[5]).reason == "Priority")
+    await wait_until_async(
+        lambda: mockslurm_site.job(ids[5]).reason == "Priority", 10, "reason Priority", 0.05
+    )
     listed = await slurm(conn, "squeue", "-h", "-u", "alice", "-o", "%i %t %r")
     states = dict(line.split(" ", 1) for line in listed.stdout.splitlines())
     assert [states[str(i)] for i in ids[:4]] == ["R None"] * 4

@@ -3,16 +3,15 @@ with a CA-signed certificate, the frontend's host certificate checked against th
 
 from __future__ import annotations
 
-import asyncio
 import shlex
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncssh
 import pytest
 
 from bbp_notebooks.devtools import realslurm
+from bbp_notebooks.devtools.waiting import wait_until_async
 from fixtures.realslurm import RealSlurm, connect_as, mint_user_identity
 
 pytestmark = [pytest.mark.realslurm, pytest.mark.timeout(180)]
@@ -24,22 +23,6 @@ JOB_SCRIPT = """#!/bin/bash
 echo "user=$(id -un) cluster=$SLURM_CLUSTER_NAME node=$SLURMD_NODENAME"
 sleep 120
 """
-
-
-async def wait_for(
-    what: str,
-    predicate: Callable[[], Awaitable[bool]],
-    limit_s: float,
-    interval: float = 0.1,
-) -> float:
-    """Poll until predicate() is true; returns the seconds it took. Fails at the deadline."""
-    started = time.monotonic()
-    deadline = started + limit_s
-    while not await predicate():
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {limit_s}s waiting for {what}")
-        await asyncio.sleep(interval)
-    return time.monotonic() - started
 
 
 async def run(
@@ -85,7 +68,9 @@ async def test_a_job_submitted_over_ssh_runs_as_the_submitting_user_on_that_site
         async def running() -> bool:
             return await job_state(conn, job_id) == "RUNNING"
 
-        latency = await wait_for(f"job {job_id} RUNNING", running, limit_s=10)
+        began = time.monotonic()
+        await wait_until_async(running, 10, f"job {job_id} RUNNING")
+        latency = time.monotonic() - began
         print(f"{site_name}: submit->RUNNING seen after {latency:.3f}s")
 
         output = f"realslurm-{job_id}.out"
@@ -93,7 +78,7 @@ async def test_a_job_submitted_over_ssh_runs_as_the_submitting_user_on_that_site
         async def wrote_output() -> bool:
             return "user=" in out(await run(conn, ["cat", output]))
 
-        await wait_for(f"{output} written", wrote_output, limit_s=10)
+        await wait_until_async(wrote_output, 10, f"{output} written")
         line = out(await run(conn, ["cat", output])).strip()
         assert line == f"user=alice cluster={site_name} node={site.node_name}"
 
@@ -110,7 +95,7 @@ async def test_a_job_submitted_over_ssh_runs_as_the_submitting_user_on_that_site
         async def left_running() -> bool:
             return await job_state(conn, job_id) != "RUNNING"
 
-        await wait_for(f"job {job_id} cancelled", left_running, limit_s=15)
+        await wait_until_async(left_running, 15, f"job {job_id} cancelled")
         await run(conn, ["rm", "-f", output])
 
 
@@ -126,7 +111,7 @@ async def test_jobs_start_within_seconds_of_submission(real_slurm: RealSlurm) ->
             async def running(job: int = job_id) -> bool:
                 return await job_state(conn, job) == "RUNNING"
 
-            await wait_for(f"job {job_id} RUNNING", running, limit_s=10, interval=0.02)
+            await wait_until_async(running, 10, f"job {job_id} RUNNING", 0.02)
             latencies.append(time.monotonic() - started)
             await run(conn, ["scancel", str(job_id)])
     print("submit->RUNNING over ssh (s):", " ".join(f"{x:.3f}" for x in latencies))
@@ -196,7 +181,7 @@ async def test_sacct_reports_how_a_finished_job_ended(real_slurm: RealSlurm) -> 
         async def accounted() -> bool:
             return out(await run(conn, sacct)).strip().endswith("|3:0")
 
-        await wait_for(f"sacct to record job {job_id}", accounted, limit_s=30)
+        await wait_until_async(accounted, 30, f"sacct to record job {job_id}")
         assert out(await run(conn, sacct)).strip() == f"{job_id}|alice|FAILED|3:0"
 
 

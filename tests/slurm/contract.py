@@ -11,17 +11,14 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
-import os
 import pwd
-import signal
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
 import pytest
 
-from bbp_notebooks.devtools import realslurm
+from bbp_notebooks.devtools import realslurm, topology
 from bbp_notebooks.devtools.realslurm import ClusterSpec
 from bbp_notebooks.mockslurm.config import NodeConfig, PartitionConfig, SiteConfig, UserConfig
 from bbp_notebooks.mockslurm.site import MockSite
@@ -39,8 +36,8 @@ from bbp_notebooks.ssh import (
 Kind = Literal["real", "mock"]
 SITE_NAMES = ("geneva", "lugano")
 CLUSTERS: dict[str, ClusterSpec] = {c.name: c for c in realslurm.DEFAULT_CLUSTERS}
-# The mock sites' ssh addresses (see CONTEXT.md); ports are picked by the kernel.
-MOCK_ADDRESSES = {"geneva": "127.0.0.21", "lugano": "127.0.0.22"}
+# The mock sites' ssh addresses; ports are picked by the kernel.
+MOCK_ADDRESSES = {site.name: site.address for site in topology.EMULATED_SITES}
 # Mirrors realslurm.slurm_conf: KillWait=5, MinJobAge=DEFAULT_MIN_JOB_AGE_S, no EnforcePartLimits.
 KILL_WAIT_S = 5.0
 # What real 22.05 clients take to give up on a stopped slurmctld (see tests/realslurm/samples).
@@ -50,19 +47,6 @@ CLIENT_TIMEOUT_S = 45.0
 # The 1-minute job submitted at start-up (geneva), checked for TIMEOUT by the last test.
 TIMEOUT_JOB_LIMIT_MIN = 1
 JOB_SCRIPT_SLEEP = "#!/bin/bash\nexec sleep 600\n"
-
-
-async def wait_for(
-    what: str, predicate: Callable[[], Awaitable[bool]], within: float, interval: float = 0.2
-) -> float:
-    """Poll until predicate() holds; returns the seconds it took. Fails at the deadline."""
-    started = time.monotonic()
-    deadline = started + within
-    while not await predicate():
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {within:g} s waiting for {what}")
-        await asyncio.sleep(interval)
-    return time.monotonic() - started
 
 
 @dataclasses.dataclass
@@ -226,16 +210,8 @@ def make_site(
 
 def _stop_slurmctld(deployment: realslurm.Deployment, site: str) -> None:
     """Stop one cluster's slurmctld (by the PID the deployment recorded) and reap it."""
-    daemon = next(d for d in deployment.daemons if d.name == f"{site}-slurmctld")
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(daemon.pid, signal.SIGTERM)
-    deadline = time.monotonic() + realslurm.STOP_TIMEOUT_S
-    while realslurm._is_ours(daemon) and time.monotonic() < deadline:
-        realslurm._reap(daemon.pid)
-        time.sleep(0.05)
-    if realslurm._is_ours(daemon):
-        pytest.fail(f"{site} slurmctld (pid {daemon.pid}) did not stop")
-    realslurm._reap(daemon.pid, block=True)
+    if not realslurm.stop_daemon(deployment, f"{site}-slurmctld"):
+        pytest.fail(f"{site} slurmctld did not stop")
 
 
 def real_controller(

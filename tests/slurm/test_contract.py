@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from bbp_notebooks.devtools.waiting import wait_until_async
 from bbp_notebooks.slurm.commands import (
     AccountingEntry,
     JobSpec,
@@ -26,7 +27,7 @@ from bbp_notebooks.slurm.commands import (
 )
 from bbp_notebooks.slurm.values import JobState
 from bbp_notebooks.ssh import CommandFailed, SlurmControllerUnavailable, SshError
-from slurm.contract import CONTROLLER_DOWN_DELAY_S, Contract, ContractSite, wait_for
+from slurm.contract import CONTROLLER_DOWN_DELAY_S, Contract, ContractSite
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(240)]
 
@@ -91,7 +92,9 @@ async def wait_queue_state(
         last[0] = await queued(site, job_id)
         return last[0] is not None and last[0].state in states
 
-    await wait_for(f"job {job_id} in {sorted(s.value for s in states)}", reached, within)
+    await wait_until_async(
+        reached, within, f"job {job_id} in {sorted(s.value for s in states)}", 0.2
+    )
     assert last[0] is not None
     return last[0]
 
@@ -115,7 +118,7 @@ async def wait_accounting(
             return False
         return set(found) == set(job_ids) and all(e.state.is_terminal for e in found.values())
 
-    await wait_for(f"jobs {job_ids} to end in sacct", ended, within)
+    await wait_until_async(ended, within, f"jobs {job_ids} to end in sacct", 0.2)
     return found
 
 
@@ -172,7 +175,7 @@ async def test_queue_finds_a_job_by_id_name_and_user_while_it_pends_then_runs(
         entry = await queued(s, job_id)
         return entry is not None and entry.reason in ("Resources", "Priority")
 
-    await wait_for("a pending reason", has_a_reason, 10.0)
+    await wait_until_async(has_a_reason, 10.0, "a pending reason", 0.2)
 
     by_id = await s.client.queue(alice, job_ids=[job_id, filler])
     by_name = await s.client.queue(alice, names=[spec.name])
@@ -296,7 +299,7 @@ async def test_a_job_name_cannot_forge_a_queue_record(site: Contract) -> None:
             e.name for e in accounted.values()
         }
 
-    await wait_for("the jobs in sacct", all_accounted, 30.0)
+    await wait_until_async(all_accounted, 30.0, "the jobs in sacct", 0.2)
     assert [e.job_id for e in await s.client.accounting(alice, ids)].count(victim) == 1
     assert (accounted[victim].user, accounted[victim].name) == ("alice", s.job_name("forge-victim"))
     assert (accounted[forgers["newline"]].user, accounted[forgers["newline"]].name) == (
@@ -329,7 +332,7 @@ async def test_accounting_tells_how_each_job_ended(site: Contract) -> None:
         entry = await queued(s, never)
         return entry is not None and entry.reason == "PartitionTimeLimit"
 
-    await wait_for("reason PartitionTimeLimit", held_by_the_partition_limit, 10.0)
+    await wait_until_async(held_by_the_partition_limit, 10.0, "reason PartitionTimeLimit", 0.2)
     await wait_queue_state(s, cancelled, {JobState.RUNNING})
     await s.client.cancel(alice, [cancelled, never])
 
@@ -519,7 +522,7 @@ async def test_a_finished_job_leaves_the_queue_after_min_job_age_but_stays_in_ac
     async def forgotten() -> bool:
         return await queued(s, job_id) is None
 
-    await wait_for("the job to leave squeue", forgotten, s.min_job_age_s + 60.0, interval=0.5)
+    await wait_until_async(forgotten, s.min_job_age_s + 60.0, "the job to leave squeue", 0.5)
     in_queue_for = time.monotonic() - ended_at
     # slurmctld purges on a timer: real Slurm takes MinJobAge plus up to a purge interval.
     assert s.min_job_age_s - 2.0 <= in_queue_for <= s.min_job_age_s + 45.0
@@ -544,7 +547,7 @@ async def test_a_job_submitted_over_ssh_as_alice_runs_as_alice(site: Contract) -
     async def written() -> bool:
         return output.exists() and output.read_text().count("\n") >= 3
 
-    await wait_for(f"{output} to be written", written, 10.0)
+    await wait_until_async(written, 10.0, f"{output} to be written", 0.2)
     lines = output.read_text().splitlines()
     assert lines == ["alice", f"{job_id} {s.name} {s.node_name}", alice.pw_dir]
     stat = output.stat()
@@ -614,7 +617,7 @@ async def test_an_unreachable_controller_is_reported_as_unavailable_not_as_an_an
             return False
         return True
 
-    await wait_for("the controller to answer again", back, 60.0, interval=0.5)
+    await wait_until_async(back, 60.0, "the controller to answer again", 0.5)
 
 
 # --- time limit (last: its job was submitted when the site came up) -------------------------

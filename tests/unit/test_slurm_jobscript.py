@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
+from bbp_notebooks.devtools.waiting import wait_until_async
 from bbp_notebooks.slurm.jobscript import (
     Callback,
     JobScript,
@@ -204,16 +205,6 @@ async def callback_server() -> AsyncIterator[tuple[str, list[tuple[dict[str, str
     await runner.cleanup()
 
 
-async def wait_until(predicate: object, within: float) -> None:
-    assert callable(predicate)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
-
-
 @pytest.mark.parametrize(
     ("advertise", "node", "reported"),
     [
@@ -254,7 +245,8 @@ async def test_running_a_hostile_script_keeps_every_value_inert_and_reports_the_
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        await wait_until(lambda: received or process.returncode is not None, within=60)
+        done = lambda: received or process.returncode is not None  # noqa: E731
+        await wait_until_async(done, 60, "the callback or the job's end", 0.05)
         assert process.returncode is None, await process.stderr.read()  # type: ignore[union-attr]
     finally:
         if process.returncode is None:

@@ -13,7 +13,6 @@ import datetime
 import json
 import re
 import subprocess
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import yaml
 from bbp_notebooks.api.constants import API_VERSION, CREATED_BY_ANNOTATION, SESSION_KIND
 from bbp_notebooks.devtools._certs import ADMIN_USER
 from bbp_notebooks.devtools.controlplane import ControlPlane, ControlPlaneError, repo_root
+from bbp_notebooks.devtools.waiting import wait_until
 
 RELEASE = "bbp-notebooks"
 RELEASE_NAMESPACE = "bbp-notebooks"
@@ -144,19 +144,22 @@ def _wait_enforced(plane: ControlPlane, namespace: str, timeout: float) -> None:
     }
     path = plane.workdir / "helm" / "admission-probe.json"
     path.write_text(json.dumps(probe))
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def refused() -> bool:
         result = subprocess.run(
             [str(plane.bin_dir / "kubectl"), "create", "--dry-run=server", "-f", str(path)],
             env=plane.env, capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         if result.returncode != 0 and "protected POSIX user" in result.stderr:
-            return
+            return True
         if result.returncode != 0 and "ValidatingAdmissionPolicy" not in result.stderr:
             raise ControlPlaneError(f"admission probe failed: {result.stderr.strip()}")
-        if time.monotonic() > deadline:
-            raise ControlPlaneError(f"the admission policy is not enforced after {timeout:.0f} s")
-        time.sleep(0.2)
+        return False
+
+    try:
+        wait_until(refused, timeout, "the admission policy to be enforced", 0.2)
+    except TimeoutError as error:
+        raise ControlPlaneError(str(error)) from None
 
 
 def install_hub_identity(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import json
 import os
 import shlex
@@ -38,7 +39,10 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from bbp_notebooks.devtools import processes
 from bbp_notebooks.devtools._certs import PkiFiles, write_pki
+from bbp_notebooks.devtools.processes import Child
+from bbp_notebooks.devtools.waiting import wait_until
 
 REPO_ROOT_ENV = "BBP_NOTEBOOKS_ROOT"
 TOOLS_BIN_ENV = "BBP_TOOLS_BIN"
@@ -116,7 +120,7 @@ class ControlPlane:
         self.workdir = workdir.resolve()
         self.host = host
         self._bin_dir = bin_dir
-        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._children: dict[int, Child] = {}
         self.server: str | None = None
         self.startup_seconds: float | None = None
 
@@ -245,46 +249,37 @@ class ControlPlane:
         return _read_records(self._pid_file)
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        with self.log_file(name).open("ab") as log:
-            # A session of its own: Ctrl-C in the terminal reaches only `up`, which then stops the
-            # children in order (API server before etcd).
-            process = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self._children[process.pid] = process
-        record = _Started(name, process.pid, _start_ticks(process.pid) or 0)
+        # A session of its own: Ctrl-C in the terminal reaches only `up`, which then stops the
+        # children in order (API server before etcd).
+        child = processes.start(name, argv, self.log_file(name))
+        self._children[child.pid] = child
+        record = _Started(name, child.pid, _start_ticks(child.pid) or 0)
         _write_records(self._pid_file, [*_read_records(self._pid_file), record])
 
     def _wait_ready(self, pki: PkiFiles, deadline: float) -> None:
         assert self.server is not None
         context = ssl.create_default_context(cafile=str(pki.ca_cert))
         context.load_cert_chain(str(pki.admin_cert), str(pki.admin_key))
-        last_error = "no answer yet"
-        while time.monotonic() < deadline:
-            for process in self._children.values():
-                if process.poll() is not None:
-                    name = next(r.name for r in self.processes() if r.pid == process.pid)
+
+        def ready() -> bool:
+            for child in self._children.values():
+                if (status := child.returncode) is not None:
                     raise ControlPlaneError(
-                        f"{name} exited with status {process.returncode} during start-up:\n"
-                        + _tail(self.log_file(name))
+                        f"{child.name} exited with status {status} during start-up:\n"
+                        + _tail(self.log_file(child.name))
                     )
-            try:
-                with urllib.request.urlopen(  # noqa: S310 (https URL built above)
-                    f"{self.server}/readyz", context=context, timeout=2
-                ) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError) as error:
-                last_error = str(error)
-            time.sleep(0.1)
-        raise ControlPlaneError(
-            f"kube-apiserver not ready at {self.server} in time ({last_error}):\n"
-            + _tail(self.log_file("kube-apiserver"))
-        )
+            with urllib.request.urlopen(  # noqa: S310 (https URL built above)
+                f"{self.server}/readyz", context=context, timeout=2
+            ) as response:
+                return bool(response.status == 200)
+
+        try:
+            wait_until(
+                ready, max(0.0, deadline - time.monotonic()), f"kube-apiserver at {self.server}",
+                retry_on=(urllib.error.URLError, OSError),
+            )  # fmt: skip
+        except TimeoutError as error:
+            raise ControlPlaneError(f"{error}:\n{_tail(self.log_file('kube-apiserver'))}") from None
 
     def _write_admin_kubeconfig(self, pki: PkiFiles) -> None:
         assert self.server is not None
@@ -493,9 +488,7 @@ def _write_records(path: Path, records: list[_Started]) -> None:
     path.write_text(json.dumps([r.__dict__ for r in records], indent=2))
 
 
-def _terminate(
-    records: list[_Started], timeout: float, children: dict[int, subprocess.Popen[bytes]]
-) -> None:
+def _terminate(records: list[_Started], timeout: float, children: dict[int, Child]) -> None:
     """Stop each process newest first (the API server before its etcd): SIGTERM, then SIGKILL if
     it outlives its share of the deadline. Only a PID whose start time matches the record is
     signalled, so a reused PID is never hit."""
@@ -503,29 +496,17 @@ def _terminate(
     def running(record: _Started) -> bool:
         # Our own child is asked directly, which also reaps it (else it lingers as a zombie).
         if (child := children.get(record.pid)) is not None:
-            return child.poll() is None
+            return child.running()
         return _is_running(record)
-
-    def wait_gone(record: _Started, deadline: float) -> bool:
-        while running(record):
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
-        return True
 
     deadline = time.monotonic() + timeout
     stubborn = []
     for index, record in enumerate(reversed(records)):
-        if not running(record):
-            continue
         share = max(0.0, deadline - time.monotonic()) / (len(records) - index)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(record.pid, signal.SIGTERM)
-        if wait_gone(record, time.monotonic() + share):
-            continue
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(record.pid, signal.SIGKILL)
-        if not wait_gone(record, time.monotonic() + 5.0):
+        gone = processes.stop_pid(
+            record.pid, running=functools.partial(running, record), grace=share, kill_wait=5.0
+        )
+        if not gone:
             stubborn.append(record)
     if stubborn:
         raise ControlPlaneError(

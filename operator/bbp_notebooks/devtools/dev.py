@@ -15,7 +15,6 @@ Stopping deletes the sessions first, so that the operator's finalizers cancel th
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import os
@@ -33,11 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from bbp_notebooks.devtools import admission, stack
+from bbp_notebooks.devtools import admission, processes, stack, topology
 from bbp_notebooks.devtools.controlplane import ControlPlane, repo_root
-from bbp_notebooks.devtools.stack import Keys, MockSlurm, Operator, free_port, wait_for
+from bbp_notebooks.devtools.processes import Child
+from bbp_notebooks.devtools.stack import Keys, MockSlurm, Operator, free_port
+from bbp_notebooks.devtools.waiting import wait_until
 
-HOST = "127.0.0.1"
+HOST = topology.LOOPBACK
 DEV_USERS = ("alice", "bob")
 SESSION_NAMESPACE = "default"
 HUB_START_TIMEOUT_S = 60.0
@@ -100,7 +101,7 @@ class Hub:
     chp: Path
     port: int = 0
     password: str = field(default_factory=lambda: secrets.token_urlsafe(12), repr=False)
-    process: subprocess.Popen[bytes] | None = None
+    child: Child | None = None
 
     @property
     def url(self) -> str:
@@ -127,24 +128,19 @@ class Hub:
             "BBP_SESSION_NAMESPACE": SESSION_NAMESPACE,
         }
         config = repo_root() / "examples" / "jupyterhub_config.py"
-        with self.log_path.open("ab") as log:
-            # A session of its own (the proxy joins it): Ctrl-C reaches only `make dev`, which
-            # stops the pieces in order.
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "jupyterhub", "-f", str(config)],
-                cwd=self.workdir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        wait_for(lambda: self.alive() and self._healthy(), timeout, "JupyterHub behind the proxy")
+        # A session of its own: Ctrl-C reaches only `make dev`, which stops the pieces in order.
+        self.child = processes.start(
+            "JupyterHub",
+            [sys.executable, "-m", "jupyterhub", "-f", str(config)],
+            self.log_path,
+            env=env,
+            cwd=self.workdir,
+        )
+        wait_until(lambda: self.alive() and self._healthy(), timeout, "JupyterHub behind the proxy")
 
     def alive(self) -> bool:
-        if self.process is None or self.process.poll() is not None:
-            raise DevError(f"JupyterHub exited:\n{_tail(self.log_path)}")
-        return True
+        assert self.child is not None, "not started"
+        return self.child.check_alive()
 
     def _healthy(self) -> bool:
         try:
@@ -156,7 +152,8 @@ class Hub:
     def stop(self) -> None:
         # SIGTERM: the hub stops the proxy it started; the sessions stay (cleanup_servers=False),
         # they are deleted by DevSystem.stop.
-        stack._stop(self.process, timeout=20)
+        if self.child is not None:
+            self.child.stop(grace=20)
         # The proxy runs in a session of its own: a hub that died or had to be killed leaves it.
         _stop_pid_file(self.workdir / "jupyterhub-proxy.pid", "configurable-http-proxy")
 
@@ -220,7 +217,7 @@ class DevSystem:
         if result.returncode != 0:
             raise DevError(f"kubectl delete notebooksessions failed: {result.stderr}")
         try:
-            wait_for(lambda: not self.sessions(), timeout, "the sessions to be gone", 0.5)
+            wait_until(lambda: not self.sessions(), timeout, "the sessions to be gone", 0.5)
         except TimeoutError:
             raise DevError(
                 f"sessions still present after {timeout:.0f} s: {', '.join(self.sessions())} "
@@ -250,7 +247,9 @@ def start_dev_system(
         # As deployed: the chart's admission policy decides who may run as whom, and the hub
         # runs as the chart's hub ServiceAccount with the chart's hub RBAC, not as admin.
         admission.install_admission_policy(
-            control_plane, protected_users=[stack.MONITOR_USER], probe_namespace=SESSION_NAMESPACE
+            control_plane,
+            protected_users=[topology.MONITOR_USER],
+            probe_namespace=SESSION_NAMESPACE,
         )
         hub_kubeconfig = admission.install_hub_identity(
             control_plane, SESSION_NAMESPACE, expiration=HUB_TOKEN_LIFETIME
@@ -302,32 +301,21 @@ def start_dev_system(
 
 
 def _stop_pid_file(pid_file: Path, expected: str, timeout: float = 10.0) -> None:
-    """SIGTERM (then SIGKILL) the process in `pid_file` if it is still `expected`."""
+    """SIGTERM (then SIGKILL) the process in `pid_file` while it is still `expected`."""
     try:
         pid = int(pid_file.read_text().strip())
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except (OSError, ValueError):
-        return  # no file, or the process is gone
-    if expected not in command:
-        return  # the PID was reused
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if Path(f"/proc/{pid}").exists():
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+        return  # no file
+
+    def running() -> bool:  # False once gone, or once the PID is reused
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            return False
+        return expected in command
+
+    processes.stop_pid(pid, running=running, grace=timeout, kill_wait=1.0)
     pid_file.unlink(missing_ok=True)
-
-
-def _tail(path: Path, chars: int = 4000) -> str:
-    try:
-        return path.read_text(errors="replace")[-chars:]
-    except OSError:
-        return f"({path} unreadable)"
 
 
 def _banner(system: DevSystem) -> str:

@@ -37,23 +37,25 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bbp_notebooks.devtools import processes, topology
 from bbp_notebooks.devtools.controlplane import ControlPlaneError, repo_root
+from bbp_notebooks.devtools.waiting import wait_until
 
 STATE_FILE = "state.json"
 # Where the last started deployment lives, for the "already running" message.
 CURRENT_POINTER = Path(tempfile.gettempdir()) / "bbp-realslurm.current"
 # MariaDB listens here.
-SHARED_ADDRESS = "127.0.0.10"
+SHARED_ADDRESS = topology.REAL_SLURM_SHARED_ADDRESS
 # With CommunicationParameters=NoInAddrAny, slurmctld/slurmd/slurmdbd bind to the address this
 # machine's hostname resolves to instead of 0.0.0.0; `up` checks that it is on loopback.
-SLURM_ADDRESS = "127.0.0.1"
+SLURM_ADDRESS = topology.LOOPBACK
 MARIADB_PORT = 3306
-SSH_PORT = 2222
+SSH_PORT = topology.REAL_SLURM_SSH_PORT
 TEST_USERS = ("alice", "bob")
 DEFAULT_MIN_JOB_AGE_S = 10
 START_TIMEOUT_S = 90.0
@@ -101,7 +103,7 @@ class ClusterSpec:
 GENEVA = ClusterSpec(
     name="geneva",
     node_name="gva-n1",
-    address="127.0.0.11",
+    address=topology.REAL_SLURM_ADDRESSES["geneva"],
     slurmctld_port=6817,
     slurmd_port=6818,
     slurmdbd_port=6819,
@@ -115,7 +117,7 @@ GENEVA = ClusterSpec(
 LUGANO = ClusterSpec(
     name="lugano",
     node_name="lug-n1",
-    address="127.0.0.12",
+    address=topology.REAL_SLURM_ADDRESSES["lugano"],
     slurmctld_port=6827,
     slurmd_port=6828,
     slurmdbd_port=6829,
@@ -473,20 +475,8 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
     path.chmod(mode)
 
 
-def _wait_until(
-    what: str, check: Callable[[], bool], timeout: float, interval: float = 0.2
-) -> None:
-    deadline = time.monotonic() + timeout
-    last = ""
-    while True:
-        try:
-            if check():
-                return
-        except (OSError, RealSlurmError, subprocess.TimeoutExpired) as error:
-            last = f": last error: {error}"
-        if time.monotonic() >= deadline:
-            raise RealSlurmError(f"timed out after {timeout:.0f}s waiting for {what}{last}")
-        time.sleep(interval)
+# What a daemon that is still starting answers: ask again (anything else ends the wait).
+_NOT_YET = (OSError, RealSlurmError, subprocess.TimeoutExpired)
 
 
 def _port_open(address: str, port: int) -> bool:
@@ -506,28 +496,12 @@ class _Starter:
         self.deployment = deployment
         self.logs = logs
 
-    def start(
-        self, name: str, argv: Sequence[str], env: Mapping[str, str]
-    ) -> subprocess.Popen[bytes]:
-        log = self.logs / f"{name}.out"
-        with log.open("ab") as out:
-            process = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=dict(env),
-                start_new_session=True,
-            )
-        _CHILDREN[process.pid] = process
-        self.deployment.daemons.append(Daemon(name, process.pid, Path(argv[0]).name))
+    def start(self, name: str, argv: Sequence[str], env: Mapping[str, str]) -> processes.Child:
+        child = processes.start(name, argv, self.logs / f"{name}.out", env=env)
+        _CHILDREN[child.pid] = child.process
+        self.deployment.daemons.append(Daemon(name, child.pid, Path(argv[0]).name))
         self.deployment.save()
-        return process
-
-    def check_alive(self, process: subprocess.Popen[bytes], name: str) -> None:
-        if process.poll() is not None:
-            tail = (self.logs / f"{name}.out").read_text(errors="replace")[-2000:]
-            raise RealSlurmError(f"{name} exited with {process.returncode}: {tail}")
+        return child
 
 
 def _require_root_and_tools() -> None:
@@ -599,6 +573,9 @@ def up(
     starter = _Starter(deployment, shared.logs)
     try:
         _up(deployment, starter, shared, clusters, hostname, min_job_age_s, timeout)
+    except (TimeoutError, processes.ChildExited) as error:
+        down(root)
+        raise RealSlurmError(str(error)) from error
     except BaseException:
         down(root)
         raise
@@ -669,10 +646,10 @@ def _up(
     )  # fmt: skip
 
     def munged_ready() -> bool:
-        starter.check_alive(munged, "munged")
+        munged.check_alive()
         return shared.munge_socket.exists()
 
-    _wait_until("munged", munged_ready, timeout)
+    wait_until(munged_ready, timeout, "munged", 0.2, retry_on=_NOT_YET)
     mark("munged")
 
     # MariaDB for slurmdbd
@@ -698,11 +675,11 @@ def _up(
     mariadb = ["mariadb", "--no-defaults", f"--socket={shared.db_socket}", "-uroot"]
 
     def db_ready() -> bool:
-        starter.check_alive(mariadbd, "mariadbd")
+        mariadbd.check_alive()
         _run([*mariadb, "-e", "SELECT 1"], timeout=5)
         return True
 
-    _wait_until("mariadbd", db_ready, timeout)
+    wait_until(db_ready, timeout, "mariadbd", 0.2, retry_on=_NOT_YET)
     # The password travels on stdin, never in argv.
     grants = "".join(f"GRANT ALL ON {database_name(c)}.* TO 'slurm'@'127.%';\n" for c in clusters)
     _run(mariadb, stdin=f"CREATE USER 'slurm'@'127.%' IDENTIFIED BY '{db_password}';\n{grants}")
@@ -710,7 +687,7 @@ def _up(
 
     # slurmdbd per cluster (reads slurmdbd.conf beside $SLURM_CONF), started together
     cluster_paths = [_cluster_paths(shared.root, c) for c in clusters]
-    dbds: list[tuple[ClusterSpec, dict[str, str], subprocess.Popen[bytes]]] = []
+    dbds: list[tuple[ClusterSpec, dict[str, str], processes.Child]] = []
     for cluster, paths in zip(clusters, cluster_paths, strict=True):
         paths.state_save.mkdir(parents=True, exist_ok=True)
         (paths.spool / f"slurmd-{cluster.node_name}").mkdir(parents=True, exist_ok=True)
@@ -729,13 +706,13 @@ def _up(
         dbds.append((cluster, env, dbd))
     for cluster, env, dbd in dbds:
 
-        def dbd_ready(p: subprocess.Popen[bytes] = dbd, c: ClusterSpec = cluster,
+        def dbd_ready(p: processes.Child = dbd, c: ClusterSpec = cluster,
                       e: dict[str, str] = env) -> bool:  # fmt: skip
-            starter.check_alive(p, f"{c.name}-slurmdbd")
+            p.check_alive()
             _run(["sacctmgr", "-n", "show", "cluster"], env=e, timeout=10)
             return True
 
-        _wait_until(f"{cluster.name} slurmdbd", dbd_ready, timeout)
+        wait_until(dbd_ready, timeout, f"{cluster.name} slurmdbd", 0.2, retry_on=_NOT_YET)
         for argv in sacctmgr_setup_commands(cluster):
             _run(argv, env=env)
     mark("slurmdbd")
@@ -746,7 +723,7 @@ def _up(
     host_ca_public = Path(f"{shared.host_ca_key}.pub").read_text()
 
     # Controllers, then nodes
-    controllers: list[tuple[ClusterSpec, ClusterPaths, subprocess.Popen[bytes]]] = []
+    controllers: list[tuple[ClusterSpec, ClusterPaths, processes.Child]] = []
     for cluster, paths in zip(clusters, cluster_paths, strict=True):
         slurmctld = starter.start(
             f"{cluster.name}-slurmctld",
@@ -757,12 +734,12 @@ def _up(
     for cluster, paths, slurmctld in controllers:
         env = _daemon_env(paths.slurm_conf)
 
-        def ctld_ready(p: subprocess.Popen[bytes] = slurmctld, c: ClusterSpec = cluster,
+        def ctld_ready(p: processes.Child = slurmctld, c: ClusterSpec = cluster,
                        e: dict[str, str] = env) -> bool:  # fmt: skip
-            starter.check_alive(p, f"{c.name}-slurmctld")
+            p.check_alive()
             return "UP" in _run(["scontrol", "ping"], env=e, timeout=10).stdout
 
-        _wait_until(f"{cluster.name} slurmctld", ctld_ready, timeout)
+        wait_until(ctld_ready, timeout, f"{cluster.name} slurmctld", 0.2, retry_on=_NOT_YET)
         starter.start(
             f"{cluster.name}-slurmd", ["/usr/sbin/slurmd", "-D", "-N", cluster.node_name], env
         )
@@ -790,11 +767,11 @@ def _up(
             _daemon_env(),
         )
 
-        def sshd_ready(p: subprocess.Popen[bytes] = sshd, c: ClusterSpec = cluster) -> bool:
-            starter.check_alive(p, f"{c.name}-sshd")
+        def sshd_ready(p: processes.Child = sshd, c: ClusterSpec = cluster) -> bool:
+            p.check_alive()
             return _port_open(c.address, c.ssh_port)
 
-        _wait_until(f"{cluster.name} sshd", sshd_ready, timeout)
+        wait_until(sshd_ready, timeout, f"{cluster.name} sshd", 0.2, retry_on=_NOT_YET)
     mark("sshd")
 
     # Nodes idle
@@ -807,7 +784,13 @@ def _up(
             states = set(out.split())
             return bool(states) and states <= {"idle", "mix"}
 
-        _wait_until(f"{cluster.name} node {cluster.node_name} idle", node_idle, timeout)
+        wait_until(
+            node_idle,
+            timeout,
+            f"{cluster.name} node {cluster.node_name} idle",
+            0.2,
+            retry_on=_NOT_YET,
+        )
         deployment.sites.append(
             SiteInfo(
                 name=cluster.name,
@@ -849,22 +832,28 @@ def down(root: Path, *, timeout: float = STOP_TIMEOUT_S) -> list[str]:
         if not _is_ours(daemon):
             _reap(daemon.pid)
             continue
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(daemon.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _is_ours(daemon) and time.monotonic() < deadline:
-            _reap(daemon.pid)
-            time.sleep(0.05)
-        _reap(daemon.pid)
-        if _is_ours(daemon):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(daemon.pid, signal.SIGKILL)
-            _reap(daemon.pid, block=True)
+        _stop(daemon, timeout)
         stopped.append(daemon.name)
     stopped += _kill_strays(root, timeout)
     _remove_principals_command(SharedPaths(root).principals_command)
     state.unlink()
     return stopped
+
+
+def stop_daemon(deployment: Deployment, name: str, timeout: float = STOP_TIMEOUT_S) -> bool:
+    """Stop one recorded daemon (SIGTERM, SIGKILL after ``timeout``) and reap it; True when
+    gone."""
+    return _stop(next(d for d in deployment.daemons if d.name == name), timeout)
+
+
+def _stop(daemon: Daemon, timeout: float) -> bool:
+    def running() -> bool:
+        _reap(daemon.pid)
+        return _is_ours(daemon)
+
+    gone = processes.stop_pid(daemon.pid, running=running, grace=timeout, kill_wait=5.0)
+    _reap(daemon.pid)
+    return gone
 
 
 def _cancel_all_jobs(root: Path) -> None:
@@ -879,8 +868,10 @@ def _cancel_all_jobs(root: Path) -> None:
                 def queue_empty(e: dict[str, str] = env) -> bool:
                     return not _run(["squeue", "-h", "-o", "%i"], env=e).stdout.strip()
 
-                _wait_until(f"jobs of {conf.parent.name} to end", queue_empty, timeout=15)
-        except (RealSlurmError, subprocess.TimeoutExpired):
+                wait_until(
+                    queue_empty, 15, f"jobs of {conf.parent.name} to end", 0.2, retry_on=_NOT_YET
+                )
+        except (RealSlurmError, subprocess.TimeoutExpired, TimeoutError):
             continue
 
 
@@ -1117,25 +1108,24 @@ def _script(body: str) -> str:
 def _wait_state(
     rec: SampleRecorder, site: str, job_id: str, states: set[str], timeout: float = 30.0
 ) -> str:
-    deadline = time.monotonic() + timeout
-    state = ""
-    while time.monotonic() < deadline:
+    """The job's state once it is one of `states`, or "" once it has left the queue."""
+
+    def reached() -> tuple[str] | None:
         state = rec.run(site, "root", ["squeue", "-h", "-j", job_id, "-o", "%T"]).stdout.strip()
-        if state in states or not state:
-            return state
-        time.sleep(0.1)
-    raise RealSlurmError(f"job {job_id} still {state!r} after {timeout}s, wanted {states}")
+        return (state,) if state in states or not state else None
+
+    (state,) = wait_until(reached, timeout, f"job {job_id} to reach {sorted(states)} or leave")
+    return state
 
 
 def _wait_sacct(rec: SampleRecorder, site: str, job_id: str, timeout: float = 30.0) -> None:
     """Wait until slurmdbd has the job's end (accounting is asynchronous)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def ended() -> bool:
         out = rec.run(site, "root", ["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "End"]).stdout
-        if out.strip() and "Unknown" not in out:
-            return
-        time.sleep(0.2)
-    raise RealSlurmError(f"sacct has no end for {job_id} after {timeout}s")
+        return bool(out.strip()) and "Unknown" not in out
+
+    wait_until(ended, timeout, f"sacct to have the end of job {job_id}", 0.2)
 
 
 def capture_samples(deployment: Deployment, out_dir: Path) -> list[Capture]:
@@ -1497,12 +1487,7 @@ def capture_samples(deployment: Deployment, out_dir: Path) -> list[Capture]:
     rec.run(gva, "alice", [*SACCT_ARGV, "-j", timeout_job], name="sacct_timeout")
 
     # Controller down: stop geneva's slurmctld, then ask
-    ctld = next(d for d in deployment.daemons if d.name == "geneva-slurmctld")
-    os.kill(ctld.pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    while _is_ours(ctld) and time.monotonic() < deadline:
-        _reap(ctld.pid)
-        time.sleep(0.05)
+    stop_daemon(deployment, "geneva-slurmctld")
     rec.run(
         gva,
         "alice",
@@ -1542,10 +1527,10 @@ def restart_slurmctld(deployment: Deployment, site: str, timeout: float = START_
     process = starter.start(name, ["/usr/sbin/slurmctld", "-D"], env)
 
     def ready() -> bool:
-        starter.check_alive(process, name)
+        process.check_alive()
         return "UP" in _run(["scontrol", "ping"], env=env, timeout=10).stdout
 
-    _wait_until(f"{site} slurmctld", ready, timeout)
+    wait_until(ready, timeout, f"{site} slurmctld", 0.2, retry_on=_NOT_YET)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1579,7 +1564,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             for name in down(args.dir):
                 print(f"stopped {name}")
-    except RealSlurmError as error:
+    except (RealSlurmError, TimeoutError) as error:
         print(f"realslurm: {error}", file=sys.stderr)
         return 1
     return 0

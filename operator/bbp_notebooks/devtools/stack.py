@@ -6,13 +6,12 @@ the same wiring. Everything listens on 127.0.0.0/8.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,69 +21,26 @@ from typing import Any
 import asyncssh
 import yaml
 
-from bbp_notebooks.api.constants import API_VERSION
+from bbp_notebooks.devtools import processes, topology
+from bbp_notebooks.devtools.processes import Child
+from bbp_notebooks.devtools.topology import MONITOR_USER as MONITOR_USER
+from bbp_notebooks.devtools.topology import USER_CA_SECRET as USER_CA_SECRET
+from bbp_notebooks.devtools.topology import EmulatedSite
+from bbp_notebooks.devtools.waiting import wait_until
+
+# The names the tests know the topology and the wait by (defined once elsewhere).
+wait_for = wait_until
+DevSite = EmulatedSite
+DEV_SITES = topology.EMULATED_SITES
+DEV_USERS = {user: list(accounts) for user, accounts in topology.USERS.items()}
 
 OPERATOR_NAMESPACE = "bbp-notebooks"
-USER_CA_SECRET = "bbp-user-ca"  # noqa: S105  (a Secret's name, not a secret)
-MONITOR_USER = "bbpmon"
 
 
-@dataclass(frozen=True)
-class DevSite:
-    name: str
-    display_name: str
-    address: str
-    node_names: str
-    nodes: int
-    cpus: int
-    first_job_id: int
-    require_account: bool
-    partitions: tuple[tuple[str, str, bool], ...]  # (name, max time, default)
-
-
-DEV_SITES = (
-    DevSite(
-        "geneva",
-        "Geneva",
-        "127.0.0.21",
-        "gva-cn[01-08]",
-        8,
-        8,
-        1000000,
-        False,
-        (("prod", "1-00:00:00", True), ("debug", "1:00:00", False)),
-    ),  # fmt: skip
-    DevSite(
-        "lugano",
-        "Lugano",
-        "127.0.0.22",
-        "lug-cn[01-04]",
-        4,
-        16,
-        2000000,
-        True,
-        (("prod", "1-00:00:00", True),),
-    ),  # fmt: skip
-)
-DEV_USERS = {"alice": ["proj-a", "proj-b"], "bob": ["proj-b"], MONITOR_USER: []}
-
-
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port(host: str = topology.LOOPBACK) -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -141,39 +97,28 @@ class MockSlurm:
 
     workdir: Path
     keys: Keys
-    sites: tuple[DevSite, ...] = DEV_SITES
-    min_job_age: float = 300.0
+    sites: tuple[EmulatedSite, ...] = topology.EMULATED_SITES
+    min_job_age: float = topology.DEFAULT_MIN_JOB_AGE_S
     ports: dict[str, int] = field(default_factory=dict)
     control_port: int = 0
-    process: subprocess.Popen[bytes] | None = None
+    child: Child | None = None
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return self.child.process if self.child is not None else None
 
     def config(self) -> dict[str, Any]:
-        host_key = self.keys.host_key_path
         return {
-            "control": {"address": "127.0.0.1", "port": self.control_port},
+            "control": {"address": topology.LOOPBACK, "port": self.control_port},
             "sites": [
-                {
-                    "name": site.name,
-                    "address": site.address,
-                    "port": self.ports[site.name],
-                    "state_dir": str(self.workdir / site.name),
-                    "host_key_path": str(host_key),
-                    "user_ca_keys": [self.keys.user_ca_public],
-                    "users": [{"name": u, "accounts": a} for u, a in DEV_USERS.items()],
-                    "require_account": site.require_account,
-                    "nodes": [{"names": site.node_names, "cpus": site.cpus, "memory_mb": 65536}],
-                    "partitions": [
-                        {"name": name, "max_time": max_time, "default": default}
-                        for name, max_time, default in site.partitions
-                    ],
-                    "first_job_id": site.first_job_id,
-                    "min_job_age": self.min_job_age,
-                    "sched_interval": 0.1,
-                    "kill_wait": 2.0,
-                    "controller_down_delay": 1.0,
-                    # Slurm's default (and our real test clusters'): over-limit jobs pend.
-                    "enforce_partition_limits": False,
-                }
+                topology.mockslurm_site_config(
+                    site,
+                    port=self.ports[site.name],
+                    state_dir=str(self.workdir / site.name),
+                    user_ca={"user_ca_keys": [self.keys.user_ca_public]},
+                    host_key_path=str(self.keys.host_key_path),
+                    min_job_age=self.min_job_age,
+                )
                 for site in self.sites
             ],
         }
@@ -185,28 +130,26 @@ class MockSlurm:
         self.control_port = self.control_port or free_port()
         path = self.workdir / "mockslurm.yaml"
         path.write_text(yaml.safe_dump(self.config()))
-        log = open(self.workdir / "mockslurm.log", "wb")  # noqa: SIM115  (child keeps it open)
-        self.process = subprocess.Popen(
+        self.child = processes.start(
+            "bbp-notebooks-mockslurm",
             [sys.executable, "-m", "bbp_notebooks.mockslurm", "--config", str(path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            self.workdir / "mockslurm.log",
+            # Slurm prints local times: the sites' zone, which their SlurmSites name.
+            env={**os.environ, "TZ": topology.mock_time_zone(self.sites)},
         )
-        log.close()
-        wait_for(
-            lambda: self._alive() and _port_open("127.0.0.1", self.control_port)
+        wait_until(
+            lambda: self._alive() and _port_open(topology.LOOPBACK, self.control_port)
             and all(_port_open(s.address, self.ports[s.name]) for s in self.sites),
             30, "the mock Slurm sites",
         )  # fmt: skip
 
     def _alive(self) -> bool:
-        if self.process is None or self.process.poll() is not None:
-            log = (self.workdir / "mockslurm.log").read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"bbp-notebooks-mockslurm exited:\n{log}")
-        return True
+        assert self.child is not None, "not started"
+        return self.child.check_alive()
 
     def stop(self) -> None:
-        _stop(self.process)
+        if self.child is not None:
+            self.child.stop()
 
     def control(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
         request = urllib.request.Request(
@@ -234,23 +177,14 @@ class MockSlurm:
         self.control("POST", f"/sites/{site}/commands/reset", {})
 
 
-def site_object(site: DevSite, port: int, keys: Keys, poll_interval: int) -> dict[str, Any]:
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "SlurmSite",
-        "metadata": {"name": site.name},
-        "spec": {
-            "displayName": site.display_name,
-            "frontend": {"host": site.address, "port": port},
-            "hostKeys": {"knownHosts": [f"[{site.address}]:{port} {keys.host_public}"]},
-            "partitions": [{"name": n, "default": d} for n, _, d in site.partitions],
-            "accountPolicy": "Required" if site.require_account else "Optional",
-            "auth": {"method": "Certificate", "caSecretName": USER_CA_SECRET},
-            "monitorUser": MONITOR_USER,
-            "pollIntervalSeconds": poll_interval,
-            "notebookHost": "127.0.0.1",
-        },
-    }
+def site_object(site: EmulatedSite, port: int, keys: Keys, poll_interval: int) -> dict[str, Any]:
+    return topology.slurm_site_object(
+        site,
+        port=port,
+        host_keys={"knownHosts": [f"[{site.address}]:{port} {keys.host_public}"]},
+        poll_interval=poll_interval,
+        notebook_host=topology.LOOPBACK,
+    )
 
 
 def install_objects(
@@ -261,8 +195,6 @@ def install_objects(
     profiles: Path | None = None,
 ) -> None:
     """Namespace, the user CA Secret, SlurmSites for the emulated sites, sample profiles."""
-    import base64
-
     objects: list[dict[str, Any]] = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}},
         {
@@ -292,12 +224,16 @@ class Operator:
     kubeconfig: Path
     settings: dict[str, str] = field(default_factory=dict)
     http_port: int = 0
-    process: subprocess.Popen[bytes] | None = None
+    child: Child | None = None
     starts: int = 0
 
     @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return self.child.process if self.child is not None else None
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{topology.LOOPBACK}:{self.http_port}"
 
     @property
     def log_path(self) -> Path:
@@ -310,29 +246,24 @@ class Operator:
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
             "BBP_NAMESPACE": OPERATOR_NAMESPACE,
-            "BBP_HTTP_HOST": "127.0.0.1",
+            "BBP_HTTP_HOST": topology.LOOPBACK,
             "BBP_HTTP_PORT": str(self.http_port),
             "BBP_CALLBACK_URL": self.url,
             **self.settings,
         }
         self.starts += 1
-        log = open(self.log_path, "ab")  # noqa: SIM115
-        log.write(f"\n===== operator start #{self.starts} =====\n".encode())
-        log.flush()
-        self.process = subprocess.Popen(
+        self.child = processes.start(
+            "the operator",
             [sys.executable, "-m", "bbp_notebooks.operator.main"],
+            self.log_path,
             env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            banner=f"operator start #{self.starts}",
         )
-        log.close()
-        wait_for(lambda: self._alive() and self._healthy(), 60, "the operator's /healthz")
+        wait_until(lambda: self._alive() and self._healthy(), 60, "the operator's /healthz")
 
     def _alive(self) -> bool:
-        if self.process is None or self.process.poll() is not None:
-            raise RuntimeError(f"the operator exited:\n{self.log_path.read_text()[-4000:]}")
-        return True
+        assert self.child is not None, "not started"
+        return self.child.check_alive()
 
     def _healthy(self) -> bool:
         try:
@@ -343,24 +274,13 @@ class Operator:
 
     def kill(self) -> None:
         """SIGKILL: no cleanup, no finalizer work — as a crashed node would."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+        if self.child is not None:
+            self.child.kill()
 
     def stop(self) -> None:
-        _stop(self.process)
+        if self.child is not None:
+            self.child.stop()
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as response:  # noqa: S310
             return str(response.read().decode())
-
-
-def _stop(process: subprocess.Popen[bytes] | None, timeout: float = 15) -> None:
-    if process is None or process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
