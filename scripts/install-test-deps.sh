@@ -10,6 +10,7 @@ PACKAGES=(
   slurm-wlm slurm-client slurmdbd munge
   mariadb-server mariadb-client
   openssh-server openssh-client
+  prometheus  # a real Prometheus and promtool for the metrics, alert and dashboard tests
   krb5-kdc krb5-admin-server krb5-user libkrb5-dev
 )
 TEST_USERS=(alice bob)
