@@ -149,3 +149,16 @@ async def test_prune_forgets_expired_identities_and_gone_sessions(
     clock[0] += dt.timedelta(minutes=SITE.auth.certificate_validity_minutes)
     rt.prune(clock[0], {"live"})
     assert rt._identities == {} and rt._locks == {}
+
+
+async def test_an_empty_metadata_only_list_is_no_sessions() -> None:
+    """kube-apiserver answers an empty PartialObjectMetadataList with "items": null."""
+    from bbp_notebooks.operator.kube import Kube
+
+    class Api:
+        async def call_api(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            return {"kind": "PartialObjectMetadataList", "metadata": {}, "items": None}
+
+    kube = Kube.__new__(Kube)
+    kube.api_client = Api()  # type: ignore[assignment]
+    assert await kube.session_uids() == set()

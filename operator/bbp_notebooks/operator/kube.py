@@ -83,7 +83,7 @@ class Kube:
                 auth_settings=["BearerToken"],
                 _return_http_data_only=True,
             )
-            uids.update(item["metadata"]["uid"] for item in page.get("items", []))
+            uids.update(item["metadata"]["uid"] for item in page.get("items") or ())
             token = (page.get("metadata") or {}).get("continue")
             if not token:
                 return uids
