@@ -35,7 +35,7 @@ def wait_until(
         try:
             value = predicate()
         except retry_on as error:
-            last = error
+            last = _Error(f"{type(error).__name__}: {error}")
         else:
             if value:
                 return value
@@ -65,7 +65,7 @@ async def wait_until_async(
             if inspect.isawaitable(value):
                 value = await value
         except retry_on as error:
-            last = error
+            last = _Error(f"{type(error).__name__}: {error}")
         else:
             if value:
                 return cast(T, value)
@@ -78,10 +78,15 @@ async def wait_until_async(
 _NOTHING = object()
 
 
+class _Error(str):
+    """What a retried exception said; the exception itself is dropped at once, because its
+    traceback would keep the predicate's frames (and any socket in them) alive."""
+
+
 def _message(timeout: float, what: str, last: object) -> str:
     message = f"timed out after {timeout:g} s waiting for {what}"
-    if isinstance(last, BaseException):
-        return f"{message}; last error: {type(last).__name__}: {last}"
+    if isinstance(last, _Error):
+        return f"{message}; last error: {last}"
     if last is not _NOTHING:
         return f"{message}; last value: {last!r}"[:2000]
     return message
