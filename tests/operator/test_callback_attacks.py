@@ -28,13 +28,13 @@ STALLED_PROFILE = {
 
 
 def post(
-    stack: Stack, uid: str, body: bytes, authorization: bytes | None
+    stack: Stack, uid: str, body: bytes, authorization: bytes | None, path: str | None = None
 ) -> tuple[int, dict[str, Any]]:
     """A raw POST (headers as bytes, so that non-ASCII reaches the server as it is)."""
     url = urllib.parse.urlsplit(stack.operator.url)
     connection = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=30)
     try:
-        connection.putrequest("POST", f"/v1/sessions/{uid}/endpoint")
+        connection.putrequest("POST", path or f"/v1/sessions/{uid}/endpoint")
         connection.putheader("Content-Type", "application/json")
         connection.putheader("Content-Length", str(len(body)))
         if authorization is not None:
@@ -105,7 +105,21 @@ def test_callback_attacks_are_refused_and_the_first_true_report_wins(sessions: A
         ("a report with extra nonsense", b'{"host": "127.0.0.1\\n", "port": 1, "jobId": 1}', bearer, 400, None),
         ("an oversized body", b'{"host": "' + b"a" * 20000 + b'"}', bearer, 413, None),
     ]  # fmt: skip
+    other_uid = stack.get("notebooksession", "cb-other")["metadata"]["uid"]  # type: ignore[index]
+    named = "/v1/namespaces/default/sessions/{}/{}/endpoint".format
+    # The namespaced URL (any replica reads the session it names): the name must hold the uid.
+    wrong_places = [
+        ("the victim's name with bob's uid", named("cb-victim", other_uid), 403, "InvalidToken"),
+        ("bob's name with the victim's uid", named("cb-other", uid), 403, "InvalidToken"),
+        ("a session that does not exist", named("cb-nobody", uid), 403, "InvalidToken"),
+        ("another namespace", f"/v1/namespaces/kube-system/sessions/cb-victim/{uid}/endpoint", 403, "InvalidToken"),
+    ]  # fmt: skip
     results = []
+    for case, path, expected, reason in wrong_places:
+        code, answer = post(stack, uid, good, bearer, path)
+        results.append((case, code, answer.get("reason")))
+        assert (code, answer.get("reason")) == (expected, reason), f"{case}: {code} {answer}"
+        assert stack.status("cb-victim") == status, f"{case} changed the session's status"
     for case, body, authorization, expected, reason in attacks:
         code, answer = post(stack, uid, body, authorization)
         results.append((case, code, answer.get("reason")))
@@ -116,8 +130,8 @@ def test_callback_attacks_are_refused_and_the_first_true_report_wins(sessions: A
         assert after == status, f"{case} changed the session's status"
     assert stack.status("cb-victim").get("endpoint") is None
 
-    code, answer = post(stack, uid, good, bearer)
-    results.append(("the job's true report", code, answer.get("reason")))
+    code, answer = post(stack, uid, good, bearer, named("cb-victim", uid))
+    results.append(("the job's true report (namespaced URL)", code, answer.get("reason")))
     assert code == 200, answer
     ready = stack.wait_phase("cb-victim", {"Ready"})
     assert ready["endpoint"] == {

@@ -73,6 +73,13 @@ class OperatorSettings(BaseSettings):
         le=1000,
         description="kopf peering priority; replicas must have distinct values.",
     )
+    peering_lifetime_seconds: int = Field(
+        default=60,
+        ge=5,
+        le=3600,
+        description="How long a replica's peering record lives without a refresh: a standby "
+        "takes over this long after the active replica died.",
+    )
     http_host: str = Field(
         default="127.0.0.1", description="Address of the callback and /metrics HTTP server."
     )

@@ -42,6 +42,7 @@ class Reason(StrEnum):
     # Reaching the site
     SITE_ANSWERED = "SiteAnswered"
     SITE_UNAVAILABLE = "SiteUnavailable"
+    CREDENTIALS_UNAVAILABLE = "CredentialsUnavailable"
     LOGIN_REFUSED = "LoginRefused"
     HOST_KEY_MISMATCH = "HostKeyMismatch"
     POLLED = "Polled"

@@ -95,7 +95,7 @@ def site_index(
         return None
 
 
-def session_ref(body: kopf.Body) -> sessions.SessionRef:
+def session_ref(body: Mapping[str, Any]) -> sessions.SessionRef:
     meta = body["metadata"]
     groups = meta.get("annotations", {}).get(GROUPS_ANNOTATION)
     return sessions.SessionRef(
@@ -155,6 +155,7 @@ async def configure(
     settings.peering.clusterwide = not config.watch_namespaces
     settings.peering.priority = config.priority
     settings.peering.name = config.peering_name
+    settings.peering.lifetime = config.peering_lifetime_seconds
     settings.execution.max_workers = 8
 
     try:
@@ -169,9 +170,9 @@ async def configure(
     memo["api_client"] = api_client
 
     async def on_endpoint(
-        uid: str, token: str, report: callbacks.EndpointReport
+        uid: str, token: str, report: callbacks.EndpointReport, where: tuple[str, str] | None
     ) -> callbacks.Verdict:
-        return await record_endpoint(rt, session_index, site_index, uid, token, report)
+        return await record_endpoint(rt, session_index, site_index, uid, token, report, where)
 
     app = build_app(on_endpoint)
     memo["http"] = await serve(app, config.http_host, config.http_port)
@@ -195,46 +196,31 @@ async def record_endpoint(
     uid: str,
     token: str,
     report: callbacks.EndpointReport,
+    where: tuple[str, str] | None = None,
 ) -> callbacks.Verdict:
     """Check a job's report against the session as the API server has it now, and record it
-    with a compare-and-set: the first accepted report wins, whichever replica receives it."""
-    store = sessions_.get(uid)
-    if not store:  # an unknown session looks like a bad token: nothing to learn by probing
+    with a compare-and-set: the first accepted report wins, whichever replica receives it. The
+    session is found by ``where`` (namespace, name: from the URL) or this replica's index, and
+    its site from the index or the API server, so a standby records reports as well."""
+    located = _locate(sessions_, uid, where)
+    if located is None:  # an unknown session looks like a bad token: nothing to learn by probing
         return callbacks.Verdict(callbacks.Refusal.INVALID_TOKEN, "invalid token")
-    ref: sessions.SessionRef = next(iter(store))
     for _ in range(3):
         try:
-            body = await rt.kube.get_session(ref.namespace, ref.name)
+            body = await rt.kube.get_session(*located)
+            if body is None or body["metadata"]["uid"] != uid:
+                return callbacks.Verdict(callbacks.Refusal.INVALID_TOKEN, "invalid token")
+            ref = session_ref(body)
+            site = await _site_of(rt, sites_, ref.status.site)
         except ApiException as error:
             return callbacks.Verdict(callbacks.Refusal.JOB_NOT_RECORDED, f"API: {error.reason}")
-        if body is None or body["metadata"]["uid"] != uid:
+        except ValueError:
             return callbacks.Verdict(callbacks.Refusal.INVALID_TOKEN, "invalid token")
-        status = NotebookSessionStatus.model_validate(body.get("status") or {})
-        token_ok = tokens.matches(token, status.callback_token_sha256)
-        site_store = sites_.get(status.site or "")
-        if not site_store:
+        if site is None:
             return callbacks.Verdict(callbacks.Refusal.JOB_NOT_RECORDED, "site not known yet")
-        site: SiteView = next(iter(site_store))
-        node = status.node
-        if token_ok and node is None and report.job_id == status.job_id:
-            node = await _allocated_node(rt, site, report.job_id)
-        verdict = callbacks.judge(
-            report, token_matches=token_ok, status=status, site=site.spec, node=node
-        )
-        if not verdict.accepted:
+        verdict, new = await _judge_report(rt, ref, site, token, report)
+        if new is None:
             return verdict
-        endpoint = Endpoint(
-            host=report.host, port=report.port, url=f"http://{report.host}:{report.port}"
-        )
-        running = observe.JobObservation(job_id=report.job_id, state="RUNNING", node=node)
-        new = observe.observed(
-            status,
-            running,
-            endpoint=endpoint,
-            vanished=False,
-            now=dt.datetime.now(dt.UTC),
-            generation=body["metadata"].get("generation"),
-        )
         try:
             await rt.kube.patch_session_status(
                 ref.namespace,
@@ -246,14 +232,79 @@ async def record_endpoint(
             if error.status == 409:
                 continue  # changed under us (a poll, another report): judge it again
             return callbacks.Verdict(callbacks.Refusal.JOB_NOT_RECORDED, f"API: {error.reason}")
-        rt.endpoints[uid] = (report.job_id, endpoint)
+        assert new.endpoint is not None
+        rt.endpoints[uid] = (report.job_id, new.endpoint)
         metrics.observe_session(ref, new)
-        if new.phase != status.phase:
-            await rt.kube.event(ref.involved, reason=SessionPhase.READY.value, message=endpoint.url)
+        if new.phase != ref.status.phase:
+            await rt.kube.event(
+                ref.involved, reason=SessionPhase.READY.value, message=new.endpoint.url
+            )
         return verdict
     return callbacks.Verdict(
         callbacks.Refusal.JOB_NOT_RECORDED, "the session keeps changing; retry"
     )
+
+
+def _locate(
+    sessions_: Mapping[str, Any], uid: str, where: tuple[str, str] | None
+) -> tuple[str, str] | None:
+    if where is not None:
+        return where
+    store = sessions_.get(uid)
+    if not store:
+        return None
+    ref: sessions.SessionRef = next(iter(store))
+    return ref.namespace, ref.name
+
+
+async def _site_of(rt: Runtime, sites_: Mapping[str, Any], name: str | None) -> SiteView | None:
+    if not name:
+        return None
+    store = sites_.get(name)
+    if store:
+        found: SiteView = next(iter(store))
+        return found
+    body = await rt.kube.get_site(name)
+    if body is None:
+        return None
+    return SiteView(
+        name=name,
+        spec=SlurmSiteSpec.model_validate(dict(body["spec"])),
+        status=SlurmSiteStatus.model_validate(dict(body.get("status") or {})),
+    )
+
+
+async def _judge_report(
+    rt: Runtime,
+    ref: sessions.SessionRef,
+    site: SiteView,
+    token: str,
+    report: callbacks.EndpointReport,
+) -> tuple[callbacks.Verdict, NotebookSessionStatus | None]:
+    """The verdict on a report, and the status to write when it is accepted."""
+    status = ref.status
+    token_ok = tokens.matches(token, status.callback_token_sha256)
+    node = status.node
+    if token_ok and node is None and report.job_id == status.job_id:
+        node = await _allocated_node(rt, site, report.job_id)
+    verdict = callbacks.judge(
+        report, token_matches=token_ok, status=status, site=site.spec, node=node
+    )
+    if not verdict.accepted:
+        return verdict, None
+    endpoint = Endpoint(
+        host=report.host, port=report.port, url=f"http://{report.host}:{report.port}"
+    )
+    running = observe.JobObservation(job_id=report.job_id, state="RUNNING", node=node)
+    new = observe.observed(
+        status,
+        running,
+        endpoint=endpoint,
+        vanished=False,
+        now=dt.datetime.now(dt.UTC),
+        generation=ref.generation,
+    )
+    return verdict, new
 
 
 async def _allocated_node(rt: Runtime, site: SiteView, job_id: int) -> str | None:
@@ -298,12 +349,17 @@ async def submit(
         await _login_refused(rt, session, patch, error, retry)
     except (SshError, NoSiteAvailable, CredentialsUnavailable) as error:
         RECONCILE_ERRORS.labels("submit", type(error).__name__).inc()
-        now = dt.datetime.now(dt.UTC)
+        reason = sites.reason_for(error)
         waiting = observe.site_unreachable(
-            session.status, str(error), now=now, generation=session.generation
+            session.status,
+            str(error),
+            now=dt.datetime.now(dt.UTC),
+            generation=session.generation,
+            reason=reason,
         )
         patch.status.update(observe.status_patch(session.status, waiting))
-        raise kopf.TemporaryError(f"cannot submit yet: {error}", delay=15) from error
+        delay = RETRY_S[reason]
+        raise kopf.TemporaryError(f"cannot submit yet: {error}", delay=delay) from error
     patch.status.update(observe.status_patch(session.status, new))
     if new.phase != session.status.phase:
         submitted = get(new.conditions, ConditionType.SUBMITTED)
@@ -320,6 +376,12 @@ async def submit(
 # that does not match waits for a person: neither is retried like an unreachable site.
 LOGIN_BACKOFF_S = (60, 120, 300, 600, 900)
 HOST_KEY_RETRY_S = 900
+# The other named waits at submission, in seconds (the README's decision table walks them).
+RETRY_S = {
+    Reason.SITE_UNAVAILABLE: 15,
+    Reason.CREDENTIALS_UNAVAILABLE: 30,  # the CA Secret is read again every 30 s
+    Reason.ADMISSION_POLICY_MISSING: 15,
+}
 
 
 async def _login_refused(
@@ -365,7 +427,7 @@ async def _wait_for_admission_policy(
             type_="Warning",
         )
     RECONCILE_ERRORS.labels("submit", Reason.ADMISSION_POLICY_MISSING).inc()
-    raise kopf.TemporaryError(message, delay=15)
+    raise kopf.TemporaryError(message, delay=RETRY_S[Reason.ADMISSION_POLICY_MISSING])
 
 
 @kopf.on.delete(GROUP, VERSION, SESSION_PLURAL)  # type: ignore[arg-type]  # index kwargs

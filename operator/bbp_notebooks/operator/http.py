@@ -16,8 +16,10 @@ from bbp_notebooks.operator.tokens import bearer_token
 log = logging.getLogger(__name__)
 
 
-# ``sink(uid, token, report)`` decides and records; a refusal keeps the session as it was.
-EndpointSink = Callable[[str, str, EndpointReport], Awaitable[Verdict]]
+# ``sink(uid, token, report, where)`` decides and records; a refusal keeps the session as it
+# was. ``where`` is (namespace, name) from the URL, so a replica whose caches do not hold the
+# session (a standby, one just started) can still read it from the API server and record.
+EndpointSink = Callable[[str, str, EndpointReport, tuple[str, str] | None], Awaitable[Verdict]]
 
 # A report is a few dozen bytes; anything much larger is refused before it is parsed.
 MAX_REPORT_BYTES = 4096
@@ -26,6 +28,11 @@ MAX_REPORT_BYTES = 4096
 def build_app(on_endpoint: EndpointSink) -> web.Application:
     async def report_endpoint(request: web.Request) -> web.Response:
         uid = request.match_info["uid"]
+        where = (
+            (request.match_info["namespace"], request.match_info["name"])
+            if "name" in request.match_info
+            else None
+        )
         token = bearer_token(request.headers.get("Authorization"))
         if token is None:
             CALLBACKS.labels(Refusal.INVALID_TOKEN.value).inc()
@@ -41,7 +48,7 @@ def build_app(on_endpoint: EndpointSink) -> web.Application:
         except (ValueError, UnicodeDecodeError) as error:  # JSON and pydantic errors included
             CALLBACKS.labels("InvalidReport").inc()
             return web.json_response({"error": f"invalid report: {error}"}, status=400)
-        verdict = await on_endpoint(uid, token, report)
+        verdict = await on_endpoint(uid, token, report, where)
         CALLBACKS.labels(verdict.refusal.value if verdict.refusal else "Accepted").inc()
         if verdict.accepted:
             log.info(
@@ -65,6 +72,10 @@ def build_app(on_endpoint: EndpointSink) -> web.Application:
         return web.Response(text="ok")
 
     app = web.Application(client_max_size=MAX_REPORT_BYTES)
+    app.router.add_post(
+        "/v1/namespaces/{namespace}/sessions/{name}/{uid}/endpoint", report_endpoint
+    )
+    # The URL of jobs submitted before the namespace and name were part of it (upgrades).
     app.router.add_post("/v1/sessions/{uid}/endpoint", report_endpoint)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)

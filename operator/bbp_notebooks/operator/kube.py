@@ -58,6 +58,18 @@ class Kube:
             raise
         return found
 
+    async def get_site(self, name: str) -> dict[str, Any] | None:
+        """The SlurmSite as the API server has it now (None when it does not exist)."""
+        try:
+            found: dict[str, Any] = await self.custom.get_cluster_custom_object(
+                GROUP, VERSION, SITE_PLURAL, name
+            )
+        except k8s.ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return found
+
     async def patch_site_status(self, name: str, status: dict[str, Any]) -> None:
         await self.custom.patch_cluster_custom_object_status(
             GROUP, VERSION, SITE_PLURAL, name, {"status": status}, **MERGE_PATCH

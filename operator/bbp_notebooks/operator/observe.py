@@ -225,12 +225,18 @@ def admission_policy_missing(
 
 
 def site_unreachable(
-    status: NotebookSessionStatus, message: str, *, now: dt.datetime, generation: int | None
+    status: NotebookSessionStatus,
+    message: str,
+    *,
+    now: dt.datetime,
+    generation: int | None,
+    reason: Reason = Reason.SITE_UNAVAILABLE,
 ) -> NotebookSessionStatus:
-    """The site did not answer: keep the last known state, never read it as a failure."""
+    """The site could not be asked (it did not answer, or the operator's own credentials for it
+    cannot be read): keep the last known state, never read it as a failure."""
     return _conditioned(
         status,
-        (ConditionType.SITE_REACHABLE, False, Reason.SITE_UNAVAILABLE, message),
+        (ConditionType.SITE_REACHABLE, False, reason, message),
         now=now,
         generation=generation,
     )

@@ -294,12 +294,13 @@ def site_status(
     associations: dict[str, list[str]] | None = None,
     default_partition: str | None = None,
     missing: int = 0,
+    reason: Reason = Reason.SITE_UNAVAILABLE,
 ) -> SlurmSiteStatus:
     conditions = set_condition(
         previous.conditions,
         ConditionType.REACHABLE,
         reachable,
-        Reason.POLLED if reachable else Reason.SITE_UNAVAILABLE,
+        Reason.POLLED if reachable else reason,
         message,
         now=now,
         generation=generation,

@@ -147,7 +147,8 @@ def job_script(
         environment=dict(env),
         notebook_argv=tuple(rt.settings.notebook_command),
         callback=Callback(
-            url=f"{rt.settings.callback_url.rstrip('/')}/v1/sessions/{session.uid}/endpoint",
+            url=f"{rt.settings.callback_url.rstrip('/')}/v1/namespaces/{session.namespace}"
+            f"/sessions/{session.name}/{session.uid}/endpoint",
             token=token,
         ),
     )

@@ -259,15 +259,31 @@ async def _unreachable(
     now = dt.datetime.now(dt.UTC)
     SITE_POLLS.labels(site.name, type(error).__name__).inc()
     message = str(error)
-    log.warning("site %s unreachable: %s", site.name, message)
+    reason = reason_for(error)
+    if reason == Reason.CREDENTIALS_UNAVAILABLE:  # ours to fix, not the site's: say so loudly
+        log.error("site %s: the operator's credentials are unusable: %s", site.name, message)
+    else:
+        log.warning("site %s unreachable: %s", site.name, message)
     unreachable = [
-        (s, observe.site_unreachable(s.status, message, now=now, generation=s.generation))
+        (
+            s,
+            observe.site_unreachable(
+                s.status, message, now=now, generation=s.generation, reason=reason
+            ),
+        )
         for s in looked_at
     ]
     await _write_all(rt, site.name, unreachable)
     return reconcile.site_status(
-        site.status, reachable=False, message=message, now=now, generation=generation
+        site.status, reachable=False, message=message, now=now, generation=generation, reason=reason
     )
+
+
+def reason_for(error: Exception) -> Reason:
+    """Why a site could not be asked: its own failure, or our credentials for it."""
+    if isinstance(error, CredentialsUnavailable):
+        return Reason.CREDENTIALS_UNAVAILABLE
+    return Reason.SITE_UNAVAILABLE
 
 
 async def apply(
@@ -401,4 +417,3 @@ async def sweep_orphans(
         except (SshError, CredentialsUnavailable) as error:
             log.warning("could not cancel orphan job %d at %s: %s", entry.job_id, site.name, error)
     return cancelled
-
