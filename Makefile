@@ -4,11 +4,12 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 PYTEST_ARGS ?=
 
-.PHONY: help deps python-deps system-deps tools test unit dev crds crds-check chart-schema kind-e2e clean
+.PHONY: help deps python-deps system-deps tools test unit dev crds crds-check chart-schema examples kind-e2e clean
 
 help:
 	@echo "make dev    - run the whole system locally (control plane, 2 emulated Slurm sites, operator, hub, proxy)"
 	@echo "make test   - install what is needed and run the full suite"
+	@echo "make unit   - the unit lane only: needs nothing but pip (about 30 s)"
 	@echo "make crds   - regenerate CRDs from the pydantic models"
 
 python-deps:
@@ -29,14 +30,19 @@ crds:
 chart-schema:
 	$(PYTHON) -m bbp_notebooks.api.chartschema --root .
 
+# examples/sites.yaml and examples/mockslurm-sites.yaml, from devtools/topology.py.
+examples:
+	$(PYTHON) -m bbp_notebooks.devtools.topology --root .
+
 kind-e2e:
 	bash scripts/kind-e2e.sh
 
 crds-check:
 	$(PYTHON) -m bbp_notebooks.api.crdgen --root . --check
 
-unit: deps
-	$(PYTHON) -m pytest tests/unit $(PYTEST_ARGS)
+# The unit lane (see tests/conftest.py): pip's dependencies only, no apt packages, no Go builds.
+unit: python-deps
+	$(PYTHON) -m pytest -m unit $(PYTEST_ARGS)
 
 # The suite, then the benchmarks in their own session (they load the stack and print numbers).
 test: deps

@@ -36,6 +36,7 @@ def keygen_listing(identity: Identity, folder: pathlib.Path) -> str:
     return listing.stdout
 
 
+@pytest.mark.openssh  # ssh-keygen -L reads the certificate
 def test_a_minted_certificate_is_for_one_user_briefly_and_allows_nothing_interactive(
     ca: CertificateAuthority, tmp_path: pathlib.Path
 ) -> None:
@@ -50,6 +51,7 @@ def test_a_minted_certificate_is_for_one_user_briefly_and_allows_nothing_interac
     assert identity.valid_before == NOW + dt.timedelta(minutes=10)
 
 
+@pytest.mark.openssh  # ssh-keygen -L reads the certificate
 def test_source_addresses_become_the_source_address_critical_option(
     ca: CertificateAuthority, tmp_path: pathlib.Path
 ) -> None:
