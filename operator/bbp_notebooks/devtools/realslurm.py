@@ -967,15 +967,15 @@ def _socket_inodes(local_endpoints: set[str]) -> set[str]:
     return inodes
 
 
-def _reap(pid: int, *, block: bool = False) -> None:
+def _reap(pid: int) -> None:
     """Collect our own exited child so it does not linger as a zombie."""
     process = _CHILDREN.get(pid)
     if process is not None:  # started by this process: let Popen collect it (no ResourceWarning)
-        if (process.wait() if block else process.poll()) is not None:
+        if process.poll() is not None:
             del _CHILDREN[pid]
         return
     with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0 if block else os.WNOHANG)
+        os.waitpid(pid, os.WNOHANG)
 
 
 # ---------------------------------------------------------------------------------------------
