@@ -83,7 +83,7 @@ def replicas(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     try:
         yield active, standby
     finally:
-        stack.mock.faults("geneva", stuck_pending=False)
+        stack.mock.faults("geneva", stuck_pending=False, sbatch_latency=0.0)
         active.stop()
         standby.stop()
         stack.kubectl("delete", "clusterkopfpeering", "bbp-notebooks")
@@ -99,7 +99,10 @@ def test_the_active_replica_killed_during_a_burst_leaves_no_duplicate_and_no_orp
     uid = stack.get("notebooksession", "via-standby")["metadata"]["uid"]  # type: ignore[index]
     # The standby, paused by peering, received the report and recorded it in status.
     assert f"session {uid}: job {ready['jobId']} reported" in standby.log_path.read_text()
-    stack.mock.faults("geneva", stuck_pending=True)  # 200 queued jobs, no 200 notebooks
+    # 200 queued jobs, no 200 notebooks; each sbatch takes 0.5 s, so that when the active
+    # replica dies some of its sbatches are still in flight: their jobs appear after its death,
+    # with no status recording them, and the standby must adopt, not resubmit, them.
+    stack.mock.faults("geneva", stuck_pending=True, sbatch_latency=0.5)
     started = time.monotonic()
     # Created in the background (200 admissions take a while here), watched meanwhile.
     creating = subprocess.Popen(
@@ -129,6 +132,9 @@ def test_the_active_replica_killed_during_a_burst_leaves_no_duplicate_and_no_orp
         f"jobs {len(jobs)}, duplicates {duplicates}"
     )
     assert duplicates == 0 and not wrong and len(jobs) == BURST, (per_tag, wrong)
+    adopted = standby.log_path.read_text(errors="replace").count("adopted existing job")
+    print(f"jobs the dead replica had submitted without recording, adopted by the standby: {adopted}")
+    assert adopted >= 1, "no sbatch was in flight at the kill: the test did not test adoption"
 
     stack.kubectl("delete", "notebooksessions", "--all", "-n", NAMESPACE, "--wait=false")
     stack.kubectl("delete", "notebooksession", "via-standby", "--wait=false")
