@@ -35,6 +35,7 @@ from types import FrameType
 from bbp_notebooks.devtools import admission, processes, stack, topology
 from bbp_notebooks.devtools.controlplane import ControlPlane, repo_root
 from bbp_notebooks.devtools.processes import Child
+from bbp_notebooks.devtools.prometheus import Prometheus, write_rules
 from bbp_notebooks.devtools.stack import Keys, MockSlurm, Operator, free_port
 from bbp_notebooks.devtools.waiting import wait_until
 
@@ -318,7 +319,7 @@ def _stop_pid_file(pid_file: Path, expected: str, timeout: float = 10.0) -> None
     pid_file.unlink(missing_ok=True)
 
 
-def _banner(system: DevSystem) -> str:
+def _banner(system: DevSystem, prometheus: Prometheus | None = None) -> str:
     sites = ", ".join(
         f"{site.display_name} {site.address}:{system.mock.ports[site.name]} ({site.nodes} nodes"
         + (", project required" if site.require_account else "")
@@ -333,6 +334,10 @@ def _banner(system: DevSystem) -> str:
             f"  log in as:   {' or '.join(DEV_USERS)}, password {system.hub.password}",
             f"  sites:       {sites}",
             f"  kubectl:     export KUBECONFIG={system.control_plane.kubeconfig}",
+            f"  metrics:     {system.operator.url}/metrics",
+            f"  Prometheus:  {prometheus.url}/classic/alerts"
+            if prometheus is not None
+            else "  Prometheus:  BBP_DEV_PROMETHEUS=1 make dev starts one scraping the operator",
             f"  logs:        {system.workdir}/{{controlplane,mockslurm,operator,hub}}/*.log",
             "Ctrl-C stops everything.",
             "",
@@ -344,6 +349,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make dev", description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path(".dev"), help="state (default .dev)")
     parser.add_argument("--port", type=int, default=8000, help="the hub's port (default 8000)")
+    parser.add_argument(
+        "--prometheus",
+        action="store_true",
+        default=os.environ.get("BBP_DEV_PROMETHEUS") == "1",
+        help="also run Debian's Prometheus, scraping the operator with the chart's alert rules "
+        "(or BBP_DEV_PROMETHEUS=1)",
+    )
     args = parser.parse_args(argv)
 
     stop = threading.Event()
@@ -356,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
 
     began = time.monotonic()
     system = start_dev_system(args.workdir, hub_port=args.port)
-    print(_banner(system), flush=True)
+    prometheus = _start_prometheus(system) if args.prometheus else None
+    print(_banner(system, prometheus), flush=True)
     print(f"(started in {time.monotonic() - began:.1f} s)", flush=True)
     status = 0
     try:
@@ -366,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dev: {error}", file=sys.stderr)
         status = 1
     print("dev: stopping (deleting sessions first, so their jobs are cancelled)", flush=True)
+    if prometheus is not None:
+        prometheus.stop()
     try:
         system.stop()
     except DevError as error:
@@ -373,6 +388,22 @@ def main(argv: list[str] | None = None) -> int:
         status = 1
     print("dev: stopped", flush=True)
     return status
+
+
+def _start_prometheus(system: DevSystem) -> Prometheus:
+    """Prometheus scraping the operator, with the chart's alerts (its own data in the workdir)."""
+    workdir = system.workdir / "prometheus"
+    shutil.rmtree(workdir, ignore_errors=True)
+    address = system.operator.url.removeprefix("http://")
+    prometheus = Prometheus(
+        workdir,
+        {"bbp-notebooks-operator": [address]},
+        rule_files=[write_rules(workdir / "rules.yaml")],
+        scrape_interval="5s",
+        evaluation_interval="5s",
+    )
+    prometheus.start()
+    return prometheus
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import urllib.parse
 import urllib.request
@@ -18,8 +17,11 @@ from typing import Any
 
 import yaml
 
+from bbp_notebooks.devtools import processes
 from bbp_notebooks.devtools.controlplane import repo_root, tools_bin
-from bbp_notebooks.devtools.stack import free_port, wait_for
+from bbp_notebooks.devtools.processes import Child
+from bbp_notebooks.devtools.stack import free_port
+from bbp_notebooks.devtools.waiting import wait_until
 
 HOST = "127.0.0.1"
 INSTALL_HINT = "install Debian's prometheus package (scripts/install-test-deps.sh does)"
@@ -47,7 +49,7 @@ class Prometheus:
     scrape_interval: str = "1s"
     evaluation_interval: str = "1s"
     port: int = 0
-    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    child: Child | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -84,16 +86,13 @@ class Prometheus:
             "--storage.tsdb.retention.time=1d",
             "--log.level=warn",
         ]
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        wait_for(lambda: self._alive() and self._ready(), timeout, "Prometheus to be ready", 0.2)
-
-    def _alive(self) -> bool:
-        if self.process is None or self.process.poll() is not None:
-            raise RuntimeError(f"prometheus exited:\n{self.log_path.read_text()[-3000:]}")
-        return True
+        self.child = processes.start("prometheus", argv, self.log_path)
+        wait_until(
+            lambda: self.child is not None and self.child.check_alive() and self._ready(),
+            timeout,
+            "Prometheus to be ready",
+            0.2,
+        )
 
     def _ready(self) -> bool:
         try:
@@ -102,16 +101,10 @@ class Prometheus:
         except OSError:
             return False
 
-    def stop(self, timeout: float = 15.0) -> None:
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+    def stop(self) -> None:
+        child, self.child = self.child, None
+        if child is not None:
+            child.stop()
 
     # The HTTP API ---------------------------------------------------------------------------
 
@@ -146,7 +139,7 @@ class Prometheus:
         return bool(active) and all(t["health"] == "up" for t in active)
 
     def wait_scraped(self, job: str, timeout: float = 30.0) -> None:
-        wait_for(lambda: self.scraped(job), timeout, f"Prometheus to scrape {job}", 0.5)
+        wait_until(lambda: self.scraped(job), timeout, f"Prometheus to scrape {job}", 0.5)
 
     def graph_url(self, expr: str, range_input: str = "5m") -> str:
         """The (classic) graph page of ``expr``: the UI Debian's package ships."""

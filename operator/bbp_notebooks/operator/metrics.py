@@ -326,6 +326,11 @@ def publish_sessions(sessions: Iterable[SessionRef]) -> None:
             type_ = c.type if c.type in _CONDITION_TYPES else _OTHER
             reason = c.reason if c.reason in _REASONS else _OTHER
             conditions[(site, type_, c.status.value, reason)] += 1
+        if s.status.site and phase in (SessionPhase.PENDING, SessionPhase.QUEUED):
+            # The histograms' series exist (at zero) before the first observation, so that
+            # rate() sees it as an increase.
+            for histogram in (QUEUE_WAIT, TIME_TO_READY, RUNNING_TO_READY):
+                histogram.labels(site, s.spec.profile)
         if phase in _WAITING_PHASES:
             key = (site, phase.value)
             oldest[key] = min(oldest.get(key, float("inf")), s.created.timestamp())

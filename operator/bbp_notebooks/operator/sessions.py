@@ -206,9 +206,11 @@ async def _plan_for(
         if isinstance(env, InvalidSpec):
             raise env
     except InvalidSpec as invalid:
-        SUBMISSION_FAILURES.labels(session.spec.site, invalid.reason).inc()
+        # A label names a SlurmSite, never the unchecked text of a refused spec.
+        site_label = session.spec.site if session.spec.site in sites else ""
+        SUBMISSION_FAILURES.labels(site_label, invalid.reason).inc()
         if invalid.reason == Reason.USER_NOT_ALLOWED:
-            USER_REFUSALS.labels(session.spec.site, invalid.reason).inc()
+            USER_REFUSALS.labels(site_label, invalid.reason).inc()
         return observe.invalid(
             status, invalid.reason, invalid.message, now=now, generation=session.generation
         )
