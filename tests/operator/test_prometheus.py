@@ -173,6 +173,7 @@ def test_promtool_finds_nothing_wrong_with_the_operators_metrics(stack: Stack) -
     assert "bbp_notebooks_site_reachable" in samples
 
 
+@pytest.mark.browser  # Debian's chromium (scripts/install-dev-deps.sh)
 def test_a_screenshot_of_queue_wait_per_site_in_prometheus(
     scenario: Scenario, tmp_path: Path
 ) -> None:
