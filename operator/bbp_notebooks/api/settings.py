@@ -149,6 +149,13 @@ class OperatorSettings(BaseSettings):
         "is released anyway (with a Warning Event); the orphan sweep then cancels the job once "
         "the site answers again.",
     )
+    missing_job_grace_seconds: int = Field(
+        default=60,
+        ge=1,
+        le=3600,
+        description="How long after submission a job may be absent from every view before it is "
+        "looked for as its owner (at least three poll intervals are always allowed).",
+    )
     submission_settle_seconds: int = Field(
         default=60,
         ge=0,

@@ -216,6 +216,8 @@ class Faults:
     # slurmctld takes this long to register a submission (on top of controller_latency): the
     # job appears only then, after a client with a shorter deadline has given up on the answer.
     sbatch_latency: float = 0.0
+    # PrivateData=jobs: squeue and sacct show a user only their own jobs (the monitor too).
+    private_jobs: bool = False
     database_down: bool = False
 
     def to_dict(self) -> dict[str, object]:
@@ -226,6 +228,7 @@ class Faults:
             "stuck_pending": self.stuck_pending,
             "sbatch_response_lost": self.sbatch_response_lost,
             "sbatch_latency": self.sbatch_latency,
+            "private_jobs": self.private_jobs,
             "database_down": self.database_down,
         }
 

@@ -6,7 +6,8 @@
   POST /sites/{site}/commands/reset
   GET  /sites/{site}/faults                 POST the same keys to change them:
        {"controller_down": bool, "controller_latency": s, "ssh_refused": bool,
-        "stuck_pending": bool, "sbatch_response_lost": bool, "sbatch_latency": float, "database_down": bool,
+        "stuck_pending": bool, "sbatch_response_lost": bool, "sbatch_latency": s,
+        "private_jobs": bool, "database_down": bool,
         "controller_down_delay": s, "ssh_down": bool}
   POST /sites/{site}/nodes/{node}/fail | /resume
   POST /sites/{site}/jobs/{id}/kill         {"state": "FAILED" | "CANCELLED"}
@@ -30,6 +31,7 @@ FAULT_KEYS = {
     "stuck_pending",
     "sbatch_response_lost",
     "sbatch_latency",
+    "private_jobs",
     "database_down",
 }
 SITES: web.AppKey[dict[str, MockSite]] = web.AppKey("sites", dict)
@@ -119,6 +121,7 @@ async def _set_faults(request: web.Request) -> web.Response:
             stuck_pending=_opt_bool(body, "stuck_pending"),
             sbatch_response_lost=_opt_bool(body, "sbatch_response_lost"),
             sbatch_latency=_opt_float(body, "sbatch_latency"),
+            private_jobs=_opt_bool(body, "private_jobs"),
             database_down=_opt_bool(body, "database_down"),
             controller_down_delay=_opt_float(body, "controller_down_delay"),
         )

@@ -203,6 +203,7 @@ class MockSite:
         database_down: bool | None = None,
         controller_down_delay: float | None = None,
         sbatch_latency: float | None = None,
+        private_jobs: bool | None = None,
     ) -> None:
         faults = self.cluster.faults
         if controller_down is not None:
@@ -219,6 +220,8 @@ class MockSite:
             faults.database_down = database_down
         if sbatch_latency is not None:
             faults.sbatch_latency = sbatch_latency
+        if private_jobs is not None:
+            faults.private_jobs = private_jobs
         if controller_down_delay is not None:
             self.config.controller_down_delay = controller_down_delay
 
@@ -231,6 +234,7 @@ class MockSite:
             sbatch_response_lost=False,
             database_down=False,
             sbatch_latency=0.0,
+            private_jobs=False,
         )
 
     def fail_node(self, name: str) -> None:

@@ -152,7 +152,8 @@ class Runtime:
                 return await self._mint(site, spec, user, now)
             except (k8s.ApiException, KeyError, ValueError) as error:
                 raise CredentialsUnavailable(
-                    f"cannot log in as {user} at {site}: {_describe(error)}"
+                    f"cannot log in as {user} at {site}: {_secret_named(site, spec, user)}"
+                    f"{_describe(error)}"
                 ) from error
 
     async def _mint(self, site: str, spec: SlurmSiteSpec, user: str, now: dt.datetime) -> Identity:
@@ -298,6 +299,15 @@ class Runtime:
 
 def _ca_secret(site: str, spec: SlurmSiteSpec) -> str:
     return spec.auth.ca_secret_name or f"{site}-user-ca"
+
+
+def _secret_named(site: str, spec: SlurmSiteSpec, user: str) -> str:
+    """Which Secret the site's auth method reads, for the message (an operator must fix it)."""
+    if spec.auth.method == AuthMethod.CERTIFICATE:
+        return f"CA Secret {_ca_secret(site, spec)!r}: "
+    if spec.auth.method == AuthMethod.USER_KEY:
+        return f"key Secret {spec.auth.user_key_secret_prefix + user!r}: "
+    return ""
 
 
 def _describe(error: Exception) -> str:

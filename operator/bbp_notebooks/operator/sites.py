@@ -229,7 +229,9 @@ async def poll_once(
     settings = reconcile.Settings(
         installation_id=rt.settings.installation_id,
         zone=ZoneInfo(site.spec.time_zone),
-        grace=dt.timedelta(seconds=max(60, 3 * site.spec.poll_interval_seconds)),
+        grace=dt.timedelta(
+            seconds=max(rt.settings.missing_job_grace_seconds, 3 * site.spec.poll_interval_seconds)
+        ),
         default_partition=site.default_partition,
         duplicate_grace=dt.timedelta(seconds=rt.settings.orphan_grace_seconds),
     )

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
+from collections.abc import Callable
 
-from bbp_notebooks.mockslurm.cluster import SLURM_VERSION, SubmitError
+from bbp_notebooks.mockslurm.cluster import SLURM_VERSION, Job, SubmitError
 from bbp_notebooks.mockslurm.commands.base import CONNECT_FAILURE, Context
 from bbp_notebooks.mockslurm.formats import (
     Minutes,
@@ -172,10 +173,9 @@ async def main(ctx: Context, argv: list[str]) -> int:
     if not await ctx.contact_controller():
         ctx.err(f"sbatch: error: Batch job submission failed: {CONNECT_FAILURE}\n")
         return 1
-    if ctx.cluster.faults.sbatch_latency > 0:
-        await asyncio.sleep(ctx.cluster.faults.sbatch_latency)
-    try:
-        job = ctx.cluster.submit(
+
+    def register() -> Job:
+        return ctx.cluster.submit(
             user=ctx.user,
             name=settings.get("job_name") or default_name,
             script=script,
@@ -194,6 +194,15 @@ async def main(ctx: Context, argv: list[str]) -> int:
             export=settings.get("export"),
             ntasks=request.ntasks,
         )
+
+    latency = ctx.cluster.faults.sbatch_latency
+    try:
+        if latency > 0:
+            # The request is at slurmctld: it registers the job even when the client that sent
+            # it is gone meanwhile (killed, connection dropped), as a real controller does.
+            job = await asyncio.shield(_registered_after(latency, register))
+        else:
+            job = register()
     except SubmitError as error:
         for note in error.notes:
             ctx.err(f"sbatch: error: {note}\n")
@@ -209,6 +218,11 @@ async def main(ctx: Context, argv: list[str]) -> int:
         suffix = f" on cluster {cluster}" if cluster else ""
         ctx.out(f"Submitted batch job {job.job_id}{suffix}\n")
     return 0
+
+
+async def _registered_after(seconds: float, register: Callable[[], Job]) -> Job:
+    await asyncio.sleep(seconds)
+    return register()
 
 
 def _read_script(path: str) -> str:
