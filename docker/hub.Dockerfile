@@ -14,6 +14,10 @@ WORKDIR /src
 COPY docker/constraints.txt docker/constraints.txt
 COPY pyproject.toml README.md ./
 COPY operator ./operator
+# python-gssapi (Kerberos: hub logins, GSSAPI ssh) builds against MIT Kerberos.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev libkrb5-dev \
+ && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/bbp \
  && /opt/bbp/bin/pip install '.[hub]' oauthenticator \
  && /opt/bbp/bin/pip uninstall --yes kubernetes pip setuptools wheel \
@@ -23,6 +27,10 @@ FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="bbp-notebooks hub" \
       org.opencontainers.image.description="JupyterHub with the NotebookSession spawner" \
       org.opencontainers.image.licenses="Apache-2.0"
+# MIT Kerberos at run time (GSSAPI for logins).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libgssapi-krb5-2 \
+ && rm -rf /var/lib/apt/lists/*
 RUN groupadd --gid 10001 bbp \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /srv/jupyterhub \
       --shell /usr/sbin/nologin bbp \

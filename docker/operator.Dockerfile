@@ -18,6 +18,10 @@ COPY operator ./operator
 # A virtualenv is the unit copied into the final image: no compiler, pip or sources follow it.
 # The synchronous kubernetes client (126 MB) serves only the development tools (the local
 # control plane); the operator and hub use kubernetes_asyncio, kopf logs in by itself.
+# python-gssapi (Kerberos: hub logins, GSSAPI ssh) builds against MIT Kerberos.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev libkrb5-dev \
+ && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/bbp \
  && /opt/bbp/bin/pip install . \
  && /opt/bbp/bin/pip uninstall --yes kubernetes pip setuptools wheel \
@@ -27,6 +31,10 @@ FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="bbp-notebooks operator" \
       org.opencontainers.image.description="Runs NotebookSessions as Slurm jobs over ssh" \
       org.opencontainers.image.licenses="Apache-2.0"
+# MIT Kerberos at run time (GSSAPI and kinit -R for renewals).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libgssapi-krb5-2 krb5-user \
+ && rm -rf /var/lib/apt/lists/*
 RUN groupadd --gid 10001 bbp \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin bbp
