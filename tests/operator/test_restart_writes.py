@@ -55,7 +55,7 @@ def test_a_restart_writes_nothing_for_sessions_that_did_not_change(stack: Stack)
     time.sleep(6)  # resume handlers for every session, then several polls
     after, sent = versions(stack), session_patches(stack) - patches
     changed = [name for name in NAMES if after[name] != before[name]]
-    print(f"\nrestart with {len(NAMES)} steady sessions: {len(changed)} changed, {sent} PATCH requests")
+    print(f"\nrestart, {len(NAMES)} steady sessions: {len(changed)} changed, {sent} PATCH requests")
     assert changed == [], {n: (before[n], after[n]) for n in changed}
     assert sent == 0
     assert all(stack.status(name)["phase"] == "Ready" for name in NAMES)

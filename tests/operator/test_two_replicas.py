@@ -2,6 +2,7 @@
 the standby takes over, every session gets exactly one job (duplicates = 0), endpoint reports
 sent to the standby are recorded (status is the only shared memory), and after the sessions are
 deleted no tagged job is left (orphans = 0). Real operators, real apiserver, the emulated site."""
+# ruff: noqa: E501
 
 from __future__ import annotations
 
@@ -99,10 +100,10 @@ def test_the_active_replica_killed_during_a_burst_leaves_no_duplicate_and_no_orp
     uid = stack.get("notebooksession", "via-standby")["metadata"]["uid"]  # type: ignore[index]
     # The standby, paused by peering, received the report and recorded it in status.
     assert f"session {uid}: job {ready['jobId']} reported" in standby.log_path.read_text()
-    # 200 queued jobs, no 200 notebooks; each sbatch takes 0.5 s, so that when the active
+    # 200 queued jobs, no 200 notebooks; each sbatch takes 2 s, so that when the active
     # replica dies some of its sbatches are still in flight: their jobs appear after its death,
     # with no status recording them, and the standby must adopt, not resubmit, them.
-    stack.mock.faults("geneva", stuck_pending=True, sbatch_latency=0.5)
+    stack.mock.faults("geneva", stuck_pending=True, sbatch_latency=2.0)
     started = time.monotonic()
     # Created in the background (200 admissions take a while here), watched meanwhile.
     creating = subprocess.Popen(

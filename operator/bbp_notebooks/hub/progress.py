@@ -10,8 +10,9 @@ from bbp_notebooks.api.models import (
     NotebookSessionStatus,
     SessionPhase,
 )
+from bbp_notebooks.api.vocabulary import ConditionType
 
-SITE_REACHABLE = "SiteReachable"
+SITE_REACHABLE = ConditionType.SITE_REACHABLE
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ def describe(status: NotebookSessionStatus, site_label: Callable[[str], str]) ->
     if phase == SessionPhase.PENDING:
         if unreachable:
             return Progress(10, f"Waiting to submit: {unreachable}")
+        if status.message:  # e.g. a lost sbatch answer being looked up, a missing policy
+            return Progress(10, f"Waiting to submit: {status.message}")
         return Progress(10, "Session created; waiting for the operator to submit the job")
     if phase == SessionPhase.QUEUED:
         message = f"Queued at {site}{job}"

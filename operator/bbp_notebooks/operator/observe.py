@@ -79,7 +79,7 @@ def initial(
 
 def _conditioned(
     status: NotebookSessionStatus,
-    *changes: tuple[str, bool | ConditionStatus, str, str],
+    *changes: Change,
     now: dt.datetime,
     generation: int | None,
     **update: object,
@@ -242,6 +242,9 @@ def site_unreachable(
     )
 
 
+Change = tuple[str, bool | ConditionStatus, str, str]  # condition type, status, reason, message
+
+
 def observed(
     status: NotebookSessionStatus,
     job: JobObservation | None,
@@ -256,83 +259,102 @@ def observed(
     status = initial(status, now=now, generation=generation)
     if status.phase is not None and status.phase.is_terminal:
         return status
-    conditions = _set(
-        status.conditions,
-        ConditionType.SITE_REACHABLE,
-        True,
-        Reason.SITE_ANSWERED,
-        "",
-        now=now,
-        generation=generation,
-    )
-    update: dict[str, object] = {"conditions": conditions}
-
-    def cond(type_: str, value: ConditionStatus | bool, reason: str, message: str = "") -> None:
-        nonlocal conditions
-        conditions = _set(conditions, type_, value, reason, message, now=now, generation=generation)
-        update["conditions"] = conditions
-
     if job is None:
-        if vanished:
-            message = f"Slurm job {status.job_id} is known to neither squeue nor sacct"
-            cond(ConditionType.RUNNING, False, Reason.JOB_VANISHED, message)
-            cond(ConditionType.READY, False, Reason.JOB_ENDED, message)
-            update.update(phase=SessionPhase.FAILED, message=message, endpoint=None, end_time=now)
-        return status.model_copy(update=update)
+        changes, update = _absent(status, vanished, now) if vanished else ([], {})
+    else:
+        changes, update = _seen(status, job, endpoint, now)
+    answered: Change = (ConditionType.SITE_REACHABLE, True, Reason.SITE_ANSWERED, "")
+    return _conditioned(status, answered, *changes, now=now, generation=generation, **update)
 
+
+Observation = tuple[list[Change], dict[str, object]]
+
+
+def _absent(status: NotebookSessionStatus, vanished: bool, now: dt.datetime) -> Observation:
+    message = f"Slurm job {status.job_id} is known to neither squeue nor sacct"
+    changes: list[Change] = [
+        (ConditionType.RUNNING, False, Reason.JOB_VANISHED, message),
+        (ConditionType.READY, False, Reason.JOB_ENDED, message),
+    ]
+    return changes, {
+        "phase": SessionPhase.FAILED,
+        "message": message,
+        "endpoint": None,
+        "end_time": now,
+    }
+
+
+def _seen(
+    status: NotebookSessionStatus, job: JobObservation, endpoint: Endpoint | None, now: dt.datetime
+) -> Observation:
+    if job.category is JobCategory.QUEUED:
+        changes, update = _queued(job)
+    elif job.category is JobCategory.RUNNING:
+        changes, update = _running(status, job, endpoint)
+    elif job.terminal:
+        changes, update = _ended(status, job, now)
+    else:
+        state = (ConditionType.RUNNING, ConditionStatus.UNKNOWN, Reason.UNRECOGNISED_JOB_STATE)
+        changes, update = [(*state, job.state)], {}
     if job.time_limit_minutes is not None:
         update["time_limit_minutes"] = job.time_limit_minutes
-    if job.category is JobCategory.QUEUED:
-        reason = job.reason or "None"
-        cond(ConditionType.RUNNING, False, Reason.JOB_PENDING, f"waiting in queue: {reason}")
-        cond(ConditionType.READY, False, Reason.JOB_PENDING, "")
+    return changes, update
+
+
+def _queued(job: JobObservation) -> Observation:
+    reason = job.reason or "None"
+    changes: list[Change] = [
+        (ConditionType.RUNNING, False, Reason.JOB_PENDING, f"waiting in queue: {reason}"),
+        (ConditionType.READY, False, Reason.JOB_PENDING, ""),
+    ]
+    return changes, {
+        "phase": SessionPhase.QUEUED,
+        "queue": QueueInfo(reason=reason, estimated_start=job.start_time),
+        "message": f"queued: {reason}",
+    }
+
+
+def _running(
+    status: NotebookSessionStatus, job: JobObservation, endpoint: Endpoint | None
+) -> Observation:
+    node = job.node or None
+    changes: list[Change] = [(ConditionType.RUNNING, True, Reason.JOB_RUNNING, f"on {node}")]
+    update: dict[str, object] = {
+        "node": node,
+        "start_time": job.start_time or status.start_time,
+        "queue": None,
+    }
+    if endpoint is not None:
+        changes.append((ConditionType.READY, True, Reason.ENDPOINT_REPORTED, endpoint.url))
         update.update(
-            phase=SessionPhase.QUEUED,
-            queue=QueueInfo(reason=reason, estimated_start=job.start_time),
-            message=f"queued: {reason}",
-        )
-    elif job.category is JobCategory.RUNNING:
-        node = job.node or None
-        cond(ConditionType.RUNNING, True, Reason.JOB_RUNNING, f"on {node}")
-        update.update(node=node, start_time=job.start_time or status.start_time, queue=None)
-        if endpoint is not None:
-            cond(ConditionType.READY, True, Reason.ENDPOINT_REPORTED, endpoint.url)
-            update.update(
-                phase=SessionPhase.READY, endpoint=endpoint, message=f"ready at {endpoint.url}"
-            )
-        else:
-            cond(
-                ConditionType.READY,
-                False,
-                Reason.WAITING_FOR_ENDPOINT,
-                "the notebook server is starting",
-            )
-            update.update(
-                phase=SessionPhase.RUNNING, message=f"running on {node}, starting notebook"
-            )
-    elif job.terminal:
-        phase, reason = ENDINGS[JobState(job.state)]
-        message = f"Slurm job {job.job_id} ended {job.state}"
-        if job.exit_code is not None and phase == SessionPhase.FAILED:
-            message += f" (exit code {job.exit_code}" + (
-                f", signal {job.signal})" if job.signal else ")"
-            )
-        cond(ConditionType.RUNNING, False, reason, message)
-        cond(ConditionType.READY, False, Reason.JOB_ENDED, message)
-        update.update(
-            phase=phase,
-            message=message,
-            endpoint=None,
-            queue=None,
-            node=job.node or status.node,
-            start_time=job.start_time or status.start_time,
-            end_time=job.end_time or now,
+            phase=SessionPhase.READY, endpoint=endpoint, message=f"ready at {endpoint.url}"
         )
     else:
-        cond(
-            ConditionType.RUNNING, ConditionStatus.UNKNOWN, Reason.UNRECOGNISED_JOB_STATE, job.state
-        )
-    return status.model_copy(update=update)
+        starting = "the notebook server is starting"
+        changes.append((ConditionType.READY, False, Reason.WAITING_FOR_ENDPOINT, starting))
+        update.update(phase=SessionPhase.RUNNING, message=f"running on {node}, starting notebook")
+    return changes, update
+
+
+def _ended(status: NotebookSessionStatus, job: JobObservation, now: dt.datetime) -> Observation:
+    phase, reason = ENDINGS[JobState(job.state)]
+    message = f"Slurm job {job.job_id} ended {job.state}"
+    if job.exit_code is not None and phase == SessionPhase.FAILED:
+        signal = f", signal {job.signal}" if job.signal else ""
+        message += f" (exit code {job.exit_code}{signal})"
+    changes: list[Change] = [
+        (ConditionType.RUNNING, False, reason, message),
+        (ConditionType.READY, False, Reason.JOB_ENDED, message),
+    ]
+    return changes, {
+        "phase": phase,
+        "message": message,
+        "endpoint": None,
+        "queue": None,
+        "node": job.node or status.node,
+        "start_time": job.start_time or status.start_time,
+        "end_time": job.end_time or now,
+    }
 
 
 def status_patch(old: NotebookSessionStatus, new: NotebookSessionStatus) -> dict[str, Any]:

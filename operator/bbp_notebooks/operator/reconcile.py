@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
 from bbp_notebooks.api.models import (
+    Condition,
     Endpoint,
     NotebookSessionStatus,
     PartitionStatus,
@@ -228,46 +229,64 @@ def reconcile(
         and s.status.job_id not in snapshot.owner_view
     ]
     degraded = len(missing) >= BREAKER_MIN_MISSING and len(missing) > BREAKER_SHARE * len(looked_at)
-    changes = []
-    for session in looked_at:
-        job = jobs[session.uid]
-        # Gone only when the owner, asked now, knows the job neither in the queue nor in sacct.
-        gone = (
-            job is None
-            and session.status.job_id in snapshot.owner_view
-            and overdue(session, now, settings.grace)
-        )
-        new = observe.observed(
-            session.status,
-            job,
-            endpoint=endpoints.get(session.uid, session.status.endpoint),
-            vanished=gone,
-            now=now,
-            generation=session.generation,
-        )
-        changes.append((session, new))
-    site = site_status(
-        previous_site,
-        reachable=True,
-        message="",
-        now=now,
-        generation=site_generation,
-        partitions=[partition_status(p) for p in snapshot.partitions],
-        queue=snapshot.queue,
-        version=snapshot.version,
-        associations=snapshot.associations,
-        default_partition=settings.default_partition,
-        missing=len(missing) if degraded else 0,
-    )
+    changes = tuple((s, decide(s, jobs[s.uid], snapshot, endpoints, settings)) for s in looked_at)
     return PollResult(
-        sessions=tuple(changes),
-        site=site,
+        sessions=changes,
+        site=_answered(
+            snapshot, previous_site, site_generation, settings, len(missing) if degraded else 0
+        ),
         tagged=tagged,
         confirm=() if degraded else tuple(missing),
         degraded=degraded,
         duplicates=duplicates(
             sessions, tagged, now=now, grace=settings.duplicate_grace, zone=settings.zone
         ),
+    )
+
+
+def decide(
+    session: SessionRef,
+    job: observe.JobObservation | None,
+    snapshot: Snapshot,
+    endpoints: Mapping[str, Endpoint],
+    settings: Settings,
+) -> NotebookSessionStatus:
+    """One session's new status. Gone only when the owner, asked now, knows the job neither in
+    the queue nor in sacct."""
+    gone = (
+        job is None
+        and session.status.job_id in snapshot.owner_view
+        and overdue(session, snapshot.now, settings.grace)
+    )
+    return observe.observed(
+        session.status,
+        job,
+        endpoint=endpoints.get(session.uid, session.status.endpoint),
+        vanished=gone,
+        now=snapshot.now,
+        generation=session.generation,
+    )
+
+
+def _answered(
+    snapshot: Snapshot,
+    previous: SlurmSiteStatus,
+    generation: int | None,
+    settings: Settings,
+    missing: int,
+) -> SlurmSiteStatus:
+    return site_status(
+        previous,
+        reachable=True,
+        message="",
+        now=snapshot.now,
+        generation=generation,
+        partitions=[partition_status(p) for p in snapshot.partitions],
+        queue=snapshot.queue,
+        version=snapshot.version,
+        associations=snapshot.associations,
+        default_partition=settings.default_partition,
+        missing=missing,
     )
 
 
@@ -309,18 +328,7 @@ def site_status(
         return previous.model_copy(
             update={"conditions": conditions, "observed_generation": generation}
         )
-    conditions = set_condition(
-        conditions,
-        ConditionType.JOBS_VISIBLE,
-        not missing,
-        Reason.MANY_JOBS_MISSING if missing else Reason.ALL_JOBS_VISIBLE,
-        f"{missing} sessions' jobs are missing from the monitor's view at once: the view is "
-        "suspect (hidden partition, PrivateData, accounting lag); no session is ended for it"
-        if missing
-        else "",
-        now=now,
-        generation=generation,
-    )
+    conditions = _jobs_visible(conditions, missing, now, generation)
     states = Counter(entry.state for entry in queue)
     parts = partitions or []
     return SlurmSiteStatus(
@@ -339,4 +347,22 @@ def site_status(
         else previous.user_accounts,
         last_poll_time=now,
         observed_generation=generation,
+    )
+
+
+def _jobs_visible(
+    conditions: list[Condition], missing: int, now: dt.datetime, generation: int | None
+) -> list[Condition]:
+    message = (
+        f"{missing} sessions' jobs are missing from the monitor's view at once: the view is "
+        "suspect (hidden partition, PrivateData, accounting lag); no session is ended for it"
+    )
+    return set_condition(
+        conditions,
+        ConditionType.JOBS_VISIBLE,
+        not missing,
+        Reason.MANY_JOBS_MISSING if missing else Reason.ALL_JOBS_VISIBLE,
+        message if missing else "",
+        now=now,
+        generation=generation,
     )
