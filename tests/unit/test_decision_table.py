@@ -6,6 +6,7 @@ equal what the README says. A row without a case here, or a case without a row, 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from bbp_notebooks.api.models import (
 )
 from bbp_notebooks.api.settings import OperatorSettings
 from bbp_notebooks.api.vocabulary import ConditionType, Reason
-from bbp_notebooks.operator import handlers, observe, reconcile, sessions
+from bbp_notebooks.operator import handlers, observe, reconcile, sessions, timelimit
 from bbp_notebooks.operator.conditions import get
 from bbp_notebooks.operator.planning import InvalidSpec, SiteView, protected_users, user_refusal
 from bbp_notebooks.slurm.values import JobState
@@ -175,6 +176,51 @@ def duplicate_job() -> Row:
     return shown(new, ConditionType.RUNNING, "cancelled once older than orphanGraceSeconds; Warning Event", reason=Reason.DUPLICATE_JOB_CANCELLED)
 
 
+# -- the time limit --------------------------------------------------------------------------
+
+
+def ending_soon() -> Row:
+    """A job started 50 min ago with a 60 min limit, warned 15 min (the default lead) before."""
+    lead = dt.timedelta(minutes=SETTINGS_DEFAULTS.warning_lead_minutes)
+    entry = dataclasses.replace(queued(1, JobState.RUNNING), start_time=(NOW - dt.timedelta(minutes=50)).replace(tzinfo=None))
+    settings = dataclasses.replace(SETTINGS, warning_lead=lead)
+    result = reconcile.reconcile(snapshot((entry,)), SlurmSiteStatus(), 1, [session(1, endpoint=True)], {}, settings)
+    ((old, new),) = result.sessions
+    assert new.expected_end_time == NOW + dt.timedelta(minutes=10)
+    event = timelimit.event_for(old.status, new)
+    assert event is not None and event[0] == "Warning"
+    return shown(new, ConditionType.TIME_LIMIT, "next poll; one Warning Event")
+
+
+def ready_for_an_hour() -> NotebookSessionStatus:
+    return NotebookSessionStatus(phase="Ready", jobId=1001, startTime=NOW, timeLimitMinutes=60)  # type: ignore[call-arg]
+
+
+def extended() -> Row:
+    decision = timelimit.extension(120, ready_for_an_hour(), profile_max=480, admin_user="slurmop", generation=2)
+    assert decision == timelimit.Raise(120)
+    assert timelimit.within_partition(120, "prod", 1440) is None
+    new = timelimit.extended(ready_for_an_hour(), decision.minutes, now=NOW, generation=2)
+    event = timelimit.event_for(ready_for_an_hour(), new)
+    assert event is not None and event[0] == "Normal"
+    return shown(new, ConditionType.TIME_LIMIT, "none; Normal Event")
+
+
+def extension_refused() -> Row:
+    status = ready_for_an_hour()
+    for refusal in (
+        timelimit.extension(481, status, profile_max=480, admin_user="slurmop", generation=2),
+        timelimit.extension(120, status, profile_max=480, admin_user=None, generation=2),
+        timelimit.within_partition(120, "prod", 90),
+    ):
+        assert isinstance(refusal, timelimit.Refuse)
+    new = timelimit.refused(status, "Access/permission denied", now=NOW, generation=2)
+    assert timelimit.extension(120, new, profile_max=480, admin_user="slurmop", generation=2) is None
+    event = timelimit.event_for(status, new)
+    assert event is not None and event[0] == "Warning"
+    return shown(new, ConditionType.TIME_LIMIT, "none until the request changes; Warning Event")
+
+
 # -- deletes ---------------------------------------------------------------------------------
 
 DIGEST = "0" * 64
@@ -243,6 +289,9 @@ CASES: dict[str, Callable[[], Row]] = {
     "many-missing": many_missing,
     "poll-unreachable": poll_unreachable,
     "duplicate-job": duplicate_job,
+    "ending-soon": ending_soon,
+    "extended": extended,
+    "extension-refused": extension_refused,
     "delete-no-job": lambda: deleted({"phase": "Pending"}),
     "delete-ended": lambda: deleted({"phase": "Completed", "jobId": 7, "site": "geneva", "callbackTokenSHA256": DIGEST}),
     "delete-site-gone": delete_site_gone,

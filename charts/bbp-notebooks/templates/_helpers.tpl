@@ -159,13 +159,16 @@ seccompProfile:
 
 {{/*
 POSIX users no session may run as: operator.settings.protectedUsers (generated from the operator's
-DEFAULT_PROTECTED_USERS), admission.protectedUsers, and every slurmSites monitorUser. One list for
+DEFAULT_PROTECTED_USERS), admission.protectedUsers, and every slurmSites monitorUser and adminUser. One list for
 the admission policy and the operator's BBP_PROTECTED_USERS. Output: a JSON list.
 */}}
 {{- define "bbp-notebooks.protectedUsers" -}}
 {{- $users := concat .Values.operator.settings.protectedUsers .Values.admission.protectedUsers -}}
 {{- range .Values.slurmSites -}}
 {{- with .spec.monitorUser -}}
+{{- $users = append $users . -}}
+{{- end -}}
+{{- with .spec.adminUser -}}
 {{- $users = append $users . -}}
 {{- end -}}
 {{- end -}}

@@ -76,6 +76,9 @@ CRDS: tuple[CrdDescription, ...] = (
             _column("Node", "string", ".status.node", "Compute node."),
             _column("URL", "string", ".status.endpoint.url", "Notebook server URL."),
             _column(
+                "Ends", "date", ".status.expectedEndTime", "When Slurm's time limit ends the job."
+            ),
+            _column(
                 "Credentials",
                 "date",
                 ".status.credentialsExpiry",

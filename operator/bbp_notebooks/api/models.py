@@ -155,16 +155,52 @@ class SecretReference(Model):
     name: ObjectName
 
 
+def _same(path: str) -> str:
+    """CEL: ``path`` (under spec; optional fields and parents included) is unchanged."""
+    parts = path.split(".")
+    new = " && ".join(f"has(self.{'.'.join(parts[: i + 1])})" for i in range(len(parts)))
+    old = new.replace("self.", "oldSelf.")
+    return f"(({new}) == ({old}) && (!({new}) || self.{path} == oldSelf.{path}))"
+
+
+# Everything in a session's spec is fixed at creation but the time limit, which may only grow:
+# the one request a running session may make (an extension), still bounded by the operator.
+_SPEC_UNCHANGED_BUT_TIME = " && ".join(
+    _same(path)
+    for path in (
+        "user",
+        "profile",
+        "site",
+        "account",
+        "serverName",
+        "environmentSecretRef",
+        "resources.cores",
+        "resources.memoryMiB",
+    )
+)
+_TIME_ONLY_GROWS = (
+    "!(has(oldSelf.resources) && has(oldSelf.resources.timeLimitMinutes))"
+    " || (has(self.resources) && has(self.resources.timeLimitMinutes)"
+    " && self.resources.timeLimitMinutes >= oldSelf.resources.timeLimitMinutes)"
+)
+
+
 class NotebookSessionSpec(Model):
-    """What the scientist asked for: who, with which profile, where. Immutable once created."""
+    """What the scientist asked for: who, with which profile, where. Immutable once created,
+    except resources.timeLimitMinutes, which may only grow (asking for more time)."""
 
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
                 {
-                    "rule": "self == oldSelf",
-                    "message": "a session's spec is immutable: delete it and create a new one",
-                }
+                    "rule": _SPEC_UNCHANGED_BUT_TIME,
+                    "message": "a session's spec is immutable (only resources.timeLimitMinutes "
+                    "may grow): delete it and create a new one",
+                },
+                {
+                    "rule": _TIME_ONLY_GROWS,
+                    "message": "resources.timeLimitMinutes may only grow",
+                },
             ]
         }
     )
@@ -250,7 +286,9 @@ class NotebookSessionStatus(StatusModel):
 
     phase: SessionPhase | None = Field(default=None, description="A one-word summary for humans.")
     conditions: list[Condition] = Field(
-        default_factory=list, description="Submitted, Running, Ready and SiteReachable."
+        default_factory=list,
+        description="Submitted, Running, Ready, SiteReachable, TimeLimit (and CredentialsValid "
+        "at GSSAPI sites).",
     )
     job_id: int | None = Field(default=None, alias="jobId", ge=0, description="The Slurm job id.")
     site: str | None = Field(default=None, max_length=63, description="The site the job runs at.")
@@ -260,7 +298,24 @@ class NotebookSessionStatus(StatusModel):
     start_time: Timestamp | None = Field(default=None, alias="startTime", description="Job start.")
     end_time: Timestamp | None = Field(default=None, alias="endTime", description="Job end.")
     time_limit_minutes: int | None = Field(
-        default=None, alias="timeLimitMinutes", ge=0, description="The job's wall-clock limit."
+        default=None,
+        alias="timeLimitMinutes",
+        ge=0,
+        description="The job's current wall-clock limit, as squeue reports it (an extension "
+        "raises it).",
+    )
+    expected_end_time: Timestamp | None = Field(
+        default=None,
+        alias="expectedEndTime",
+        description="When the job's time limit ends it (Slurm's start time + current limit), "
+        "while it runs; absent while queued and once ended.",
+    )
+    log_tail: str | None = Field(
+        default=None,
+        alias="logTail",
+        max_length=8192,
+        description="The last lines of the job's output file (control characters removed), "
+        "read when the job failed or ended before its time limit.",
     )
     credentials_expiry: Timestamp | None = Field(
         default=None,
@@ -571,6 +626,14 @@ class SlurmSiteSpec(Model):
     monitor_user: PosixUser = Field(
         alias="monitorUser",
         description="The site account used for site-wide queries (sinfo, batched squeue/sacct).",
+    )
+    admin_user: PosixUser | None = Field(
+        default=None,
+        alias="adminUser",
+        description="A site account with sacctmgr AdminLevel=Operator, used only to raise a "
+        "running session's time limit (scontrol update JobId=... TimeLimit=...; users may not "
+        "raise their own). Protected like monitorUser: no session runs as it. Without it, "
+        "extensions are refused.",
     )
     poll_interval_seconds: int = Field(
         default=15, alias="pollIntervalSeconds", ge=1, le=3600, description="Polling period."

@@ -156,6 +156,13 @@ class OperatorSettings(BaseSettings):
         description="How long after submission a job may be absent from every view before it is "
         "looked for as its owner (at least three poll intervals are always allowed).",
     )
+    warning_lead_minutes: int = Field(
+        default=15,
+        ge=1,
+        le=1440,
+        description="How long before a running job's expected end its session gets the "
+        "TimeLimit=False EndingSoon condition and a Warning Event EndingSoon.",
+    )
     submission_settle_seconds: int = Field(
         default=60,
         ge=0,

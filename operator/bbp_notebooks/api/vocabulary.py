@@ -17,6 +17,8 @@ class ConditionType(StrEnum):
     READY = "Ready"
     SITE_REACHABLE = "SiteReachable"
     CREDENTIALS_VALID = "CredentialsValid"  # the user's Kerberos ticket, at GSSAPI sites
+    # True while the job has time left and no extension was refused; EndingSoon is still True
+    TIME_LIMIT = "TimeLimit"
     # SlurmSite
     REACHABLE = "Reachable"
     JOBS_VISIBLE = "JobsVisible"  # False when many jobs vanish from the monitor's view at once
@@ -75,6 +77,11 @@ class Reason(StrEnum):
     TICKET_PRINCIPAL_MISMATCH = "TicketPrincipalMismatch"
     TICKET_NOT_RENEWABLE = "TicketNotRenewable"
     TICKET_EXPIRED = "TicketExpired"
+    # The job's time limit (TimeLimit)
+    TIME_REMAINING = "TimeRemaining"
+    ENDING_SOON = "EndingSoon"
+    EXTENDED = "Extended"
+    EXTENSION_REFUSED = "ExtensionRefused"
     # Deleting a session (Warning Events)
     SITE_GONE = "SiteGone"
     CANCEL_ABANDONED = "CancelAbandoned"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -75,6 +75,11 @@ class UserConfig(_Model):
     )
     uid: int | None = Field(
         None, description="UID shown by Slurm when no POSIX user of this name exists."
+    )
+    admin_level: Literal["None", "Operator", "Administrator"] = Field(
+        "None",
+        description="sacctmgr AdminLevel: Operator and Administrator may raise jobs' time "
+        "limits (scontrol update), as in Slurm.",
     )
 
     @field_validator("name")

@@ -496,6 +496,7 @@ async def poll_site(
     memo: kopf.Memo,
     stopped: kopf.DaemonStopped,
     session_index: kopf.Index[str, sessions.SessionRef],
+    profile_index: kopf.Index[str, NotebookProfileSpec],
     **_: Any,
 ) -> None:
     rt: Runtime = memo["runtime"]
@@ -512,7 +513,12 @@ async def poll_site(
         try:
             with POLL_SECONDS.labels(name).time():
                 new = await sites.poll_once(
-                    rt, view, body["metadata"].get("generation"), here, state
+                    rt,
+                    view,
+                    body["metadata"].get("generation"),
+                    here,
+                    state,
+                    _single(profile_index),
                 )
             if dump(new) != dump(view.status):
                 await rt.kube.patch_site_status(name, dump(new))

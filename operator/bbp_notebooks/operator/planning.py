@@ -128,8 +128,13 @@ def user_refusal(
 
 
 def protected_users(configured: Iterable[str], sites: Iterable[SiteView]) -> frozenset[str]:
-    """The operator's protected users plus every site's monitor user."""
-    return frozenset(configured) | {site.spec.monitor_user for site in sites}
+    """The operator's protected users plus every site's monitor and admin users."""
+    sites = list(sites)
+    return (
+        frozenset(configured)
+        | {site.spec.monitor_user for site in sites}
+        | {site.spec.admin_user for site in sites if site.spec.admin_user}
+    )
 
 
 def choose_site(profile: NotebookProfileSpec, sites: Iterable[SiteView]) -> SiteView:

@@ -25,7 +25,7 @@ from bbp_notebooks.api.models import (
     UserAccounts,
 )
 from bbp_notebooks.api.vocabulary import ConditionType, Reason
-from bbp_notebooks.operator import observe
+from bbp_notebooks.operator import observe, timelimit
 from bbp_notebooks.operator.conditions import get, set_condition
 from bbp_notebooks.operator.planning import session_uid
 from bbp_notebooks.operator.sessions import SessionRef
@@ -64,6 +64,8 @@ class Settings:
     # How old a second tagged job of a live session must be before it is cancelled (the same
     # rule as for orphans: a job submitted a moment ago may still be adopted).
     duplicate_grace: dt.timedelta = dt.timedelta(minutes=5)
+    # How long before a running job's end its session is warned (TimeLimit EndingSoon).
+    warning_lead: dt.timedelta = dt.timedelta(minutes=15)
 
 
 @dataclass(frozen=True)
@@ -258,13 +260,16 @@ def decide(
         and session.status.job_id in snapshot.owner_view
         and overdue(session, snapshot.now, settings.grace)
     )
-    return observe.observed(
+    new = observe.observed(
         session.status,
         job,
         endpoint=endpoints.get(session.uid, session.status.endpoint),
         vanished=gone,
         now=snapshot.now,
         generation=session.generation,
+    )
+    return timelimit.with_time_left(
+        new, now=snapshot.now, lead=settings.warning_lead, generation=session.generation
     )
 
 

@@ -23,13 +23,14 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from bbp_notebooks.api.constants import POSIX_USER_PATTERN
 from bbp_notebooks.api.models import (
     Endpoint,
+    NotebookProfileSpec,
     NotebookSessionStatus,
     SessionPhase,
     SlurmSiteStatus,
     dump,
 )
 from bbp_notebooks.api.vocabulary import ConditionType, Reason
-from bbp_notebooks.operator import metrics, observe, reconcile
+from bbp_notebooks.operator import metrics, observe, reconcile, timelimit
 from bbp_notebooks.operator.callbacks import FIRST_UNPRIVILEGED_PORT, allowed_hosts
 from bbp_notebooks.operator.conditions import get
 from bbp_notebooks.operator.metrics import (
@@ -86,6 +87,10 @@ async def _write_session(
             type_="Warning" if new.phase == SessionPhase.FAILED else "Normal",
         )
         metrics.observe_session(session, new)
+    told = timelimit.event_for(session.status, new)
+    if told is not None:
+        type_, reason, message = told
+        await rt.kube.event(session.involved, reason=reason, message=message, type_=type_)
 
 
 async def _endpoint_fallback(
@@ -216,9 +221,10 @@ async def poll_once(
     generation: int | None,
     sessions: list[SessionRef],
     state: PollState,
+    profiles: Mapping[str, NotebookProfileSpec] | None = None,
 ) -> SlurmSiteStatus:
     """Poll ``site`` once (gather, reconcile, apply) and write what changed. Returns the site's
-    new status."""
+    new status. ``profiles`` bound extensions (a session's maxTimeLimitMinutes)."""
     looked_at = reconcile.active(sessions)
     try:
         snapshot = await gather(rt, site, looked_at, state)
@@ -234,6 +240,7 @@ async def poll_once(
         ),
         default_partition=site.default_partition,
         duplicate_grace=dt.timedelta(seconds=rt.settings.orphan_grace_seconds),
+        warning_lead=dt.timedelta(minutes=rt.settings.warning_lead_minutes),
     )
     endpoints = endpoints_known(rt, looked_at)
     result = reconcile.reconcile(snapshot, site.status, generation, sessions, endpoints, settings)
@@ -246,7 +253,7 @@ async def poll_once(
     if result.degraded:
         visible = get(result.site.conditions, ConditionType.JOBS_VISIBLE)
         log.warning("site %s: %s", site.name, visible.message if visible else "degraded")
-    await apply(rt, state, site, result, sessions, snapshot.now)
+    await apply(rt, state, site, result, sessions, snapshot.now, profiles or {})
     return result.site
 
 
@@ -295,17 +302,100 @@ async def apply(
     result: reconcile.PollResult,
     sessions: list[SessionRef],
     now: dt.datetime,
+    profiles: Mapping[str, NotebookProfileSpec] | None = None,
 ) -> None:
     """Write what changed (with Events and metrics) and sweep for orphans when it is time."""
     changes = list(result.sessions)
     if site.spec.connection_file_fallback:
         changes = [(s, await _endpoint_fallback(rt, site, s, new, now)) for s, new in changes]
+    changes = [
+        (s, await extend(rt, site, s, new, profiles or {}, now, reconcile.ours(s, result.tagged)))
+        for s, new in changes
+    ]
+    changes = [(s, await read_log_tail(rt, site, s, new)) for s, new in changes]
     await _write_all(rt, site.name, changes)
     if result.duplicates:
         await cancel_duplicates(rt, site, result.duplicates)
     every = rt.settings.orphan_sweep_every_polls
     if every == 1 or state.polls % every == 1:
         await sweep_orphans(rt, site, result.tagged, {s.uid for s in sessions})
+
+
+async def extend(
+    rt: Runtime,
+    site: SiteView,
+    session: SessionRef,
+    new: NotebookSessionStatus,
+    profiles: Mapping[str, NotebookProfileSpec],
+    now: dt.datetime,
+    queued: QueueEntry | None,
+) -> NotebookSessionStatus:
+    """Carry out a request for more time (spec.resources.timeLimitMinutes above the job's
+    limit): the policy decides (timelimit.extension), then the partition's MaxTime, then Slurm,
+    asked as the site's adminUser. Any refusal is TimeLimit=False ExtensionRefused."""
+    profile = profiles.get(session.spec.profile)
+    requested = session.spec.resources.time_limit_minutes if session.spec.resources else None
+    decision = timelimit.extension(
+        requested,
+        new,
+        profile_max=profile.max_time_limit_minutes if profile else None,
+        admin_user=site.spec.admin_user,
+        generation=session.generation,
+    )
+    if decision is None:
+        return new
+    generation = session.generation
+    if isinstance(decision, timelimit.Refuse):
+        return timelimit.refused(new, decision.message, now=now, generation=generation)
+    admin = site.spec.admin_user
+    assert admin is not None and new.job_id is not None  # noqa: S101 - extension() checked
+    client = rt.client(site.name, site.spec)
+    try:
+        identity = await rt.identity(site.name, site.spec, admin)
+        partition = (queued.partition if queued else None) or site.default_partition
+        too_long = timelimit.within_partition(
+            decision.minutes, partition, await client.partition_max_time(identity, partition)
+        )
+        if too_long is not None:
+            return timelimit.refused(new, too_long.message, now=now, generation=generation)
+        await client.set_time_limit(identity, new.job_id, decision.minutes)
+    except CommandFailed as error:  # Slurm's answer: refused, with its words
+        log.info("session %s: extension refused by Slurm: %s", session.uid, error.stderr)
+        return timelimit.refused(
+            new, error.stderr.strip() or str(error), now=now, generation=generation
+        )
+    except (SshError, CredentialsUnavailable) as error:  # could not ask: try again next poll
+        log.warning("session %s: extension not asked yet: %s", session.uid, error)
+        return new
+    log.info("session %s: job %d time limit raised to %d min", session.uid, new.job_id,
+             decision.minutes)  # fmt: skip
+    return timelimit.extended(new, decision.minutes, now=now, generation=generation)
+
+
+async def read_log_tail(
+    rt: Runtime, site: SiteView, session: SessionRef, new: NotebookSessionStatus
+) -> NotebookSessionStatus:
+    """Once a job failed or ended early, the tail of its output file, read as the user (the
+    path from scontrol while slurmctld still knows the job, else Slurm's default
+    slurm-<id>.out in the home directory), into status.logTail and the message."""
+    if not timelimit.wants_log(session.status, new) or new.job_id is None:
+        return new
+    user = session.spec.user
+    client = rt.client(site.name, site.spec)
+    try:
+        identity = await rt.identity(site.name, site.spec, user, namespace=session.namespace)
+        shown = await client.show_job(identity, new.job_id)
+        path = (shown or {}).get("StdOut") or f"slurm-{new.job_id}.out"
+        raw = await client.output_tail(identity, path, timelimit.LOG_TAIL_BYTES)
+    except (SshError, CredentialsUnavailable, ValueError) as error:
+        log.info("session %s: job output not read: %s", session.uid, error)
+        return new
+    tail = timelimit.log_tail(raw)
+    if not tail:
+        return new
+    last = tail.splitlines()[-5:]
+    message = (new.message or "") + "; last output:\n" + "\n".join(last)
+    return new.model_copy(update={"log_tail": tail, "message": message[-4096:]})
 
 
 async def _associations(

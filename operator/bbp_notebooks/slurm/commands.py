@@ -608,3 +608,33 @@ def parse_scontrol_show_job(stdout: str) -> dict[str, str]:
         end = following.start() if following is not None else len(line)
         fields.setdefault(match[1], line[match.end() : end].rstrip(" "))
     return fields
+
+
+def scontrol_update_time_limit_argv(job_id: int, minutes: int) -> list[str]:
+    """Set a job's time limit; raising it needs AdminLevel>=Operator (users may only lower)."""
+    (checked,) = _check_job_ids([job_id])
+    if isinstance(minutes, bool) or not isinstance(minutes, int) or minutes <= 0:
+        raise ValueError(f"a time limit must be a positive number of minutes, not {minutes!r}")
+    return ["scontrol", "update", f"JobId={checked}", f"TimeLimit={minutes}"]
+
+
+def partition_max_time_argv(partition: str) -> list[str]:
+    """The partition's MaxTime, as sinfo prints it (``%l``)."""
+    return ["sinfo", "--noheader", f"--partition={_check_identifier('partition', partition)}",
+            "--format=%l"]  # fmt: skip
+
+
+def parse_partition_max_time(stdout: str) -> int | None:
+    """MaxTime in minutes (rounded down), None for infinite; one value, repeated per row."""
+    values = {line.strip() for line in stdout.splitlines() if line.strip()}
+    if len(values) != 1:
+        raise SlurmOutputError(f"expected one partition time limit, got {sorted(values)!r}")
+    seconds = parse_duration(values.pop())
+    return None if seconds is None else seconds // 60
+
+
+def output_tail_argv(path: str, max_bytes: int) -> list[str]:
+    """The last ``max_bytes`` of a job's output file (read as its owner; never a shell line)."""
+    if max_bytes <= 0:
+        raise ValueError("max_bytes must be positive")
+    return ["tail", "-c", str(max_bytes), "--", _check_text("output path", path)]

@@ -249,3 +249,31 @@ class SlurmClient:
             return parse_connection(result.stdout)
         except SlurmOutputError as error:
             raise self._parse_error(argv, error) from None
+
+    async def set_time_limit(self, identity: Identity, job_id: int, minutes: int) -> None:
+        """``scontrol update JobId=... TimeLimit=...``; Slurm's refusal (permission, a limit,
+        the job ended) is a CommandFailed with Slurm's words."""
+        argv = commands.scontrol_update_time_limit_argv(job_id, minutes)
+        result = await self._run(identity, argv, check=False)
+        if result.exit_status != 0:
+            raise self._fail(argv, result)
+
+    async def partition_max_time(self, identity: Identity, partition: str) -> int | None:
+        """The partition's MaxTime in minutes; None when unlimited."""
+        argv = commands.partition_max_time_argv(partition)
+        result = await self._run(identity, argv)
+        try:
+            return commands.parse_partition_max_time(result.stdout)
+        except SlurmOutputError as error:
+            raise self._parse_error(argv, error) from None
+
+    async def output_tail(self, identity: Identity, path: str, max_bytes: int) -> bytes:
+        """The last ``max_bytes`` of a file the identity's user can read (a job's output).
+
+        Not a Slurm command: frontends that allow only Slurm commands refuse it (CommandFailed).
+        """
+        argv = commands.output_tail_argv(path, max_bytes)
+        result = await self._run(identity, argv, check=False)
+        if result.exit_status != 0:
+            raise self._fail(argv, result)
+        return result.stdout.encode("utf-8", errors="surrogateescape")[-max_bytes:]

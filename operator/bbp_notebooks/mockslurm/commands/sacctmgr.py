@@ -119,7 +119,7 @@ async def main(ctx: Context, argv: list[str]) -> int:
                 continue
             default_account = user.default_account or (user.accounts[0] if user.accounts else "")
             rows.append({"user": user.name, "defaultaccount": default_account,
-                         "admin": "None", "account": "", "cluster": ""})  # fmt: skip
+                         "admin": user.admin_level, "account": "", "cluster": ""})  # fmt: skip
     else:
         ctx.err(f"sacctmgr: error: Unknown option: {words[1]}\n")
         return 1

@@ -156,7 +156,13 @@ async def _update(ctx: Context, args: list[str]) -> int:
     if job is None:
         ctx.err("slurm_update error: Invalid job id specified\n")
         return 1
-    if job.user.uid != ctx.user.uid and ctx.user.uid != 0:
+    # Slurm 22.05: root, SlurmUser and accounts with AdminLevel>=Operator may change anybody's
+    # job and raise limits; a user may only lower the limit of their own job.
+    configured = cluster.config.user(ctx.user.name)
+    operator = ctx.user.uid == 0 or (
+        configured is not None and configured.admin_level in ("Operator", "Administrator")
+    )
+    if job.user.uid != ctx.user.uid and not operator:
         ctx.err("slurm_update error: Access/permission denied\n")
         return 1
     if job.state.finished:
@@ -175,12 +181,14 @@ async def _update(ctx: Context, args: list[str]) -> int:
             return 1
         minutes = current + minutes if increment == "+" else max(0, current - minutes)
     raising = current is not None and (minutes is None or minutes > current)
-    if raising and ctx.user.uid != 0:
+    if raising and not operator:
         ctx.err("slurm_update error: Access/permission denied\n")
         return 1
     partition = cluster.partitions[job.partition]
     if partition.max_time is not None and (minutes is None or minutes > partition.max_time):
-        ctx.err("slurm_update error: Requested time limit exceeds partition limit\n")
+        ctx.err(
+            "slurm_update error: Requested time limit is invalid (missing or exceeds some limit)\n"
+        )
         return 1
     cluster.set_time_limit(job, minutes)
     return 0
