@@ -13,7 +13,8 @@ environment, never from this file:
 
 Optional: BBP_CHP (path of configurable-http-proxy; scripts/install-dev-deps.sh installs a pinned
 one from npm and prints its path), BBP_HUB_PORT (8000), BBP_HUB_API_PORT (8081),
-BBP_PROXY_API_PORT (8001), BBP_HUB_STATE_DIR (.), and BBP_SESSION_NAMESPACE (default).
+BBP_PROXY_API_PORT (8001), BBP_HUB_STATE_DIR (.), BBP_SESSION_NAMESPACE (default), and
+BBP_IDLE_TIMEOUT / BBP_IDLE_CULL_EVERY (seconds; idle culling is off unless the timeout is set).
 
     jupyterhub -f examples/jupyterhub_config.py
 
@@ -26,6 +27,7 @@ password (at least 8 characters).
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 
@@ -81,3 +83,42 @@ c.NotebookSessionSpawner.start_timeout = 600
 c.NotebookSessionSpawner.http_timeout = 60
 # A restarted hub re-adopts running sessions instead of stopping them.
 c.JupyterHub.cleanup_servers = False
+
+# The home page shows each server's site, node and time left, with an Extend button; its data and
+# the extension come from the hub's own API under /hub/api/bbp/ (bbp_notebooks.hub.handlers).
+from bbp_notebooks.hub import handlers as bbp_handlers  # noqa: E402
+
+c.JupyterHub.template_paths = [bbp_handlers.TEMPLATES]
+c.JupyterHub.extra_handlers = bbp_handlers.extra_handlers()
+
+# Sharing (JupyterHub >= 5): a user may share a server with another user and revoke it; sharing
+# by name needs read:users:name, and the home page lists a server's shares.
+c.JupyterHub.load_roles = [
+    {
+        "name": "user",
+        "scopes": ["self", "shares!user", "read:users:name", "read:groups:name"],
+    },
+]
+
+# Idle culling: jupyterhub-idle-culler stops servers without kernel or terminal activity for
+# BBP_IDLE_TIMEOUT seconds (0: off); the spawner's stop deletes the session, the operator cancels
+# the job.
+idle_timeout = int(os.environ.get("BBP_IDLE_TIMEOUT", "0"))
+if idle_timeout > 0:
+    c.JupyterHub.services = [
+        {
+            "name": "idle-culler",
+            "command": [
+                sys.executable, "-m", "jupyterhub_idle_culler",
+                f"--timeout={idle_timeout}",
+                f"--cull-every={int(os.environ.get('BBP_IDLE_CULL_EVERY', '60'))}",
+            ],
+        },
+    ]  # fmt: skip
+    c.JupyterHub.load_roles.append(
+        {
+            "name": "idle-culler",
+            "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+            "services": ["idle-culler"],
+        }
+    )

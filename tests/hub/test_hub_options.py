@@ -194,7 +194,7 @@ def test_everything_from_the_cluster_is_escaped_in_the_form() -> None:
     assert "<script>alert" not in html
     assert "<img" not in html and "<b>" not in html
     assert '"><script>' not in html
-    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in html
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in html
 
 
 def test_form_says_so_when_no_profile_is_available() -> None:
@@ -376,3 +376,38 @@ def test_jupyterhub_finds_the_spawner_by_its_entry_point_name() -> None:
     from bbp_notebooks.hub.spawner import NotebookSessionSpawner
 
     assert JupyterHub(spawner_class="notebooksession").spawner_class is NotebookSessionSpawner
+
+
+def test_a_deployers_template_folder_overrides_the_form_and_may_extend_ours(
+    tmp_path: Any,
+) -> None:
+    (tmp_path / "form.html").write_text(
+        '{% extends "bbp_notebooks/form.html" %}'
+        '{% block profile %}<p class="centre-banner">Read the site rules first.</p>'
+        "{{ super() }}{% endblock %}"
+    )
+    html = options.render_form(choices(), search_path=[str(tmp_path)])
+    assert html.startswith('<p class="centre-banner">Read the site rules first.</p>'), html[:200]
+    assert parse(html).fields["profile"] == ["bluepy", "synthesis"]  # ours, still there
+
+    (tmp_path / "centre.html").write_text("<p>{{ profiles[0].display_name }}</p>")
+    hostile = Choices(
+        profiles=(options.ProfileChoice("p", "<script>alert(1)</script>", "", ()),), sites=()
+    )
+    html = options.render_form(hostile, search_path=[str(tmp_path)], template="centre.html")
+    assert html == "<p>&lt;script&gt;alert(1)&lt;/script&gt;</p>"  # a deployer's is escaped too
+
+
+async def test_the_spawner_renders_the_form_from_its_configured_template_path(
+    tmp_path: Any,
+) -> None:
+    from bbp_notebooks.hub.spawner import NotebookSessionSpawner
+
+    (tmp_path / "mine.html").write_text("<p>{{ sites | length }} sites</p>")
+    spawner = NotebookSessionSpawner(form_template_paths=[str(tmp_path)], form_template="mine.html")
+
+    async def offered(kube: Any = None) -> Choices:
+        return choices()
+
+    spawner.choices = offered  # type: ignore[method-assign]
+    assert await spawner.render_options_form() == "<p>2 sites</p>"

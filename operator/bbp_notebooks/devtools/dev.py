@@ -45,6 +45,8 @@ SESSION_NAMESPACE = "default"
 HUB_START_TIMEOUT_S = 60.0
 SESSIONS_GONE_TIMEOUT_S = 60.0
 DEPS_TIMEOUT_S = 1800.0
+# `make dev` culls servers idle for an hour, as a deployment with idle culling on would.
+DEV_IDLE_TIMEOUT_S = 3600
 # The hub's ServiceAccount token outlives any `make dev` session (the local PKI lasts 30 days).
 HUB_TOKEN_LIFETIME = datetime.timedelta(days=30)
 
@@ -102,6 +104,9 @@ class Hub:
     chp: Path
     port: int = 0
     password: str = field(default_factory=lambda: secrets.token_urlsafe(12), repr=False)
+    # jupyterhub-idle-culler as a hub service: seconds without activity (0: no culler).
+    idle_timeout: int = 0
+    cull_every: int = 60
     child: Child | None = None
 
     @property
@@ -127,6 +132,8 @@ class Hub:
             "BBP_PROXY_API_PORT": str(free_port()),
             "BBP_HUB_STATE_DIR": str(self.workdir),
             "BBP_SESSION_NAMESPACE": SESSION_NAMESPACE,
+            "BBP_IDLE_TIMEOUT": str(self.idle_timeout),
+            "BBP_IDLE_CULL_EVERY": str(self.cull_every),
         }
         config = repo_root() / "examples" / "jupyterhub_config.py"
         # A session of its own: Ctrl-C reaches only `make dev`, which stops the pieces in order.
@@ -232,6 +239,8 @@ def start_dev_system(
     hub_port: int = 0,
     deps: DevDeps | None = None,
     poll_interval: int = 2,
+    idle_timeout: int = 0,
+    cull_every: int = 60,
 ) -> DevSystem:
     """Start everything under `workdir` (wiped first: every start is a fresh system)."""
     deps = deps or ensure_dev_deps()
@@ -286,7 +295,10 @@ def start_dev_system(
         operator.start()
         started.append(operator)
 
-        hub = Hub(workdir / "hub", hub_kubeconfig, deps.chp, port=hub_port)
+        hub = Hub(
+            workdir / "hub", hub_kubeconfig, deps.chp, port=hub_port,
+            idle_timeout=idle_timeout, cull_every=cull_every,
+        )  # fmt: skip
         hub.start()
         started.append(hub)
     except BaseException:
@@ -332,6 +344,9 @@ def _banner(system: DevSystem, prometheus: Prometheus | None = None) -> str:
             "bbp-notebooks dev system is up",
             f"  JupyterHub:  {system.url}/",
             f"  log in as:   {' or '.join(DEV_USERS)}, password {system.hub.password}",
+            f"  idle cull:   after {system.hub.idle_timeout} s without activity"
+            if system.hub.idle_timeout
+            else "  idle cull:   off",
             f"  sites:       {sites}",
             f"  kubectl:     export KUBECONFIG={system.control_plane.kubeconfig}",
             f"  metrics:     {system.operator.url}/metrics",
@@ -356,6 +371,13 @@ def main(argv: list[str] | None = None) -> int:
         help="also run Debian's Prometheus, scraping the operator with the chart's alert rules "
         "(or BBP_DEV_PROMETHEUS=1)",
     )
+    parser.add_argument(
+        "--idle-timeout",
+        type=int,
+        default=DEV_IDLE_TIMEOUT_S,
+        help="jupyterhub-idle-culler stops servers idle this long, in seconds "
+        f"(default {DEV_IDLE_TIMEOUT_S}; 0: no culling)",
+    )
     args = parser.parse_args(argv)
 
     stop = threading.Event()
@@ -367,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
 
     began = time.monotonic()
-    system = start_dev_system(args.workdir, hub_port=args.port)
+    system = start_dev_system(args.workdir, hub_port=args.port, idle_timeout=args.idle_timeout)
     prometheus = _start_prometheus(system) if args.prometheus else None
     print(_banner(system, prometheus), flush=True)
     print(f"(started in {time.monotonic() - began:.1f} s)", flush=True)

@@ -27,6 +27,7 @@ from bbp_notebooks.api.models import NotebookProfileSpec
 log = logging.getLogger(__name__)
 
 ApiException = k8s.ApiException
+_MERGE_PATCH: dict[str, Any] = {"_content_type": "application/merge-patch+json"}
 
 # One ApiClient (one aiohttp connection pool) per event loop and kubeconfig, shared by every
 # spawner of the hub; a hub has one loop, tests have one per test.
@@ -144,6 +145,20 @@ class HubKube:
                 return False
             raise
         return True
+
+    async def request_time_limit(self, session: Mapping[str, Any], minutes: int) -> dict[str, Any]:
+        """Raise ``spec.resources.timeLimitMinutes`` of the session as read (a merge patch that
+        carries its uid and resourceVersion: a conflict, not a lost write, if it changed since)."""
+        metadata = session["metadata"]
+        patch = {
+            "metadata": {"uid": metadata["uid"], "resourceVersion": metadata["resourceVersion"]},
+            "spec": {"resources": {"timeLimitMinutes": minutes}},
+        }
+        patched: dict[str, Any] = await self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, metadata["namespace"], SESSION_PLURAL, metadata["name"], patch,
+            **_MERGE_PATCH,
+        )  # fmt: skip
+        return patched
 
     async def create_secret(
         self,

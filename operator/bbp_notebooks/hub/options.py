@@ -1,5 +1,6 @@
-"""The spawn form: what a user may choose (profiles, sites, accounts), its HTML, and the server-side
-check of whatever comes back. Pure: the spawner fetches the objects and calls in here.
+"""The spawn form: what a user may choose (profiles, sites, accounts), its HTML (the Jinja2
+template templates/form.html, which deployers may override), and the server-side check of whatever
+comes back. Pure: the spawner fetches the objects and calls in here.
 
 Accounts. The operator does not publish per-user Slurm accounts yet. A SlurmSite may list them, in
 this order of precedence, as ``status.userAccounts`` (once the API has that field) or in the
@@ -13,13 +14,15 @@ the user may not charge, and the session then fails with Slurm's message).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from html import escape
+from pathlib import Path
 from typing import Any
 
+import jinja2
 from pydantic import TypeAdapter, ValidationError
 
 from bbp_notebooks.api.constants import ANNOTATION_PREFIX
@@ -189,131 +192,52 @@ def _valid_account(value: str) -> bool:
 
 # The form ---------------------------------------------------------------------------------------
 
-_SCRIPT = """
-<script>
-(function () {
-  var form = document.currentScript.closest("form") || document;
-  var profile = form.querySelector("#bbpnb-profile");
-  var site = form.querySelector("#bbpnb-site");
-  function sync() {
-    var allowed = (profile.selectedOptions[0].dataset.sites || "").split(" ").filter(Boolean);
-    Array.prototype.forEach.call(site.options, function (option) {
-      option.disabled = option.value !== "auto" && allowed.length > 0 &&
-        allowed.indexOf(option.value) < 0;
-    });
-    if (site.selectedOptions[0].disabled) {
-      var first = Array.prototype.find.call(site.options, function (o) { return !o.disabled; });
-      if (first) { site.value = first.value; }
-    }
-    form.querySelectorAll(".bbpnb-account").forEach(function (block) {
-      var shown = block.dataset.site === site.value;
-      block.hidden = !shown;
-      block.querySelectorAll("input, select").forEach(function (f) { f.disabled = !shown; });
-    });
-  }
-  profile.addEventListener("change", sync);
-  site.addEventListener("change", sync);
-  sync();
-})();
-</script>
-"""
+TEMPLATE_DIR = Path(__file__).with_name("templates")
+FORM_TEMPLATE = "form.html"
 
 
-def _attr(value: str) -> str:
-    return escape(value, quote=True)
+@functools.lru_cache(maxsize=8)
+def _environment(search_path: tuple[str, ...]) -> jinja2.Environment:
+    """Deployers' folders first, then ours; ours is also reachable as "bbp_notebooks/<name>" so
+    an override can extend the template it replaces."""
+    ours = jinja2.FileSystemLoader(TEMPLATE_DIR)
+    return jinja2.Environment(
+        loader=jinja2.ChoiceLoader(
+            [
+                jinja2.FileSystemLoader(list(search_path)),
+                jinja2.PrefixLoader({"bbp_notebooks": ours}),
+                ours,
+            ]
+        ),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+    )
 
 
-def _selected(flag: bool) -> str:
-    return " selected" if flag else ""
-
-
-def render_form(choices: Choices, previous: SessionOptions | None = None) -> str:
-    """The options form (JupyterHub supplies the surrounding <form> and the Start button).
-
-    Every value from the cluster (names, display names, descriptions, accounts) is escaped. Without
-    JavaScript every field is shown and the server-side check still decides.
-    """
-    if not choices.profiles:
-        return (
-            '<div class="alert alert-warning" role="alert">No notebook profile is available to '
-            "you. Ask an administrator to add you to a group that may use one.</div>"
+def render_form(
+    choices: Choices,
+    previous: SessionOptions | None = None,
+    *,
+    search_path: Sequence[str] = (),
+    template: str = FORM_TEMPLATE,
+) -> str:
+    """The options form from the Jinja2 template ``template`` (autoescaped), looked up in
+    ``search_path`` before the package's own templates."""
+    html = (
+        _environment(tuple(search_path))
+        .get_template(template)
+        .render(
+            profiles=choices.profiles,
+            sites=choices.sites,
+            offer_auto_site=choices.offer_auto_site,
+            auto_site=AUTO_SITE,
+            previous=previous,
         )
-    out: list[str] = []
-    out.append('<div class="form-group mb-3">')
-    out.append('<label class="form-label" for="bbpnb-profile">Profile</label>')
-    out.append('<select class="form-select form-control" id="bbpnb-profile" name="profile">')
-    for index, profile in enumerate(choices.profiles):
-        chosen = previous.profile == profile.name if previous else index == 0
-        title = f' title="{_attr(profile.description)}"' if profile.description else ""
-        out.append(
-            f'<option value="{_attr(profile.name)}" data-sites="'
-            f'{_attr(" ".join(profile.allowed_sites))}"{title}{_selected(chosen)}>'
-            f"{escape(profile.display_name)}</option>"
-        )
-    out.append("</select>")
-    described = [p for p in choices.profiles if p.description]
-    if described:
-        out.append('<ul class="form-text small">')
-        for profile in described:
-            out.append(
-                f"<li><strong>{escape(profile.display_name)}</strong>: "
-                f"{escape(profile.description)}</li>"
-            )
-        out.append("</ul>")
-    out.append("</div>")
-
-    out.append('<div class="form-group mb-3">')
-    out.append('<label class="form-label" for="bbpnb-site">Cluster</label>')
-    out.append('<select class="form-select form-control" id="bbpnb-site" name="site">')
-    previous_site = previous.site if previous else None
-    if choices.offer_auto_site:
-        out.append(
-            f'<option value="{AUTO_SITE}"{_selected(previous_site == AUTO_SITE)}>'
-            "Any reachable cluster (most free cores)</option>"
-        )
-    for index, site in enumerate(choices.sites):
-        chosen = previous_site == site.name if previous_site else index == 0
-        out.append(
-            f'<option value="{_attr(site.name)}" data-availability="'
-            f'{_attr(site.availability)}"{_selected(chosen)}>{escape(site.label)}</option>'
-        )
-    out.append("</select></div>")
-
-    for site in choices.sites:
-        if not site.account_required and not site.accounts:
-            continue
-        field = f"account-{site.name}"
-        need = "required" if site.account_required else "optional"
-        current = previous.account if previous and previous.site == site.name else None
-        out.append(f'<div class="form-group mb-3 bbpnb-account" data-site="{_attr(site.name)}">')
-        out.append(
-            f'<label class="form-label" for="{_attr(field)}">Project at '
-            f"{escape(site.display_name)} ({need})</label>"
-        )
-        if site.accounts:
-            out.append(
-                f'<select class="form-select form-control" id="{_attr(field)}" '
-                f'name="{_attr(field)}">'
-            )
-            if not site.account_required:
-                out.append('<option value="">(none)</option>')
-            for account in site.accounts:
-                out.append(
-                    f'<option value="{_attr(account)}"{_selected(current == account)}>'
-                    f"{escape(account)}</option>"
-                )
-            out.append("</select>")
-        else:
-            value = f' value="{_attr(current)}"' if current else ""
-            out.append(
-                f'<input class="form-control" type="text" id="{_attr(field)}" '
-                f'name="{_attr(field)}" maxlength="64" pattern="[A-Za-z0-9][A-Za-z0-9_.\\-]*" '
-                f'placeholder="Slurm account, e.g. proj42"{value}>'
-            )
-        out.append("</div>")
-    out.append(_SCRIPT)
+    )
     # ASCII with character references: right whatever charset the page is served with.
-    return "\n".join(out).encode("ascii", "xmlcharrefreplace").decode("ascii")
+    return html.strip().encode("ascii", "xmlcharrefreplace").decode("ascii")
 
 
 # What comes back --------------------------------------------------------------------------------

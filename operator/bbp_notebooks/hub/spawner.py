@@ -21,7 +21,7 @@ from typing import Any
 from jupyterhub.spawner import Spawner
 from pydantic import ValidationError
 from tornado import web
-from traitlets import Bool, Float, Integer, Unicode, default
+from traitlets import Bool, Float, Integer, List, Unicode, default
 from traitlets import Callable as CallableTrait
 
 from bbp_notebooks.api.constants import (
@@ -144,6 +144,17 @@ class NotebookSessionSpawner(Spawner):  # type: ignore[misc]
         "intervals) shows 'availability unknown'.",
     ).tag(config=True)
 
+    form_template_paths = List(
+        Unicode(),
+        help="Folders searched for the spawn form's Jinja2 template before the package's own "
+        "(bbp_notebooks/hub/templates/form.html). A deployer's form.html there replaces ours; it "
+        'may {% extends "bbp_notebooks/form.html" %} and override a block. Autoescaped.',
+    ).tag(config=True)
+
+    form_template = Unicode(
+        options.FORM_TEMPLATE, help="Name of the spawn form's template in form_template_paths."
+    ).tag(config=True)
+
     @default("namespace")
     def _default_namespace(self) -> str:
         if _IN_CLUSTER_NAMESPACE.exists():
@@ -236,7 +247,9 @@ class NotebookSessionSpawner(Spawner):  # type: ignore[misc]
             previous = options.validate(self.user_options or {}, choices)
         except options.InvalidOptions:
             pass  # remembered options that no longer apply: show the defaults
-        return options.render_form(choices, previous)
+        return options.render_form(
+            choices, previous, search_path=self.form_template_paths, template=self.form_template
+        )
 
     async def options_from_form_data(
         self, form_data: Mapping[str, Sequence[str]]
