@@ -67,14 +67,20 @@ def acquire_ticket(principal: str, password: str, lifetime_s: int | None = None)
         raise LoginRefused(f"no ticket for {principal}: {error.gen_message()}") from None
     with tempfile.TemporaryDirectory(prefix="bbp-krb5-login-") as folder:
         path = Path(folder) / "ccache"
-        gssapi.raw.store_cred_into(
-            {"ccache": f"FILE:{path}"},
-            acquired.creds,
-            usage="initiate",
-            mech=_KRB5_MECH,
-            overwrite=True,
-        )
-        return path.read_bytes()
+        # Seen once in the Kerberos lane: a store that reported success but left no file. It is
+        # stored again (the same credentials, no second password check); still nothing is an
+        # error, never a silent login without a ticket.
+        for _attempt in range(2):
+            gssapi.raw.store_cred_into(
+                {"ccache": f"FILE:{path}"},
+                acquired.creds,
+                usage="initiate",
+                mech=_KRB5_MECH,
+                overwrite=True,
+            )
+            if path.exists():
+                return path.read_bytes()
+        raise RuntimeError(f"the ticket of {principal} could not be stored")
 
 
 class KerberosLogoutHandler(LogoutHandler):  # type: ignore[misc]

@@ -1,19 +1,23 @@
-"""kopf wiring for Kerberos tickets: every few seconds each live session at a GSSAPI site has its
-ticket checked, renewed when due (the job's copy refreshed) and CredentialsValid written."""
+"""kopf wiring for Kerberos tickets: one daemon per GSSAPI site checks, every few seconds, the
+ticket of each of its live sessions, renews it when due (the job's copy refreshed) and writes
+CredentialsValid. Sites with other auth methods run nothing (and log nothing)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import kopf
 
-from bbp_notebooks.api.constants import GROUP, SESSION_PLURAL, VERSION
-from bbp_notebooks.api.models import NotebookSessionSpec, NotebookSessionStatus, dump
+from bbp_notebooks.api.constants import GROUP, SITE_PLURAL, VERSION
+from bbp_notebooks.api.models import AuthMethod, SlurmSiteSpec, SlurmSiteStatus, dump
 from bbp_notebooks.operator import kerberos
 from bbp_notebooks.operator.planning import SiteView
 from bbp_notebooks.operator.runtime import CredentialsUnavailable, Runtime
+from bbp_notebooks.operator.sessions import SessionRef
 from bbp_notebooks.ssh import SshError
 
 log = logging.getLogger(__name__)
@@ -21,60 +25,72 @@ log = logging.getLogger(__name__)
 CHECK_INTERVAL_S = 5.0
 
 
-@kopf.timer(GROUP, VERSION, SESSION_PLURAL, interval=CHECK_INTERVAL_S, idle=0)  # type: ignore[arg-type]  # index kwargs
-async def check_credentials(
+def _is_gssapi(spec: kopf.Spec, **_: Any) -> bool:
+    return bool(spec.get("auth", {}).get("method") == AuthMethod.GSSAPI.value)
+
+
+def _sessions(index: kopf.Index[str, SessionRef]) -> Iterator[SessionRef]:
+    for store in index.values():
+        yield from store
+
+
+@kopf.daemon(GROUP, VERSION, SITE_PLURAL, when=_is_gssapi, cancellation_timeout=10)  # type: ignore[arg-type]  # index kwargs
+async def watch_tickets(
+    name: str,
     body: kopf.Body,
-    patch: kopf.Patch,
     memo: kopf.Memo,
-    site_index: kopf.Index[str, SiteView],
+    stopped: kopf.DaemonStopped,
+    session_index: kopf.Index[str, SessionRef],
     **_: Any,
 ) -> None:
-    if body["metadata"].get("deletionTimestamp"):
-        return  # the delete handler owns it now (and cancels without a ticket if need be)
     rt: Runtime = memo["runtime"]
-    spec = NotebookSessionSpec.model_validate(dict(body["spec"]))
-    status = NotebookSessionStatus.model_validate(dict(body.get("status", {})))
-    if status.phase is not None and status.phase.is_terminal:
-        return
-    site_name = status.site or (spec.site if spec.site != "auto" else None)
-    store = site_index.get(site_name or "")
-    if not store:
-        return
-    site: SiteView = next(iter(store))
-    meta = body["metadata"]
-    try:
-        outcome = await kerberos.check_session(
-            rt,
-            site,
-            meta["namespace"],
-            spec.user,
-            meta["uid"],
-            status,
-            now=dt.datetime.now(dt.UTC),
-            generation=meta.get("generation"),
+    while not stopped:
+        site = SiteView(
+            name=name,
+            spec=SlurmSiteSpec.model_validate(dict(body["spec"])),
+            status=SlurmSiteStatus.model_validate(dict(body.get("status", {}))),
         )
-    except (SshError, CredentialsUnavailable) as error:
-        log.warning("ticket of %s/%s not refreshed yet: %s", meta["namespace"], meta["name"], error)
-        return
+        here = [
+            s
+            for s in _sessions(session_index)
+            if (s.status.site or s.spec.site) == name
+            and not (s.status.phase is not None and s.status.phase.is_terminal)
+        ]
+        for session in here:
+            try:
+                await check(rt, site, session)
+            except asyncio.CancelledError:
+                raise
+            except (SshError, CredentialsUnavailable) as error:
+                log.warning(
+                    "ticket of %s/%s not refreshed yet: %s", session.namespace, session.name, error
+                )
+            except Exception:  # one session's trouble must not stop the others' renewals
+                log.exception("ticket check of %s/%s failed", session.namespace, session.name)
+        await stopped.wait(CHECK_INTERVAL_S)
+
+
+async def check(rt: Runtime, site: SiteView, session: SessionRef) -> None:
+    outcome = await kerberos.check_session(
+        rt,
+        site,
+        session.namespace,
+        session.spec.user,
+        session.uid,
+        session.status,
+        now=dt.datetime.now(dt.UTC),
+        generation=session.generation,
+    )
     if outcome is None:
         return
-    new = dump(outcome.status)
-    if new.get("conditions") != dump(status).get("conditions") or new.get(
-        "credentialsExpiry"
-    ) != dump(status).get("credentialsExpiry"):
-        patch.status["conditions"] = new["conditions"]
-        patch.status["credentialsExpiry"] = new.get("credentialsExpiry")
+    new, old = dump(outcome.status), dump(session.status)
+    changed = {
+        key: new.get(key)
+        for key in ("conditions", "credentialsExpiry")
+        if new.get(key) != old.get(key)
+    }
+    if changed:
+        await rt.kube.patch_session_status(session.namespace, session.name, changed)
     if outcome.warning is not None:
         reason, message = outcome.warning
-        await rt.kube.event(
-            {
-                "api_version": body["apiVersion"],
-                "kind": body["kind"],
-                "name": meta["name"],
-                "namespace": meta["namespace"],
-                "uid": meta["uid"],
-            },
-            reason=reason,
-            message=message,
-            type_="Warning",
-        )
+        await rt.kube.event(session.involved, reason=reason, message=message, type_="Warning")
