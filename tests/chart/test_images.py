@@ -209,3 +209,44 @@ def test_notebooks_reach_the_hub_api_at_the_connect_url_and_the_proxy_keeps_the_
     (tmp_path / "default").mkdir()
     default = load_hub_config(tmp_path / "default", {}, monkeypatch)
     assert "hub_connect_url" not in default.Spawner
+
+
+def test_the_hub_shows_sessions_lets_users_share_and_culls_idle_servers_only_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bbp_notebooks.hub import handlers
+
+    default = load_hub_config(tmp_path, {}, monkeypatch)
+    assert default.JupyterHub.template_paths == [handlers.TEMPLATES]
+    assert (Path(handlers.TEMPLATES) / "home.html").is_file()
+    assert [path for path, _ in default.JupyterHub.extra_handlers] == [
+        "/api/bbp/sessions",
+        "/api/bbp/extend/([^/]*)",
+    ]
+    (user_role,) = default.JupyterHub.load_roles
+    assert user_role["name"] == "user"
+    assert {"self", "shares!user", "read:users:name"} <= set(user_role["scopes"])
+    assert "services" not in default.JupyterHub  # production default: no culler
+
+    (tmp_path / "culling").mkdir()
+    culling = load_hub_config(
+        tmp_path / "culling",
+        {
+            "hub": {
+                "idleCulling": {"enabled": True, "timeoutSeconds": 1200, "cullEverySeconds": 60},
+                "sharing": {"enabled": False},
+                "formTemplatePaths": ["/etc/bbp-notebooks/templates"],
+            }
+        },
+        monkeypatch,
+    )
+    (service,) = culling.JupyterHub.services
+    assert service["command"][1:] == [
+        "-m", "jupyterhub_idle_culler", "--timeout=1200", "--cull-every=60",
+    ]  # fmt: skip
+    (role,) = culling.JupyterHub.load_roles  # sharing off: the stock user role
+    assert role["services"] == ["idle-culler"]
+    assert set(role["scopes"]) == {
+        "list:users", "read:users:activity", "read:servers", "delete:servers",
+    }  # fmt: skip
+    assert culling.NotebookSessionSpawner.form_template_paths == ["/etc/bbp-notebooks/templates"]
