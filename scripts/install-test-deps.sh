@@ -13,7 +13,7 @@ PACKAGES=(
   prometheus  # a real Prometheus and promtool for the metrics, alert and dashboard tests
   krb5-kdc krb5-admin-server krb5-user libkrb5-dev
 )
-TEST_USERS=(alice bob)
+TEST_USERS=(alice bob slurmop)  # slurmop: AdminLevel=Operator at the real Slurm test site
 
 if [[ $(id -u) -ne 0 ]]; then
   echo "install-test-deps.sh: must run as root" >&2

@@ -405,6 +405,31 @@ def test_an_admin_cannot_add_the_groups_annotation_to_its_own_session(
     )
 
 
+def test_the_hub_extends_a_session_and_nobody_changes_its_user(
+    identities: dict[str, Identity],
+) -> None:
+    """The hub's Extend is a patch of spec.resources.timeLimitMinutes (chart RBAC: patch); the
+    user stays what admission checked at creation, whoever patches."""
+    hub = identities["hub"]
+    create(hub, "hub-extend", "alice", hub_annotations(hub))
+    extended = allowed(
+        "hub raises spec.resources.timeLimitMinutes",
+        lambda: hub.objects.patch_namespaced_custom_object(
+            GROUP, VERSION, NAMESPACE, SESSION_PLURAL, "hub-extend",
+            {"spec": {"resources": {"timeLimitMinutes": 120}}},
+        ),
+    )  # fmt: skip
+    assert extended["spec"]["resources"]["timeLimitMinutes"] == 120
+    for who in ("hub", "admin"):
+        with pytest.raises(ApiException) as changed:
+            identities[who].objects.patch_namespaced_custom_object(
+                GROUP, VERSION, NAMESPACE, SESSION_PLURAL, "hub-extend",
+                {"spec": {"user": "bob"}},
+            )  # fmt: skip
+        assert changed.value.status in (403, 422), changed.value.body
+        record(f"{who} changes spec.user", f"refused: {changed.value.status}")
+
+
 def test_other_updates_pass(identities: dict[str, Identity]) -> None:
     """The operator's own writes (finalizers, kopf's annotations, status) are not in its way."""
     hub, admin = identities["hub"], identities["admin"]

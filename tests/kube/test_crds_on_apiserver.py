@@ -60,6 +60,7 @@ def test_sessions_list_with_their_printer_columns(applied: Any) -> None:
         "JOBID",
         "NODE",
         "URL",
+        "ENDS",
         "AGE",
     ]
     assert "alice-default" in result.stdout and "bluepy" in result.stdout
@@ -131,6 +132,37 @@ def test_a_session_spec_is_immutable(applied: Any) -> None:
     result = kubectl(applied, "apply", "-f", "-", stdin=session("immutable", site="lugano"))
     assert result.returncode != 0
     assert "immutable" in result.stderr
+
+
+def patch_spec(plane: Any, name: str, spec: dict[str, Any]) -> Any:
+    return kubectl(plane, "patch", "notebooksession", name, "-n", "default", "--type=merge",
+                   "-p", json.dumps({"spec": spec}))  # fmt: skip
+
+
+def test_only_the_time_limit_may_change_and_only_upwards(applied: Any) -> None:
+    """The extension request is the one mutable spec field (asked for by the hub's Extend)."""
+    assert kubectl(applied, "apply", "-f", "-", stdin=session("extend")).returncode == 0
+    for minutes in (90, 120, 120):  # from unset, upwards, and the same again
+        result = patch_spec(applied, "extend", {"resources": {"timeLimitMinutes": minutes}})
+        assert result.returncode == 0, result.stderr
+    shrink = patch_spec(applied, "extend", {"resources": {"timeLimitMinutes": 100}})
+    assert shrink.returncode != 0 and "may only grow" in shrink.stderr
+    removed = patch_spec(applied, "extend", {"resources": {"timeLimitMinutes": None}})
+    assert removed.returncode != 0 and "may only grow" in removed.stderr
+    for change in (
+        {"resources": {"cores": 4}},
+        {"resources": {"memoryMiB": 4096}},
+        {"user": "bob"},
+        {"profile": "synthesis"},
+        {"account": "proj42"},
+        {"serverName": "other"},
+        {"environmentSecretRef": {"name": "x"}},
+    ):
+        result = patch_spec(applied, "extend", change)
+        assert result.returncode != 0 and "immutable" in result.stderr, (change, result.stderr)
+    got = json.loads(kubectl(applied, "get", "notebooksession", "extend", "-o", "json").stdout)
+    assert got["spec"]["resources"] == {"timeLimitMinutes": 120}
+    assert got["spec"]["user"] == "alice"
 
 
 def test_a_site_without_host_key_trust_is_refused(applied: Any) -> None:

@@ -17,7 +17,7 @@ The frontends and controllers are configured as charts/bbp-notebooks/README.md t
 no root login, certificates accepted only for the principal docs/site/authorized-principals
 prints (nothing for root and system accounts), and slurmctld refusing jobs from root.
 
-Needs root and scripts/install-test-deps.sh (packages and the users alice and bob).
+Needs root and scripts/install-test-deps.sh (packages and the users alice, bob and slurmop).
 """
 
 from __future__ import annotations
@@ -57,6 +57,9 @@ SLURM_ADDRESS = topology.LOOPBACK
 MARIADB_PORT = 3306
 SSH_PORT = topology.REAL_SLURM_SSH_PORT
 TEST_USERS = ("alice", "bob")
+# A site account with sacctmgr AdminLevel=Operator (a SlurmSite's adminUser): it may raise jobs'
+# time limits, which users may not do to their own jobs. It has no association of its own.
+ADMIN_USER = "slurmop"
 DEFAULT_MIN_JOB_AGE_S = 10
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 15.0
@@ -96,6 +99,7 @@ class ClusterSpec:
     # user -> accounts; the first one is the user's default account
     accounts: Mapping[str, tuple[str, ...]]
     ssh_port: int = SSH_PORT
+    admins: tuple[str, ...] = ()  # users given AdminLevel=Operator
     cpus: int = 8
     real_memory_mb: int = 16000
 
@@ -113,6 +117,7 @@ GENEVA = ClusterSpec(
         PartitionSpec("debug", "01:00:00"),
     ),
     accounts={"alice": ("bbp",), "bob": ("bbp",)},
+    admins=(ADMIN_USER,),
 )
 LUGANO = ClusterSpec(
     name="lugano",
@@ -376,6 +381,13 @@ def sacctmgr_setup_commands(cluster: ClusterSpec) -> list[list[str]]:
                 f"cluster={cluster.name}",
             ]
         )  # fmt: skip
+    for admin in cluster.admins:
+        # AdminLevel is a user property: the user needs an entry, so it gets an association with
+        # the cluster's first account (it never submits).
+        commands.append(
+            ["sacctmgr", "-i", "add", "user", admin, f"account={account_names[0]}",
+             "adminlevel=Operator", f"cluster={cluster.name}"]
+        )  # fmt: skip
     return commands
 
 
@@ -512,7 +524,7 @@ def _require_root_and_tools() -> None:
     missing = [t for t in tools if shutil.which(t, path=DAEMON_PATH) is None]
     if missing:
         raise RealSlurmError(f"missing {missing}: run scripts/install-test-deps.sh")
-    for user in (*TEST_USERS, PRINCIPALS_COMMAND_USER):
+    for user in (*TEST_USERS, ADMIN_USER, PRINCIPALS_COMMAND_USER):
         _run(["id", "-u", user])
 
 
