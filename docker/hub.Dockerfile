@@ -27,10 +27,6 @@ FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="bbp-notebooks hub" \
       org.opencontainers.image.description="JupyterHub with the NotebookSession spawner" \
       org.opencontainers.image.licenses="Apache-2.0"
-# MIT Kerberos at run time (GSSAPI for logins).
-RUN apt-get update \
- && apt-get install -y --no-install-recommends libgssapi-krb5-2 \
- && rm -rf /var/lib/apt/lists/*
 RUN groupadd --gid 10001 bbp \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /srv/jupyterhub \
       --shell /usr/sbin/nologin bbp \

@@ -31,10 +31,6 @@ FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="bbp-notebooks operator" \
       org.opencontainers.image.description="Runs NotebookSessions as Slurm jobs over ssh" \
       org.opencontainers.image.licenses="Apache-2.0"
-# MIT Kerberos at run time (GSSAPI and kinit -R for renewals).
-RUN apt-get update \
- && apt-get install -y --no-install-recommends libgssapi-krb5-2 krb5-user \
- && rm -rf /var/lib/apt/lists/*
 RUN groupadd --gid 10001 bbp \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin bbp

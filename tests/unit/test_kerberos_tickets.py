@@ -291,3 +291,18 @@ def test_without_a_ticket_a_session_waits_but_a_cancel_uses_the_site_certificate
     # delete gives up after cancelGiveUpSeconds, leaving the job to the sweep).
     with pytest.raises(TicketUnusable):
         asyncio.run(rt.identity("g", _gssapi_site(), "alice", namespace="default", for_cancel=True))
+
+
+def test_renewing_without_kinit_is_a_ticket_error_not_a_crash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bbp_notebooks.ssh import kerberos as transport
+
+    async def no_kinit(*_: Any, **__: Any) -> Any:
+        raise FileNotFoundError("kinit")
+
+    monkeypatch.setattr(transport.asyncio, "create_subprocess_exec", no_kinit)
+    renew_ticket = transport.renew_ticket
+    ticket = parse_ccache(ccache(start=dt.datetime.now(dt.UTC)))
+    with pytest.raises(TicketError, match="kinit"):
+        asyncio.run(renew_ticket(ticket))

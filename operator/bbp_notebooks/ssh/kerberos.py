@@ -28,15 +28,20 @@ async def renew_ticket(ticket: Ticket, *, timeout: float = 20.0) -> Ticket:  # n
     with tempfile.TemporaryDirectory(prefix="bbp-krb5-renew-") as folder:
         path = Path(folder) / "ccache"
         _write_private(path, ticket.data)
-        process = await asyncio.create_subprocess_exec(
-            "kinit",
-            "-R",
-            "-c",
-            f"FILE:{path}",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        try:
+            process = await asyncio.create_subprocess_exec(
+                "kinit",
+                "-R",
+                "-c",
+                f"FILE:{path}",
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except FileNotFoundError:
+            raise TicketError(
+                "cannot renew tickets here: kinit (krb5-user) is not installed"
+            ) from None
         try:
             async with asyncio.timeout(timeout):
                 _, stderr = await process.communicate()
