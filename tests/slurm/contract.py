@@ -161,8 +161,11 @@ def mock_site_config(cluster: ClusterSpec, state_dir: Path, user_ca: str) -> Sit
         host_ca_key_path=state_dir.parent / "host_ca",
         user_ca_keys=[user_ca],
         users=[
-            UserConfig(name=user, accounts=list(accounts), default_account=accounts[0])
-            for user, accounts in cluster.accounts.items()
+            *(
+                UserConfig(name=user, accounts=list(accounts), default_account=accounts[0])
+                for user, accounts in cluster.accounts.items()
+            ),
+            *(UserConfig(name=admin, admin_level="Operator") for admin in cluster.admins),
         ],
         nodes=[
             NodeConfig(names=cluster.node_name, cpus=cluster.cpus, memory_mb=cluster.real_memory_mb)

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from bbp_notebooks.devtools import realslurm
 from bbp_notebooks.devtools.waiting import wait_until_async
 from bbp_notebooks.slurm.commands import (
     AccountingEntry,
@@ -405,6 +406,42 @@ async def test_a_user_cancels_their_own_job_but_not_someone_elses(site: Contract
         (type(refused.value).__name__, refused.value.exit_status, refused.value.stderr.strip()
          .replace(str(job_id), "ID")),
     )  # fmt: skip
+
+
+async def test_only_an_operator_raises_a_time_limit_and_never_past_the_partitions(
+    site: Contract,
+) -> None:
+    """Slurm 22.05: a user may lower their job's limit but not raise it; an AdminLevel=Operator
+    account (a SlurmSite's adminUser) may raise it, and sinfo tells the partition's MaxTime."""
+    s = site.geneva
+    alice, admin = s.identity("alice"), s.identity(realslurm.ADMIN_USER)
+    job_id = await s.submit("alice", s.spec("extend", partition="debug", minutes=10), SLEEP)
+    await wait_queue_state(s, job_id, {JobState.RUNNING})  # a pending job's user may raise it
+
+    with pytest.raises(CommandFailed) as raising:
+        await s.client.set_time_limit(alice, job_id, 20)
+    await s.client.set_time_limit(alice, job_id, 5)  # lowering is the user's right
+    await s.client.set_time_limit(admin, job_id, 30)
+    entry = await queued(s, job_id)
+    assert entry is not None and entry.time_limit_s == 30 * 60
+    assert await s.client.partition_max_time(alice, "debug") == 60
+    assert await s.client.partition_max_time(alice, "prod") == 24 * 60
+    try:
+        await s.client.set_time_limit(admin, job_id, 120)  # over debug's MaxTime of 1 hour
+        over: tuple[str, ...] = ("accepted",)
+    except CommandFailed as error:
+        over = ("refused", error.stderr.strip())
+    entry = await queued(s, job_id)
+    assert entry is not None
+    await s.client.cancel(alice, [job_id])
+    assert "Access/permission denied" in raising.value.stderr
+    agree(
+        site,
+        "update_time_limit:user_raises",
+        raising.value.stderr.strip().replace(str(job_id), "ID"),
+    )
+    print(f"\n[{site.kind}] operator over the partition's MaxTime: {over}, {entry.time_limit_s}")
+    agree(site, "update_time_limit:over_partition_max", (over, entry.time_limit_s))
 
 
 async def test_a_cancel_restricted_to_name_and_owner_spares_every_other_job(
