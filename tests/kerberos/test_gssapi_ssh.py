@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import stat
 import subprocess
 import tempfile
@@ -70,6 +71,7 @@ async def test_a_ticket_is_placed_in_the_home_directory_0600_over_sftp(
         text=True, check=False,
     )  # fmt: skip
     assert f"Default principal: alice@{kdc.realm}" in listed.stdout
+    shutil.rmtree(placed.parent)
 
 
 async def test_sshd_refuses_bobs_ticket_for_alice(

@@ -401,6 +401,7 @@ def test_a_session_runs_with_alices_ticket_which_is_renewed_while_it_runs(
     assert stack.status("krb-alice")["phase"] == "Ready"
     stack.delete_session("krb-alice")
     wait_for(lambda: stack.squeue(job_id) in {"CANCELLED", ""}, 30, "the job's end", 0.5)
+    wait_for(lambda: not placed.exists(), 30, "the job to remove its ticket", 0.5)
 
 
 def dt_seconds(seconds: int) -> Any:

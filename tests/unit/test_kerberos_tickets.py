@@ -172,6 +172,7 @@ def test_the_job_finds_its_ticket_through_krb5ccname_and_nothing_else_of_it() ->
     )  # fmt: skip
     script = render_job_script(job)
     assert 'export KRB5CCNAME="FILE:$HOME/".bbp-notebooks/0b1e/krb5cc\n' in script
+    assert script.endswith('rm -f -- "$HOME/".bbp-notebooks/0b1e/krb5cc\nexit "$bbpnb_status"\n')
     for bad in ("../krb5cc", "/tmp/krb5cc", ".bbp-notebooks/../x", "a b"):
         with pytest.raises(ValueError, match="home directory"):
             render_job_script(

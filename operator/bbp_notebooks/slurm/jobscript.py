@@ -290,8 +290,11 @@ def render_job_script(job: JobScript) -> str:
         '    wait "$bbpnb_notebook_pid"',
         "    bbpnb_status=$?",
         "done",
-        'exit "$bbpnb_status"',
     ]
+    if job.kerberos_ccache is not None:
+        # The ticket does not outlive the notebook on the shared home.
+        lines.append(f'rm -f -- "$HOME/"{q(job.kerberos_ccache)}')
+    lines.append('exit "$bbpnb_status"')
     return "\n".join(lines) + "\n"
 
 
