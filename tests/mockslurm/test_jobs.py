@@ -335,3 +335,35 @@ async def test_tasks_multiply_the_cpus_a_job_takes(
     assert listed.stdout == "4 1 4\n"
     info = await slurm(conn, "sinfo", "-h", "-p", "debug", "-o", "%C")
     assert info.stdout == "4/12/0/16\n"
+
+
+def _bobs_private_file(directory: Path) -> Path:
+    """bob's 0600 file of 100 lines, and a symlink to it (link.out) beside it."""
+    bob = pwd.getpwnam("bob")
+    directory.chmod(0o755)
+    private = directory / "bob.out"
+    private.write_text("".join(f"line {i}\n" for i in range(100)))
+    os.chown(private, bob.pw_uid, bob.pw_gid)
+    private.chmod(0o600)
+    (directory / "link.out").symlink_to(private)
+    return private
+
+
+async def test_tail_reads_only_what_the_user_may_read(
+    mockslurm_site: MockSite, mockslurm_ssh: SshFactory, tmp_path: Path
+) -> None:
+    """`tail -c N -- FILE`, the operator's log read: bounded, as the user's permissions allow,
+    never through a symlink; nothing else of coreutils is there."""
+    private = _bobs_private_file(tmp_path)
+    alice_conn, bob_conn = (
+        await mockslurm_ssh(mockslurm_site, "alice"),
+        await mockslurm_ssh(mockslurm_site, "bob"),
+    )
+    mine = await slurm(bob_conn, "tail", "-c", "8", "--", str(private))
+    assert (mine.exit_status, mine.stdout) == (0, "line 99\n")
+    theirs = await slurm(alice_conn, "tail", "-c", "8", "--", str(private))
+    assert theirs.exit_status == 1 and "Permission denied" in str(theirs.stderr)
+    linked = await slurm(bob_conn, "tail", "-c", "8", "--", str(tmp_path / "link.out"))
+    assert linked.exit_status == 1 and linked.stdout == ""
+    other = await slurm(bob_conn, "tail", "-n", "5", str(private))
+    assert other.exit_status == 1

@@ -444,6 +444,24 @@ async def test_only_an_operator_raises_a_time_limit_and_never_past_the_partition
     agree(site, "update_time_limit:over_partition_max", (over, entry.time_limit_s))
 
 
+async def test_the_tail_of_a_failed_jobs_output_is_read_as_its_owner(site: Contract) -> None:
+    """The operator's log tail: `tail -c N -- FILE` as the job's user, bytes bounded; a missing
+    file is CommandFailed with tail's words."""
+    s = site.geneva
+    alice = s.identity("alice")
+    script = '#!/bin/bash\nfor i in $(seq 1 300); do echo "line $i"; done\necho oops >&2\nexit 3\n'
+    spec = s.spec("tail")
+    job_id = await s.submit("alice", spec, script)
+    await wait_accounting(s, [job_id])
+    output = f"{spec.name}-{job_id}.out"
+    tail = await s.client.output_tail(alice, output, 64)
+    assert len(tail) == 64 and tail.endswith(b"line 300\noops\n")
+    with pytest.raises(CommandFailed) as missing:
+        await s.client.output_tail(alice, f"{output}.missing", 64)
+    agree(site, "tail:output", tail)
+    agree(site, "tail:missing", missing.value.stderr.strip().replace(output, "FILE"))
+
+
 async def test_a_cancel_restricted_to_name_and_owner_spares_every_other_job(
     site: Contract,
 ) -> None:

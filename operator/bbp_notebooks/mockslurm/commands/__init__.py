@@ -1,4 +1,5 @@
-"""The Slurm commands a login node offers, and the shell-less dispatcher that runs them.
+"""The Slurm commands a login node offers (and `tail -c` for job output), and the shell-less
+dispatcher that runs them.
 
 A command line is split with shlex (never handed to a shell); its first word picks a handler.
 Anything else is answered the way bash would: "command not found", exit 127.
@@ -18,6 +19,7 @@ from bbp_notebooks.mockslurm.commands import (
     scontrol,
     sinfo,
     squeue,
+    tail,
 )
 from bbp_notebooks.mockslurm.commands.base import CommandResult, Context, Handler
 
@@ -31,6 +33,7 @@ HANDLERS: dict[str, Handler] = {
     "sinfo": sinfo.main,
     "scontrol": scontrol.main,
     "sacctmgr": sacctmgr.main,
+    "tail": tail.main,  # the end of a job's output file, for the operator's log tail
 }
 SEARCH_PATH = ("/usr/local/bin", "/usr/bin", "/bin", "/usr/local/sbin", "/usr/sbin", "/sbin")
 
