@@ -145,3 +145,45 @@ def test_make_dev_serves_a_notebook_and_ctrl_c_cancels_its_job_and_stops_everyth
     for host, port in [*site_ports, ("127.0.0.1", int(url.rsplit(":", 1)[1]))]:
         assert not _port_open(host, port), f"{host}:{port} still listens\n{output}"
     assert not (workdir / "controlplane" / "processes.json").exists(), output
+
+
+def test_an_idle_server_is_culled_its_session_deleted_and_its_job_cancelled(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """make dev's wiring with jupyterhub-idle-culler at --timeout=20 --cull-every=5: a server
+    nobody uses is stopped by the culler through the hub, so the spawner deletes its session and
+    the operator cancels its Slurm job."""
+    from bbp_notebooks.devtools.dev import start_dev_system
+
+    system = start_dev_system(tmp_path / "dev", idle_timeout=20, cull_every=5, poll_interval=1)
+    try:
+        hub = Browserless(system.url)
+        hub.get("/hub/login")
+        hub.post("/hub/login", {"username": "alice", "password": system.hub.password})
+        hub.post("/hub/spawn", {"profile": "bluepy", "site": "geneva"})
+
+        def ready() -> dict[str, Any] | None:
+            result = system.kubectl("get", "notebooksessions", "-A", "-o", "json")
+            items = json.loads(result.stdout)["items"] if result.returncode == 0 else []
+            return items[0] if items and items[0]["status"].get("phase") == "Ready" else None
+
+        session = wait_for(ready, 180, "alice's session to be Ready", 0.5)
+        became_ready = time.monotonic()
+        job_id = int(session["status"]["jobId"])
+        # Nobody touches the server from here on.
+        wait_for(lambda: not system.sessions(), 120, "the culler to stop the idle server", 1)
+        culled_after = time.monotonic() - became_ready
+
+        def job_state() -> str | None:
+            jobs = [j for j in system.mock.jobs("geneva") if j["job_id"] == job_id]
+            state = jobs[0]["state"] if jobs else None
+            return state if state not in ("RUNNING", "PENDING", "COMPLETING") else None
+
+        assert wait_for(job_state, 60, f"job {job_id} to end", 0.5) == "CANCELLED"
+        log = system.hub.log_path.read_text()
+        # The hub stopped it because the culler asked (its request in the hub's log).
+        assert re.search(r"DELETE /hub/api/users/alice/server \(idle-culler@", log), log[-3000:]
+        with capsys.disabled():
+            print(f"\nidle culling: session gone {culled_after:.1f} s after Ready, job CANCELLED")
+    finally:
+        system.stop()

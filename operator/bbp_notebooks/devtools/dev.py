@@ -45,6 +45,7 @@ SESSION_NAMESPACE = "default"
 HUB_START_TIMEOUT_S = 60.0
 SESSIONS_GONE_TIMEOUT_S = 60.0
 DEPS_TIMEOUT_S = 1800.0
+NOTEBOOK_AUTH_CACHE_S = 10
 # `make dev` culls servers idle for an hour, as a deployment with idle culling on would.
 DEV_IDLE_TIMEOUT_S = 3600
 # The hub's ServiceAccount token outlives any `make dev` session (the local PKI lasts 30 days).
@@ -258,7 +259,7 @@ def start_dev_system(
         # runs as the chart's hub ServiceAccount with the chart's hub RBAC, not as admin.
         admission.install_admission_policy(
             control_plane,
-            protected_users=[topology.MONITOR_USER],
+            protected_users=[topology.MONITOR_USER, topology.ADMIN_USER],
             probe_namespace=SESSION_NAMESPACE,
         )
         hub_kubeconfig = admission.install_hub_identity(
@@ -280,6 +281,8 @@ def start_dev_system(
             mock,
             poll_interval=poll_interval,
             profiles=repo_root() / "examples" / "profiles.yaml",
+            # Extensions work in make dev: the sites' admin account may raise time limits.
+            admin_user=topology.ADMIN_USER,
         )
         operator = Operator(
             workdir / "operator",
@@ -287,9 +290,16 @@ def start_dev_system(
             settings={
                 # Jobs run as alice or bob with Debian's python3 on PATH: the notebook comes from
                 # the world-readable environment that install-dev-deps.sh built for them.
+                # The notebook asks the hub again about a token after 10 s (default 300 s), so
+                # that a revoked share closes an open session within seconds.
                 "BBP_NOTEBOOK_COMMAND": json.dumps(
-                    [str(deps.singleuser), "--ip={host}", "--port={port}"]
-                ),
+                    [
+                        str(deps.singleuser),
+                        "--ip={host}",
+                        "--port={port}",
+                        f"--HubOAuth.cache_max_age={NOTEBOOK_AUTH_CACHE_S}",
+                    ]
+                ),  # fmt: skip
             },
         )
         operator.start()

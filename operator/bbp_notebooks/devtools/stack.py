@@ -177,13 +177,16 @@ class MockSlurm:
         self.control("POST", f"/sites/{site}/commands/reset", {})
 
 
-def site_object(site: EmulatedSite, port: int, keys: Keys, poll_interval: int) -> dict[str, Any]:
+def site_object(
+    site: EmulatedSite, port: int, keys: Keys, poll_interval: int, admin_user: str | None = None
+) -> dict[str, Any]:
     return topology.slurm_site_object(
         site,
         port=port,
         host_keys={"knownHosts": [f"[{site.address}]:{port} {keys.host_public}"]},
         poll_interval=poll_interval,
         notebook_host=topology.LOOPBACK,
+        admin_user=admin_user,
     )
 
 
@@ -193,8 +196,10 @@ def install_objects(
     *,
     poll_interval: int = 2,
     profiles: Path | None = None,
+    admin_user: str | None = None,
 ) -> None:
-    """Namespace, the user CA Secret, SlurmSites for the emulated sites, sample profiles."""
+    """Namespace, the user CA Secret, SlurmSites for the emulated sites (with ``admin_user`` as
+    their adminUser, if given), sample profiles."""
     objects: list[dict[str, Any]] = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}},
         {
@@ -205,7 +210,9 @@ def install_objects(
             "data": {"ca": base64.b64encode(mock.keys.user_ca_private).decode()},
         },
     ]
-    objects += [site_object(s, mock.ports[s.name], mock.keys, poll_interval) for s in mock.sites]
+    objects += [
+        site_object(s, mock.ports[s.name], mock.keys, poll_interval, admin_user) for s in mock.sites
+    ]
     manifest = "\n---\n".join(json.dumps(o) for o in objects)
     result = kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=manifest)
     if result.returncode != 0:

@@ -28,6 +28,9 @@ from bbp_notebooks.api.constants import API_VERSION
 # the emulated frontends on 127.0.0.2x, the real-Slurm fixture on 127.0.0.1x.
 LOOPBACK = "127.0.0.1"
 MONITOR_USER = "bbpmon"
+# The site account with sacctmgr AdminLevel=Operator that raises running jobs' time limits (users
+# may not raise their own); make dev's SlurmSites name it as adminUser.
+ADMIN_USER = "bbpops"
 USER_CA_SECRET = "bbp-user-ca"  # noqa: S105  (a Secret's name, not a secret)
 # user -> Slurm accounts (the first is the default) at every emulated site; the monitor user owns
 # no jobs but may log in (a uid of 1000 or more).
@@ -35,6 +38,7 @@ USERS: Mapping[str, tuple[str, ...]] = {
     "alice": ("proj-a", "proj-b"),
     "bob": ("proj-b",),
     MONITOR_USER: (),
+    ADMIN_USER: (),
 }
 
 
@@ -139,7 +143,14 @@ def mockslurm_site_config(
         "state_dir": state_dir,
         **({"host_key_path": host_key_path} if host_key_path else {}),
         **user_ca,
-        "users": [{"name": u, "accounts": list(a)} for u, a in USERS.items()],
+        "users": [
+            {
+                "name": u,
+                "accounts": list(a),
+                **({"admin_level": "Operator"} if u == ADMIN_USER else {}),
+            }
+            for u, a in USERS.items()
+        ],
         "require_account": site.require_account,
         "nodes": [{"names": site.node_names, "cpus": site.cpus, "memory_mb": site.memory_mb}],
         "partitions": [
@@ -161,6 +172,7 @@ def slurm_site_object(
     host_keys: Mapping[str, list[str]],
     poll_interval: int,
     notebook_host: str | None = None,
+    admin_user: str | None = None,
 ) -> dict[str, Any]:
     """The SlurmSite for an emulated site; `host_keys` is its spec.hostKeys."""
     spec: dict[str, Any] = {
@@ -178,6 +190,8 @@ def slurm_site_object(
     }
     if notebook_host is not None:
         spec["notebookHost"] = notebook_host
+    if admin_user is not None:
+        spec["adminUser"] = admin_user
     return {
         "apiVersion": API_VERSION,
         "kind": "SlurmSite",
@@ -213,6 +227,7 @@ def examples() -> dict[str, str]:
             port=EXAMPLE_SSH_PORT,
             host_keys={"certificateAuthorities": [EXAMPLE_HOST_CA]},
             poll_interval=EXAMPLE_POLL_INTERVAL_S,
+            admin_user=ADMIN_USER,
         )
         for site in EMULATED_SITES
     ]
