@@ -37,7 +37,7 @@ async def main(ctx: Context, argv: list[str]) -> int:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as error:
-        reason = "No such file or directory" if error.errno == 2 else os.strerror(error.errno)
+        reason = error.strerror or "Permission denied"
         ctx.err(f"tail: cannot open '{name}' for reading: {reason}\n")
         return 1
     with os.fdopen(fd, "rb") as handle:
