@@ -45,6 +45,7 @@ CELL = (
     'print("JOB", os.environ["SLURM_JOB_ID"], "HOST", socket.gethostname(), '
     '"NODE", os.environ["SLURMD_NODENAME"])'
 )
+WARNING_LEAD_MINUTES = 90
 OUTPUT = re.compile(r"JOB (\d+) HOST (\S+) NODE (\S+)")
 
 
@@ -60,7 +61,13 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevSystem]:
     # Installs what is missing (a no-op after `make test` ran scripts/install-dev-deps.sh), and
     # fails, never skips, when chromium, npm's proxy or the notebook environment cannot be had.
     deps = ensure_dev_deps()
-    started = start_dev_system(tmp_path_factory.mktemp("dev"), deps=deps, poll_interval=1)
+    # A 60 min job is "ending soon" from its start (warning lead 90 min) until it is extended.
+    started = start_dev_system(
+        tmp_path_factory.mktemp("dev"),
+        deps=deps,
+        poll_interval=1,
+        operator_settings={"BBP_WARNING_LEAD_MINUTES": str(WARNING_LEAD_MINUTES)},
+    )
     try:
         yield started
     finally:
@@ -307,6 +314,11 @@ def test_the_home_page_shows_time_left_extends_and_alice_shares_her_server_with_
         time_left = row(home, "time-left").inner_text()
         assert re.fullmatch(r"(59|60) min", time_left), time_left
         assert row(home, "time-limit").inner_text() == "60 min"
+        # The operator's warning (TimeLimit, EndingSoon: less than the lead time left) is shown.
+        notice = home.locator(".bbpnb-notice[data-reason=EndingSoon]")
+        notice.wait_for(timeout=30_000)  # the page refreshes every 15 s
+        warned = notice.inner_text()
+        assert "min" in warned, warned
         home.screenshot(path=str(artifacts / "home-time-left.png"), full_page=True)
 
         # Extend: the hub raises the spec's limit by an hour and the page shows it as requested;
@@ -335,6 +347,8 @@ def test_the_home_page_shows_time_left_extends_and_alice_shares_her_server_with_
         row(home, "time-limit").filter(has_text=re.compile(r"^120 min$")).wait_for()
         time_left = row(home, "time-left").inner_text()
         assert re.fullmatch(r"1 h 5\d min|2 h 0 min", time_left), time_left
+        # More time left than the lead: the warning is gone.
+        assert home.locator(".bbpnb-notice").count() == 0
         home.screenshot(path=str(artifacts / "home-extended.png"), full_page=True)
 
         # Beyond the profile's maximum: refused with the reason.
@@ -389,7 +403,10 @@ def test_the_home_page_shows_time_left_extends_and_alice_shares_her_server_with_
         assert response is not None and response.status == 403, (bob_page.url, response)
         bob_page.screenshot(path=str(artifacts / "bob-refused.png"))
         with capsys.disabled():
-            print(f"\ne2e: extension {outcome}; bob refused {refused_after:.1f} s after the revoke")
+            print(
+                f"\ne2e: notice {warned!r}; extension {outcome}; "
+                f"bob refused {refused_after:.1f} s after the revoke"
+            )
 
         page.close()  # alice's JupyterLab: closed, it cannot save the notebook again
         delete_notebook(home, notebook_url)

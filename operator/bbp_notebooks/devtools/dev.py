@@ -27,7 +27,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -242,6 +242,7 @@ def start_dev_system(
     poll_interval: int = 2,
     idle_timeout: int = 0,
     cull_every: int = 60,
+    operator_settings: Mapping[str, str] | None = None,
 ) -> DevSystem:
     """Start everything under `workdir` (wiped first: every start is a fresh system)."""
     deps = deps or ensure_dev_deps()
@@ -300,6 +301,7 @@ def start_dev_system(
                         f"--HubOAuth.cache_max_age={NOTEBOOK_AUTH_CACHE_S}",
                     ]
                 ),  # fmt: skip
+                **(operator_settings or {}),
             },
         )
         operator.start()

@@ -33,14 +33,16 @@ TEMPLATES = str(Path(__file__).with_name("templates"))
 
 
 class _BBPHandler(APIHandler):  # type: ignore[misc]
-    def _owner(self, scope: str) -> User:
-        """The current user, if a user (not a service) whose credentials carry ``scope``."""
+    def _user(self) -> User:
+        """The current user, if a user (not a service)."""
         user = self.current_user
         if not isinstance(user, User):
             raise web.HTTPError(403, "only a hub user has notebook servers")
-        if not has_scope(scope.format(user=user.name), self.parsed_scopes, db=self.db):
-            raise web.HTTPError(403, f"these credentials lack the scope {scope.split('!')[0]}")
         return user
+
+    def _require(self, scope: str) -> None:
+        if not has_scope(scope, self.parsed_scopes, db=self.db):
+            raise web.HTTPError(403, f"these credentials lack the scope {scope.split('!')[0]}")
 
     @staticmethod
     def _ours(user: User, server_name: str) -> NotebookSessionSpawner | None:
@@ -58,7 +60,8 @@ class _BBPHandler(APIHandler):  # type: ignore[misc]
 
 class SessionsHandler(_BBPHandler):
     async def get(self) -> None:
-        user = self._owner("read:servers!user={user}")
+        user = self._user()
+        self._require(f"read:servers!user={user.name}")
         now = dt.datetime.now(dt.UTC)
         found: list[cards.Card] = []
         profiles: dict[str, Any] | None = None
@@ -89,7 +92,8 @@ class SessionsHandler(_BBPHandler):
 
 class ExtendHandler(_BBPHandler):
     async def post(self, server_name: str) -> None:
-        user = self._owner("servers!server={user}/" + server_name)
+        user = self._user()
+        self._require(f"servers!server={user.name}/{server_name}")
         spawner = self._ours(user, server_name)
         if spawner is None or spawner.session is None or not spawner.active:
             raise web.HTTPError(404, f"no running notebook server named {server_name!r}")
