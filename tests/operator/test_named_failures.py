@@ -28,7 +28,7 @@ def short_grace(stack: Stack) -> Iterator[Stack]:
     try:
         yield stack
     finally:
-        stack.mock.faults("geneva", private_jobs=False)
+        stack.mock.faults("geneva", private_jobs=False, private_job_ids=[])
         stack.operator.stop()
         stack.operator.settings.pop("BBP_MISSING_JOB_GRACE_SECONDS")
         stack.operator.start()
@@ -57,8 +57,8 @@ def test_a_job_hidden_from_the_monitor_is_confirmed_by_its_owner_and_keeps_runni
 ) -> None:
     stack = short_grace
     stack.apply(session("hidden"))
-    stack.wait_phase("hidden", {"Ready"})
-    stack.mock.faults("geneva", private_jobs=True)  # the monitor now sees no one's jobs
+    job_id = stack.wait_phase("hidden", {"Ready"})["jobId"]
+    stack.mock.faults("geneva", private_job_ids=[job_id])  # the monitor no longer sees it
     try:
         commands_before = stack.mock.commands("geneva").get("squeue", 0)
         deadline = time.monotonic() + GRACE_S + 8  # well past the grace: it was looked for
@@ -69,8 +69,10 @@ def test_a_job_hidden_from_the_monitor_is_confirmed_by_its_owner_and_keeps_runni
         visible = site_condition(stack, "geneva", "JobsVisible")
         assert visible is not None and visible["status"] == "True", visible  # one: no breaker
         assert asked > 0
+        log = stack.operator.log_path.read_text(errors="replace")
+        assert "owner could not be asked" not in log
     finally:
-        stack.mock.faults("geneva", private_jobs=False)
+        stack.mock.faults("geneva", private_job_ids=[])
     finish(stack, "hidden")
 
 
@@ -89,7 +91,8 @@ def test_many_jobs_hidden_at_once_mark_the_site_not_the_sessions(short_grace: St
             return found if found and found["status"] == "False" else None
 
         visible = wait_for(tripped, GRACE_S + 20, "the JobsVisible=False breaker")
-        assert visible["reason"] == "ManyJobsMissing" and "3 sessions" in visible["message"]
+        assert visible["reason"] == "ManyJobsMissing", visible
+        assert int(visible["message"].split(" sessions")[0]) >= 3, visible  # others' may be too
         time.sleep(3)
         assert [stack.status(n)["phase"] for n in names] == ["Ready"] * 3
     finally:

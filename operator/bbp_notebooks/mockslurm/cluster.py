@@ -208,6 +208,11 @@ class Node:
 class Faults:
     """Injectable failures; every field can be flipped at any time, from tests or over HTTP."""
 
+    def hides(self, job: Job, caller: str) -> bool:
+        """Whether PrivateData keeps ``job`` from ``caller``'s squeue and sacct."""
+        private = self.private_jobs or job.job_id in self.private_job_ids
+        return private and job.user.name != caller
+
     controller_down: bool = False
     controller_latency: float = 0.0
     ssh_refused: bool = False
@@ -218,6 +223,8 @@ class Faults:
     sbatch_latency: float = 0.0
     # PrivateData=jobs: squeue and sacct show a user only their own jobs (the monitor too).
     private_jobs: bool = False
+    # The same for these jobs only (a job in a partition the monitor may not see).
+    private_job_ids: list[int] = field(default_factory=list)
     database_down: bool = False
 
     def to_dict(self) -> dict[str, object]:
@@ -229,6 +236,7 @@ class Faults:
             "sbatch_response_lost": self.sbatch_response_lost,
             "sbatch_latency": self.sbatch_latency,
             "private_jobs": self.private_jobs,
+            "private_job_ids": list(self.private_job_ids),
             "database_down": self.database_down,
         }
 

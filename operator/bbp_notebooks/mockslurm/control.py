@@ -7,7 +7,7 @@
   GET  /sites/{site}/faults                 POST the same keys to change them:
        {"controller_down": bool, "controller_latency": s, "ssh_refused": bool,
         "stuck_pending": bool, "sbatch_response_lost": bool, "sbatch_latency": s,
-        "private_jobs": bool, "database_down": bool,
+        "private_jobs": bool, "private_job_ids": [id], "database_down": bool,
         "controller_down_delay": s, "ssh_down": bool}
   POST /sites/{site}/nodes/{node}/fail | /resume
   POST /sites/{site}/jobs/{id}/kill         {"state": "FAILED" | "CANCELLED"}
@@ -32,6 +32,7 @@ FAULT_KEYS = {
     "sbatch_response_lost",
     "sbatch_latency",
     "private_jobs",
+    "private_job_ids",
     "database_down",
 }
 SITES: web.AppKey[dict[str, MockSite]] = web.AppKey("sites", dict)
@@ -122,6 +123,7 @@ async def _set_faults(request: web.Request) -> web.Response:
             sbatch_response_lost=_opt_bool(body, "sbatch_response_lost"),
             sbatch_latency=_opt_float(body, "sbatch_latency"),
             private_jobs=_opt_bool(body, "private_jobs"),
+            private_job_ids=_opt_ids(body, "private_job_ids"),
             database_down=_opt_bool(body, "database_down"),
             controller_down_delay=_opt_float(body, "controller_down_delay"),
         )
@@ -197,3 +199,14 @@ def _opt_float(body: dict[str, Any], key: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         raise web.HTTPBadRequest(text=f"{key} must be a non-negative number")
     return float(value)
+
+
+def _opt_ids(body: dict[str, Any], key: str) -> list[int] | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
+    ):
+        raise web.HTTPBadRequest(text=f"{key} must be a list of job ids")
+    return [int(v) for v in value]

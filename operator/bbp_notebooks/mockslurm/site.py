@@ -204,6 +204,7 @@ class MockSite:
         controller_down_delay: float | None = None,
         sbatch_latency: float | None = None,
         private_jobs: bool | None = None,
+        private_job_ids: list[int] | None = None,
     ) -> None:
         faults = self.cluster.faults
         if controller_down is not None:
@@ -222,6 +223,8 @@ class MockSite:
             faults.sbatch_latency = sbatch_latency
         if private_jobs is not None:
             faults.private_jobs = private_jobs
+        if private_job_ids is not None:
+            faults.private_job_ids = list(private_job_ids)
         if controller_down_delay is not None:
             self.config.controller_down_delay = controller_down_delay
 
@@ -235,6 +238,7 @@ class MockSite:
             database_down=False,
             sbatch_latency=0.0,
             private_jobs=False,
+            private_job_ids=[],
         )
 
     def fail_node(self, name: str) -> None:

@@ -245,9 +245,8 @@ async def main(ctx: Context, argv: list[str]) -> int:
         if job_ids is not None
         else list(source.values())
     )
-    private = ctx.cluster.faults.private_jobs
     for job in candidates:
-        if private and job.user.name != ctx.user.name:
+        if ctx.cluster.faults.hides(job, ctx.user.name):
             continue
         if uids is not None and job.user.uid not in uids:
             continue

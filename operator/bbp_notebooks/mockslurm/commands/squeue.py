@@ -414,9 +414,8 @@ async def main(ctx: Context, argv: list[str]) -> int:
         else list(cluster.jobs.values())
     )
     selected: list[Job] = []
-    private = cluster.faults.private_jobs
     for job in source:
-        if private and job.user.name != ctx.user.name:
+        if cluster.faults.hides(job, ctx.user.name):
             continue
         if account_set is not None and job.account.lower() not in account_set:
             continue
