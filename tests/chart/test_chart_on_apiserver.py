@@ -267,6 +267,7 @@ def test_after_install_sessions_and_both_sites_list_with_their_columns(installed
         "JOBID",
         "NODE",
         "URL",
+        "ENDS",
         "AGE",
     ]
     assert installed.session_namespace in sessions and "alice-default" in sessions

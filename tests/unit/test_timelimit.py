@@ -189,3 +189,17 @@ def test_the_log_is_read_once_when_a_job_fails_or_ends_early(
     before = NotebookSessionStatus(phase=old, job_id=7)
     after = NotebookSessionStatus(phase=new, job_id=7)
     assert timelimit.wants_log(before, after) is wanted
+
+
+def test_the_passing_minutes_change_nothing_in_status() -> None:
+    """No countdown in status: a poll a few minutes later writes nothing (one write per session
+    per minute would be 10,000 writes a minute at centre scale)."""
+    lead = dt.timedelta(minutes=15)
+    first = timelimit.with_time_left(running(10, 60), now=NOW, lead=lead, generation=1)
+    later = timelimit.with_time_left(first, now=NOW + dt.timedelta(minutes=7), lead=lead, generation=1)
+    assert later == first
+    soon = timelimit.with_time_left(first, now=NOW + dt.timedelta(minutes=40), lead=lead, generation=1)
+    sooner = timelimit.with_time_left(soon, now=NOW + dt.timedelta(minutes=45), lead=lead, generation=1)
+    assert sooner == soon and get(soon.conditions, ConditionType.TIME_LIMIT).reason == Reason.ENDING_SOON  # type: ignore[union-attr]
+    event = timelimit.event_for(first, soon)
+    assert event is not None and "(10 min left)" in event[2]

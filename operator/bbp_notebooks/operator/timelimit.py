@@ -27,8 +27,13 @@ def expected_end(status: NotebookSessionStatus) -> dt.datetime | None:
 
 
 def _left(end: dt.datetime, now: dt.datetime) -> str:
-    minutes = max(0, int((end - now).total_seconds() // 60))
-    return f"ends at {end.isoformat(timespec='seconds')} ({minutes} min left)"
+    """The condition's message: the end only. A countdown here would change the status, and so
+    write it, every minute for every session; the hub computes time left from expectedEndTime."""
+    return f"ends at {end.isoformat(timespec='seconds')}"
+
+
+def _minutes_left(end: dt.datetime, now: dt.datetime) -> int:
+    return max(0, int((end - now).total_seconds() // 60))
 
 
 def with_time_left(
@@ -170,8 +175,12 @@ def event_for(
     if before is not None and (before.reason, before.message) == (after.reason, after.message):
         return None
     if before is not None and before.reason == after.reason == Reason.ENDING_SOON:
-        return None  # the minutes left change every poll: one warning is enough
-    return EVENTS[Reason(after.reason)], after.reason, after.message
+        return None  # one warning is enough
+    message = after.message
+    if after.reason == Reason.ENDING_SOON and new.expected_end_time is not None:
+        left = _minutes_left(new.expected_end_time, after.last_transition_time)
+        message = f"{message} ({left} min left)"
+    return EVENTS[Reason(after.reason)], after.reason, message
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
