@@ -100,8 +100,7 @@ def _guard(event: str, args: tuple[Any, ...]) -> None:
 sys.addaudithook(_guard)
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+def _guarded(item: pytest.Item) -> Iterator[None]:
     unit = item.get_closest_marker(UNIT) is not None
     if unit:
         _unit_running.append(item.nodeid)
@@ -110,3 +109,15 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     finally:
         if unit:
             _unit_running.clear()
+
+
+# Setup and call only: the teardown after a session's last test also finalizes session-scoped
+# fixtures of other lanes (the real Slurm clusters stop there), which are not the unit test's.
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    return (yield from _guarded(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    return (yield from _guarded(item))
