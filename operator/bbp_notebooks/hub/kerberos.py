@@ -44,11 +44,17 @@ from bbp_notebooks.api.kerberos import (
     parse_ccache,
     ticket_secret_name,
 )
-from bbp_notebooks.hub.kube import ApiException, HubKube, api_client, is_conflict, is_not_found
+from bbp_notebooks.hub.kube import (
+    ApiException,
+    HubKube,
+    api_client,
+    is_conflict,
+    is_not_found,
+    own_namespace,
+)
 
 _USER = re.compile(POSIX_USER_PATTERN)
 _KRB5_MECH = gssapi.OID.from_int_seq("1.2.840.113554.1.2.2")
-_IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 class LoginRefused(Exception):
@@ -112,9 +118,7 @@ class KerberosAuthenticator(Authenticator):  # type: ignore[misc]
 
     @default("namespace")
     def _default_namespace(self) -> str:
-        if _IN_CLUSTER_NAMESPACE.exists():
-            return _IN_CLUSTER_NAMESPACE.read_text().strip()
-        return "default"
+        return own_namespace()
 
     @default("auth_refresh_age")
     def _default_auth_refresh_age(self) -> int:

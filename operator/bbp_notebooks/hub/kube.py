@@ -8,6 +8,7 @@ import base64
 import logging
 import weakref
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from kubernetes_asyncio import client as k8s
@@ -26,6 +27,8 @@ from bbp_notebooks.api.models import NotebookProfileSpec
 
 log = logging.getLogger(__name__)
 
+_IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
 ApiException = k8s.ApiException
 _MERGE_PATCH: dict[str, Any] = {"_content_type": "application/merge-patch+json"}
 
@@ -34,6 +37,14 @@ _MERGE_PATCH: dict[str, Any] = {"_content_type": "application/merge-patch+json"}
 _clients: dict[tuple[int, str | None], k8s.ApiClient] = {}
 # Who each client authenticates as (SelfSubjectReview), asked once per client.
 _usernames: weakref.WeakKeyDictionary[k8s.ApiClient, str] = weakref.WeakKeyDictionary()
+
+
+def own_namespace() -> str:
+    """The hub pod's namespace in a cluster, else "default" (the spawner's and the
+    authenticator's default for where sessions and tickets live)."""
+    if _IN_CLUSTER_NAMESPACE.exists():
+        return _IN_CLUSTER_NAMESPACE.read_text().strip()
+    return "default"
 
 
 async def api_client(kubeconfig: str | None = None) -> k8s.ApiClient:

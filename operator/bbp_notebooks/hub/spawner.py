@@ -15,7 +15,6 @@ import datetime as dt
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from jupyterhub.spawner import Spawner
@@ -40,9 +39,8 @@ from bbp_notebooks.api.models import (
     dump,
 )
 from bbp_notebooks.hub import naming, options, progress
-from bbp_notebooks.hub.kube import HubKube, api_client
+from bbp_notebooks.hub.kube import HubKube, api_client, own_namespace
 
-_IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 _SERVER_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
@@ -157,9 +155,7 @@ class NotebookSessionSpawner(Spawner):  # type: ignore[misc]
 
     @default("namespace")
     def _default_namespace(self) -> str:
-        if _IN_CLUSTER_NAMESPACE.exists():
-            return _IN_CLUSTER_NAMESPACE.read_text().strip()
-        return "default"
+        return own_namespace()
 
     @default("start_timeout")
     def _default_start_timeout(self) -> int:
