@@ -281,6 +281,45 @@ class QueueInfo(StatusModel):
     )
 
 
+class SparkStatus(StatusModel):
+    """The session's Spark cluster (its companion Slurm job)."""
+
+    job_id: int | None = Field(
+        default=None, alias="jobId", ge=0, description="The companion Slurm job's id."
+    )
+    state: str | None = Field(
+        default=None, max_length=64, description="The companion job's Slurm state."
+    )
+    reason: str | None = Field(
+        default=None, max_length=256, description="Slurm's reason while the companion pends."
+    )
+    node: str | None = Field(default=None, max_length=253, description="Its batch host.")
+    master_url: str | None = Field(
+        default=None, alias="masterURL", max_length=512, description="spark://host:port."
+    )
+    ui_url: str | None = Field(
+        default=None, alias="uiURL", max_length=512, description="The master's web UI."
+    )
+    workers_registered: int | None = Field(
+        default=None,
+        alias="workersRegistered",
+        ge=0,
+        description="Workers registered with the master when the cluster reported.",
+    )
+    log_tail: str | None = Field(
+        default=None,
+        alias="logTail",
+        max_length=8192,
+        description="The last lines of the companion's output, once it ended before the notebook.",
+    )
+    callback_token_sha256: str | None = Field(
+        default=None,
+        alias="callbackTokenSHA256",
+        pattern=r"^[0-9a-f]{64}$",
+        description="SHA-256 of the companion job's own callback token.",
+    )
+
+
 class NotebookSessionStatus(StatusModel):
     """What the operator observed."""
 
@@ -288,7 +327,7 @@ class NotebookSessionStatus(StatusModel):
     conditions: list[Condition] = Field(
         default_factory=list,
         description="Submitted, Running, Ready, SiteReachable, TimeLimit (and CredentialsValid "
-        "at GSSAPI sites).",
+        "at GSSAPI sites, SparkReady for PySpark profiles).",
     )
     job_id: int | None = Field(default=None, alias="jobId", ge=0, description="The Slurm job id.")
     site: str | None = Field(default=None, max_length=63, description="The site the job runs at.")
@@ -331,6 +370,9 @@ class NotebookSessionStatus(StatusModel):
         "endpoint callback (the token itself is only in the job's script). Written before "
         "sbatch, so it survives restarts and every replica can check a report.",
     )
+    spark: SparkStatus | None = Field(
+        default=None, description="The Spark cluster of a PySpark profile's session."
+    )
     message: str | None = Field(default=None, max_length=4096, description="Latest explanation.")
     observed_generation: int | None = Field(
         default=None, alias="observedGeneration", ge=0, description="The generation last seen."
@@ -350,6 +392,69 @@ class NotebookSession(BaseModel):
 # NotebookProfile ------------------------------------------------------------------------------
 
 
+class SparkInstallation(Model):
+    """Where Spark comes from on the compute nodes: exactly one of an environment module, a
+    Spark distribution's path (SPARK_HOME), or a virtualenv with pyspark installed."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "[has(self.module), has(self.path), has(self.virtualenv)]"
+                    ".filter(x, x).size() == 1",
+                    "message": "set exactly one of module, path and virtualenv",
+                }
+            ]
+        }
+    )
+
+    module: ModuleName | None = Field(
+        default=None, description="An environment module that puts spark-class on PATH."
+    )
+    path: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        pattern=r"^/[^\x00-\x1f\x7f]*$",
+        description="An absolute path to a Spark distribution (SPARK_HOME).",
+    )
+    virtualenv: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        pattern=r"^/[^\x00-\x1f\x7f]*$",
+        description="An absolute path to a virtualenv with pyspark (and its bundled Spark); "
+        "the notebook job activates it too.",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SparkInstallation:
+        if sum(x is not None for x in (self.module, self.path, self.virtualenv)) != 1:
+            raise ValueError("set exactly one of module, path and virtualenv")
+        return self
+
+
+class SparkSetting(Model):
+    """One line of spark-defaults.conf."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=256,
+        pattern=r"^spark\.[A-Za-z0-9._-]+$",
+        description="A Spark property (spark.*), e.g. spark.executor.memory.",
+    )
+    value: str = Field(
+        max_length=4096, pattern=r"^[^\x00-\x1f\x7f]*$", description="Its value (one line)."
+    )
+
+
+# Properties the operator sets itself: the cluster the notebook connects to, and loopback-safe
+# binding; a profile may not override them.
+SPARK_RESERVED_SETTINGS = frozenset(
+    {"spark.master", "spark.driver.host", "spark.driver.bindAddress"}
+)
+
+
 class SparkSection(Model):
     """A Spark cluster started as a companion Slurm job that the notebook connects to."""
 
@@ -360,6 +465,29 @@ class SparkSection(Model):
     memory_mib_per_worker: int = Field(
         alias="memoryMiBPerWorker", ge=512, le=4194304, description="Memory per worker in MiB."
     )
+    extra_minutes: int = Field(
+        default=0,
+        alias="extraMinutes",
+        ge=0,
+        le=1440,
+        description="The cluster job's time limit is the notebook's plus this (never shorter "
+        "than the notebook's; an extension of the notebook does not extend the cluster).",
+    )
+    installation: SparkInstallation = Field(description="Where Spark comes from.")
+    settings: list[SparkSetting] = Field(
+        default_factory=list,
+        max_length=128,
+        description="Extra spark-defaults.conf lines for the notebook's Spark applications.",
+    )
+
+    @model_validator(mode="after")
+    def _not_reserved(self) -> SparkSection:
+        names = [s.name for s in self.settings]
+        if reserved := sorted(set(names) & SPARK_RESERVED_SETTINGS):
+            raise ValueError(f"set by the operator, not the profile: {', '.join(reserved)}")
+        if len(set(names)) != len(names):
+            raise ValueError("each Spark setting may appear once")
+        return self
 
 
 class NotebookProfileSpec(Model):

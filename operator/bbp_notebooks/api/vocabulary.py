@@ -19,6 +19,8 @@ class ConditionType(StrEnum):
     CREDENTIALS_VALID = "CredentialsValid"  # the user's Kerberos ticket, at GSSAPI sites
     # True while the job has time left and no extension was refused; EndingSoon is still True
     TIME_LIMIT = "TimeLimit"
+    # PySpark profiles: the companion job's Spark cluster reported its master with all workers
+    SPARK_READY = "SparkReady"
     # SlurmSite
     REACHABLE = "Reachable"
     JOBS_VISIBLE = "JobsVisible"  # False when many jobs vanish from the monitor's view at once
@@ -70,6 +72,13 @@ class Reason(StrEnum):
     DEADLINE_REACHED = "DeadlineReached"
     PREEMPTED = "Preempted"
     REVOKED = "Revoked"
+    # The Spark cluster (SparkReady; Ready=False WaitingForSpark while the notebook waits)
+    SPARK_JOB_NOT_SUBMITTED = "SparkJobNotSubmitted"
+    SPARK_JOB_PENDING = "SparkJobPending"
+    SPARK_STARTING = "SparkStarting"
+    SPARK_CLUSTER_REPORTED = "SparkClusterReported"
+    SPARK_CLUSTER_ENDED = "SparkClusterEnded"
+    WAITING_FOR_SPARK = "WaitingForSpark"
     # The user's Kerberos ticket (CredentialsValid)
     TICKET_VALID = "TicketValid"
     TICKET_RENEWED = "TicketRenewed"

@@ -123,3 +123,55 @@ def judge(
             f"not {report.host}",
         )
     return ACCEPTED
+
+
+# --- the Spark cluster job's report (PySpark profiles) -----------------------------------------
+
+
+class SparkClusterReport(BaseModel):
+    """What a Spark cluster job posts once its master runs and every worker registered."""
+
+    host: str = Field(
+        min_length=1, max_length=253, pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$"
+    )
+    port: int = Field(ge=1, le=65535)
+    ui_port: int = Field(alias="uiPort", ge=1, le=65535)
+    workers: int = Field(ge=0, le=100000)
+    job_id: int = Field(alias="jobId", ge=1)
+
+
+def judge_spark(
+    report: SparkClusterReport,
+    *,
+    token_matches: bool,
+    status: NotebookSessionStatus,
+    site: SlurmSiteSpec,
+    node: str | None,
+) -> Verdict:
+    """Accept a cluster report for the companion job recorded in ``status.spark`` (running on
+    ``node``): the same rules as a notebook's report, against the companion's token and job."""
+    spark = status.spark
+    if not token_matches or spark is None:
+        return Verdict(Refusal.INVALID_TOKEN, "invalid token")
+    if status.phase is not None and status.phase.is_terminal:
+        return Verdict(Refusal.SESSION_ENDED, f"the session has ended ({status.phase.value})")
+    if spark.job_id is None:
+        return Verdict(Refusal.JOB_NOT_RECORDED, "the Spark cluster job is not recorded yet; retry")
+    if report.job_id != spark.job_id:
+        return Verdict(
+            Refusal.WRONG_JOB, f"the token belongs to job {spark.job_id}, not {report.job_id}"
+        )
+    if spark.master_url is not None:
+        return Verdict(Refusal.ALREADY_REPORTED, f"job {spark.job_id} has already reported")
+    if min(report.port, report.ui_port) < FIRST_UNPRIVILEGED_PORT:
+        return Verdict(Refusal.PRIVILEGED_PORT, "a privileged port")
+    if not node:
+        return Verdict(Refusal.NODE_UNKNOWN, f"job {spark.job_id} has no node yet; retry")
+    hosts = allowed_hosts(site, node)
+    if report.host not in hosts:
+        return Verdict(
+            Refusal.FOREIGN_HOST,
+            f"job {spark.job_id} runs on {node}: it may report {', '.join(sorted(hosts))}, "
+            f"not {report.host}",
+        )
+    return ACCEPTED

@@ -4,6 +4,7 @@ make the process die, to prove that a crash there loses nothing. Off unless the 
 
 Points:
 - ``after-sbatch``: right after sbatch returned a job id, before the status records it.
+- ``after-spark-sbatch``: the same for a PySpark session's second job (its Spark cluster).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from bbp_notebooks.api.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
 
-POINTS = frozenset({"after-sbatch"})
+POINTS = frozenset({"after-sbatch", "after-spark-sbatch"})
 _armed: frozenset[str] = frozenset()
 
 

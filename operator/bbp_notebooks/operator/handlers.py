@@ -174,7 +174,12 @@ async def configure(
     ) -> callbacks.Verdict:
         return await record_endpoint(rt, session_index, site_index, uid, token, report, where)
 
-    app = build_app(on_endpoint)
+    async def on_spark(
+        uid: str, token: str, report: callbacks.SparkClusterReport, where: tuple[str, str]
+    ) -> callbacks.Verdict:
+        return await record_spark(rt, site_index, uid, token, report, where)
+
+    app = build_app(on_endpoint, on_spark)
     memo["http"] = await serve(app, config.http_host, config.http_port)
     log.info("operator ready: callbacks and /metrics on %s:%d", config.http_host, config.http_port)
 
@@ -296,15 +301,78 @@ async def _judge_report(
         host=report.host, port=report.port, url=f"http://{report.host}:{report.port}"
     )
     running = observe.JobObservation(job_id=report.job_id, state="RUNNING", node=node)
+    now = dt.datetime.now(dt.UTC)
     new = observe.observed(
-        status,
-        running,
-        endpoint=endpoint,
-        vanished=False,
-        now=dt.datetime.now(dt.UTC),
-        generation=ref.generation,
+        status, running, endpoint=endpoint, vanished=False, now=now, generation=ref.generation
+    )
+    new = observe.with_spark(
+        new, None, rt.spark_reports.get(ref.uid), now=now, generation=ref.generation, before=status
     )
     return verdict, new
+
+
+async def record_spark(
+    rt: Runtime,
+    sites_: Mapping[str, Any],
+    uid: str,
+    token: str,
+    report: callbacks.SparkClusterReport,
+    where: tuple[str, str],
+) -> callbacks.Verdict:
+    """A Spark cluster job's report: checked like a notebook's (callbacks.judge_spark), then
+    recorded with a compare-and-set; the session turns Ready if its notebook already is."""
+    for _ in range(3):
+        try:
+            body = await rt.kube.get_session(*where)
+            if body is None or body["metadata"]["uid"] != uid:
+                return callbacks.Verdict(callbacks.Refusal.INVALID_TOKEN, "invalid token")
+            ref = session_ref(body)
+            site = await _site_of(rt, sites_, ref.status.site)
+        except ApiException as error:
+            return callbacks.Verdict(callbacks.Refusal.JOB_NOT_RECORDED, f"API: {error.reason}")
+        except ValueError:
+            return callbacks.Verdict(callbacks.Refusal.INVALID_TOKEN, "invalid token")
+        if site is None:
+            return callbacks.Verdict(callbacks.Refusal.JOB_NOT_RECORDED, "site not known yet")
+        spark = ref.status.spark
+        token_ok = spark is not None and tokens.matches(token, spark.callback_token_sha256)
+        node = spark.node if spark is not None else None
+        if token_ok and node is None and spark is not None and report.job_id == spark.job_id:
+            node = await _allocated_node(rt, site, report.job_id)
+        verdict = callbacks.judge_spark(
+            report, token_matches=token_ok, status=ref.status, site=site.spec, node=node
+        )
+        if not verdict.accepted:
+            return verdict
+        accepted = observe.SparkReport(
+            job_id=report.job_id,
+            master_url=f"spark://{report.host}:{report.port}",
+            ui_url=f"http://{report.host}:{report.ui_port}",
+            workers=report.workers,
+        )
+        now = dt.datetime.now(dt.UTC)
+        running = observe.JobObservation(job_id=report.job_id, state="RUNNING", node=node)
+        new = observe.with_spark(ref.status, running, accepted, now=now, generation=ref.generation)
+        try:
+            await rt.kube.patch_session_status(
+                ref.namespace,
+                ref.name,
+                dump(new),
+                resource_version=body["metadata"]["resourceVersion"],
+            )
+        except ApiException as error:
+            if error.status == 409:
+                continue
+            return callbacks.Verdict(callbacks.Refusal.JOB_NOT_RECORDED, f"API: {error.reason}")
+        rt.spark_reports[uid] = accepted
+        if new.phase != ref.status.phase:
+            await rt.kube.event(
+                ref.involved, reason=SessionPhase.READY.value, message=new.message or ""
+            )
+        return verdict
+    return callbacks.Verdict(
+        callbacks.Refusal.JOB_NOT_RECORDED, "the session keeps changing; retry"
+    )
 
 
 async def _allocated_node(rt: Runtime, site: SiteView, job_id: int) -> str | None:
@@ -360,6 +428,18 @@ async def submit(
         patch.status.update(observe.status_patch(session.status, waiting))
         delay = RETRY_S[reason]
         raise kopf.TemporaryError(f"cannot submit yet: {error}", delay=delay) from error
+    patch.status.update(observe.status_patch(session.status, new))
+    try:  # a PySpark profile's Spark cluster: the session's second job
+        new = await sessions.ensure_companion(
+            rt, session, new, _single(profile_index), _single(site_index)
+        )
+    except sessions.SubmissionUnconfirmed as error:
+        raise kopf.TemporaryError(f"{WAITING} a lost sbatch answer: {error}", delay=1) from error
+    except (SshError, CredentialsUnavailable) as error:
+        RECONCILE_ERRORS.labels("submit_spark", type(error).__name__).inc()
+        raise kopf.TemporaryError(
+            f"Spark cluster job not submitted yet: {error}", delay=15
+        ) from error
     patch.status.update(observe.status_patch(session.status, new))
     if new.phase != session.status.phase:
         submitted = get(new.conditions, ConditionType.SUBMITTED)

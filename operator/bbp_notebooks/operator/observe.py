@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bbp_notebooks.api.models import (
+    Condition,
     ConditionStatus,
     Endpoint,
     NotebookSessionStatus,
@@ -364,3 +365,169 @@ def status_patch(old: NotebookSessionStatus, new: NotebookSessionStatus) -> dict
     patch: dict[str, Any] = {k: v for k, v in after.items() if before.get(k) != v}
     patch.update({k: None for k in before if k not in after})
     return patch
+
+
+# --- the Spark cluster of a PySpark session (its companion job) --------------------------------
+
+
+@dataclass(frozen=True)
+class SparkReport:
+    """What an accepted cluster report said (the callback), for the companion job ``job_id``."""
+
+    job_id: int
+    master_url: str
+    ui_url: str
+    workers: int
+
+
+def spark_rejected(
+    status: NotebookSessionStatus, message: str, *, now: dt.datetime, generation: int | None
+) -> NotebookSessionStatus:
+    """Slurm refused the Spark cluster job: SparkReady False with Slurm's words (the notebook
+    job stays; Ready never becomes True)."""
+    return _conditioned(
+        status,
+        (ConditionType.SPARK_READY, False, Reason.SUBMISSION_REJECTED, message),
+        now=now,
+        generation=generation,
+        message=message,
+    )
+
+
+def with_spark(
+    status: NotebookSessionStatus,
+    companion: JobObservation | None,
+    report: SparkReport | None,
+    *,
+    now: dt.datetime,
+    generation: int | None,
+    before: NotebookSessionStatus | None = None,
+) -> NotebookSessionStatus:
+    """``status`` with its Spark part and SparkReady set from the companion job as Slurm shows
+    it (None: not seen in this poll, which changes nothing) and the cluster's report; Ready is
+    True only while both the notebook and the cluster are. Sessions without a cluster pass.
+    ``before``: the status before this poll's changes (keeps Ready's transition time)."""
+    spark = status.spark
+    if spark is None or (status.phase is not None and status.phase.is_terminal):
+        return status
+    if report is not None and report.job_id != spark.job_id:
+        report = None
+    if report is None and spark.master_url and spark.ui_url and spark.job_id is not None:
+        report = SparkReport(
+            spark.job_id, spark.master_url, spark.ui_url, spark.workers_registered or 0
+        )
+    update: dict[str, object] = {}
+    known = get(status.conditions, ConditionType.SPARK_READY)
+    if spark.job_id is None and known is not None and known.reason == Reason.SUBMISSION_REJECTED:
+        return status
+    if spark.job_id is None:
+        change: Change = (
+            ConditionType.SPARK_READY,
+            False,
+            Reason.SPARK_JOB_NOT_SUBMITTED,
+            "the Spark cluster job is not submitted yet",
+        )
+    elif companion is None or companion.job_id != spark.job_id:
+        previous = get(status.conditions, ConditionType.SPARK_READY)
+        if previous is not None and previous.reason != Reason.SPARK_JOB_NOT_SUBMITTED:
+            change = (ConditionType.SPARK_READY, previous.status, previous.reason, previous.message)
+        else:
+            change = (
+                ConditionType.SPARK_READY,
+                False,
+                Reason.SPARK_STARTING,
+                f"Slurm job {spark.job_id} not seen yet",
+            )
+    elif companion.category is JobCategory.QUEUED:
+        reason = companion.reason or "None"
+        change = (
+            ConditionType.SPARK_READY,
+            False,
+            Reason.SPARK_JOB_PENDING,
+            f"Spark cluster job {spark.job_id} waiting in queue: {reason}",
+        )
+        update = {"state": companion.state, "reason": reason}
+    elif companion.category is JobCategory.RUNNING:
+        update = {"state": companion.state, "reason": None, "node": companion.node or spark.node}
+        if report is not None:
+            change = (
+                ConditionType.SPARK_READY,
+                True,
+                Reason.SPARK_CLUSTER_REPORTED,
+                f"{report.master_url} with {report.workers} workers, UI {report.ui_url}",
+            )
+            update.update(
+                master_url=report.master_url,
+                ui_url=report.ui_url,
+                workers_registered=report.workers,
+            )
+        else:
+            change = (
+                ConditionType.SPARK_READY,
+                False,
+                Reason.SPARK_STARTING,
+                f"Spark cluster job {spark.job_id} running on {companion.node}, "
+                "waiting for its master and workers",
+            )
+    elif companion.terminal:
+        message = f"Spark cluster job {spark.job_id} ended {companion.state}"
+        if companion.exit_code is not None and companion.state != "COMPLETED":
+            message += f" (exit code {companion.exit_code})"
+        change = (ConditionType.SPARK_READY, False, Reason.SPARK_CLUSTER_ENDED, message)
+        update = {"state": companion.state, "reason": None, "master_url": None}
+    else:
+        change = (
+            ConditionType.SPARK_READY,
+            ConditionStatus.UNKNOWN,
+            Reason.UNRECOGNISED_JOB_STATE,
+            companion.state,
+        )
+        update = {"state": companion.state}
+    new_spark = spark.model_copy(update=update)
+    status = _conditioned(status, change, now=now, generation=generation, spark=new_spark)
+    previous = get((before or status).conditions, ConditionType.READY)
+    return _ready_with_spark(status, previous, now=now, generation=generation)
+
+
+def _ready_with_spark(
+    status: NotebookSessionStatus,
+    previous: Condition | None,
+    *,
+    now: dt.datetime,
+    generation: int | None,
+) -> NotebookSessionStatus:
+    spark_ready = get(status.conditions, ConditionType.SPARK_READY)
+    ready = get(status.conditions, ConditionType.READY)
+    if spark_ready is None or ready is None:
+        return status
+    if spark_ready.status == ConditionStatus.TRUE:
+        return status
+    notebook_up = status.endpoint is not None and status.phase in (
+        SessionPhase.READY,
+        SessionPhase.RUNNING,
+    )
+    if not notebook_up:
+        return status
+    ended = spark_ready.reason == Reason.SPARK_CLUSTER_ENDED
+    reason = Reason.SPARK_CLUSTER_ENDED if ended else Reason.WAITING_FOR_SPARK
+    message = (
+        f"{spark_ready.message}; the notebook still runs, without its cluster"
+        if ended
+        else f"the notebook is up, waiting for its Spark cluster: {spark_ready.message}"
+    )
+    new = _conditioned(
+        status,
+        (ConditionType.READY, False, reason, message),
+        now=now,
+        generation=generation,
+        phase=SessionPhase.RUNNING,
+        message=message,
+    )
+    if previous is not None and (previous.status, previous.reason, previous.message) == (
+        ConditionStatus.FALSE,
+        reason,
+        message,
+    ):  # unchanged since before this poll: its transition time stays
+        conditions = [previous if c.type == ConditionType.READY else c for c in new.conditions]
+        new = new.model_copy(update={"conditions": conditions})
+    return new

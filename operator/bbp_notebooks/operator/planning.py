@@ -69,11 +69,27 @@ class Plan:
     time_limit_minutes: int
     profile: NotebookProfileSpec
 
+    @property
+    def spark_time_limit_minutes(self) -> int | None:
+        """The companion's limit: the notebook's plus the profile's margin, never shorter."""
+        spark = self.profile.spark
+        return None if spark is None else self.time_limit_minutes + spark.extra_minutes
+
 
 def job_name(installation: str, uid: str) -> str:
     """The tag that ties a Slurm job to its session and to this installation (visible to all
     users, so nothing secret): ``bbpnb-<installation id>-<session uid>``."""
     return f"{JOB_NAME_PREFIX}{installation}-{uid}"
+
+
+# The companion job of a PySpark session (its Spark cluster) carries the session's tag and this
+# suffix: derivable from the session, distinct from its notebook job.
+COMPANION_SUFFIX = "-spark"
+
+
+def companion_job_name(installation: str, uid: str) -> str:
+    """The tag of the session's Spark cluster job: ``bbpnb-<installation id>-<uid>-spark``."""
+    return job_name(installation, uid) + COMPANION_SUFFIX
 
 
 _UID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -90,6 +106,20 @@ def session_uid(job_name_: str, installation: str) -> str | None:
         return None
     uid = job_name_[len(prefix) :]
     return uid if _UID.match(uid) else None
+
+
+def tagged_session(job_name_: str, installation: str) -> tuple[str, bool] | None:
+    """(session uid, is the companion) for a job of either of a session's tags; None for any
+    other name. The pair is one session's: adoption, the orphan sweep, duplicates and cancel
+    look at both."""
+    uid = session_uid(job_name_, installation)
+    if uid is not None:
+        return uid, False
+    if job_name_.endswith(COMPANION_SUFFIX):
+        uid = session_uid(job_name_[: -len(COMPANION_SUFFIX)], installation)
+        if uid is not None:
+            return uid, True
+    return None
 
 
 def profile_allows(profile: NotebookProfileSpec, groups: Iterable[str] | None) -> bool:

@@ -27,7 +27,7 @@ from bbp_notebooks.api.models import (
 from bbp_notebooks.api.vocabulary import ConditionType, Reason
 from bbp_notebooks.operator import observe, timelimit
 from bbp_notebooks.operator.conditions import get, set_condition
-from bbp_notebooks.operator.planning import session_uid
+from bbp_notebooks.operator.planning import tagged_session
 from bbp_notebooks.operator.sessions import SessionRef
 from bbp_notebooks.slurm.commands import AccountingEntry, PartitionAvailability, QueueEntry
 from bbp_notebooks.slurm.values import JobState
@@ -124,14 +124,19 @@ def active(sessions: Iterable[SessionRef]) -> list[SessionRef]:
 def tagged_jobs(
     queue: Iterable[QueueEntry], installation_id: str
 ) -> dict[str, tuple[QueueEntry, ...]]:
-    """Our installation's jobs in the queue, by the session uid their tag names (usually one
-    each; more than one is a duplicate to cancel)."""
+    """Our installation's jobs in the queue, by the session uid their tag names: a session's
+    notebook job and, for a PySpark profile, its companion (more of either is a duplicate)."""
     found: dict[str, list[QueueEntry]] = {}
     for entry in queue:
-        uid = session_uid(entry.name, installation_id)
-        if uid is not None:
-            found.setdefault(uid, []).append(entry)
+        tag = tagged_session(entry.name, installation_id)
+        if tag is not None:
+            found.setdefault(tag[0], []).append(entry)
     return {uid: tuple(entries) for uid, entries in found.items()}
+
+
+def is_companion(entry: QueueEntry, installation_id: str) -> bool:
+    tag = tagged_session(entry.name, installation_id)
+    return tag is not None and tag[1]
 
 
 def ours(session: SessionRef, tagged: Mapping[str, tuple[QueueEntry, ...]]) -> QueueEntry | None:
@@ -139,15 +144,34 @@ def ours(session: SessionRef, tagged: Mapping[str, tuple[QueueEntry, ...]]) -> Q
     return next((e for e in tagged.get(session.uid, ()) if e.job_id == session.status.job_id), None)
 
 
+def companion_id(session: SessionRef) -> int | None:
+    spark = session.status.spark
+    return spark.job_id if spark is not None else None
+
+
+def companion(
+    session: SessionRef, tagged: Mapping[str, tuple[QueueEntry, ...]]
+) -> QueueEntry | None:
+    """The queue's entry for the session's Spark cluster job (its id as status records it)."""
+    job_id = companion_id(session)
+    if job_id is None:
+        return None
+    return next((e for e in tagged.get(session.uid, ()) if e.job_id == job_id), None)
+
+
 def needs_accounting(
     sessions: Iterable[SessionRef], tagged: Mapping[str, tuple[QueueEntry, ...]]
 ) -> list[int]:
-    """Job ids to ask sacct about: those that left the queue, or ended in it."""
-    return [
-        s.status.job_id
-        for s in active(sessions)
-        if s.status.job_id is not None and ((e := ours(s, tagged)) is None or e.state.is_terminal)
-    ]
+    """Job ids to ask sacct about: those that left the queue, or ended in it (the notebook's
+    and the companion's)."""
+    ids = []
+    for s in active(sessions):
+        if s.status.job_id is not None and ((e := ours(s, tagged)) is None or e.state.is_terminal):
+            ids.append(s.status.job_id)
+        spark_id = companion_id(s)
+        if spark_id is not None and ((c := companion(s, tagged)) is None or c.state.is_terminal):
+            ids.append(spark_id)
+    return ids
 
 
 def duplicates(
@@ -157,29 +181,55 @@ def duplicates(
     now: dt.datetime,
     grace: dt.timedelta,
     zone: ZoneInfo,
+    installation_id: str,
 ) -> tuple[tuple[SessionRef, QueueEntry], ...]:
     """Unfinished tagged jobs of a session that are not its job: a session whose job is
-    recorded (or that ended without one) owns exactly that job. A session still being
+    recorded (or that ended without one) owns exactly that job, and likewise for its companion
+    tag (a recorded companion, or none when the session has no cluster). The companion of a
+    session that ended is cancelled at once: its notebook is gone. A session still being
     submitted is left to adopt what it finds; a job of another user than the session's, or
     younger than ``grace`` (or of unknown age), is left alone."""
     found = []
     for session in sessions:
-        settled = session.status.job_id is not None or (
-            session.status.phase is not None and session.status.phase.is_terminal
-        )
-        if not settled:
-            continue
+        ended = session.status.phase is not None and session.status.phase.is_terminal
+        spark = session.status.spark
         for entry in tagged.get(session.uid, ()):
+            if is_companion(entry, installation_id):
+                settled = ended or spark is None or spark.job_id is not None
+                owned = spark.job_id if spark is not None else None
+            else:
+                settled = ended or session.status.job_id is not None
+                owned = session.status.job_id
+            if not settled or entry.state.is_terminal or entry.user != session.spec.user:
+                continue
+            if ended and entry.job_id == owned and is_companion(entry, installation_id):
+                # The notebook ended: its cluster has nobody to serve; no adoption can race it.
+                found.append((session, entry))
+                continue
             submitted = localised(entry.submit_time, zone)
             if (
-                entry.job_id != session.status.job_id
-                and not entry.state.is_terminal
-                and entry.user == session.spec.user
+                entry.job_id != owned
                 and submitted is not None
                 and now - (submitted + dt.timedelta(seconds=1)) > grace
             ):
                 found.append((session, entry))
     return tuple(found)
+
+
+def companion_of(
+    session: SessionRef,
+    snapshot: Snapshot,
+    tagged: Mapping[str, tuple[QueueEntry, ...]],
+    zone: ZoneInfo,
+) -> observe.JobObservation | None:
+    """The companion job as the queue or sacct shows it (None: not seen; never read as gone)."""
+    job_id = companion_id(session)
+    entry = companion(session, tagged)
+    if entry is not None and not entry.state.is_terminal:
+        return from_queue(entry, zone)
+    if job_id is not None and job_id in snapshot.accounting:
+        return from_accounting(snapshot.accounting[job_id], zone)
+    return from_queue(entry, zone) if entry is not None else None
 
 
 def job_of(
@@ -215,9 +265,11 @@ def reconcile(
     sessions: Iterable[SessionRef],
     endpoints: Mapping[str, Endpoint],
     settings: Settings,
+    spark_reports: Mapping[str, observe.SparkReport] | None = None,
 ) -> PollResult:
     """The new status of every active session and of the site, after a poll that answered.
     ``sessions`` are all the site's sessions (ended ones too: they may have a duplicate)."""
+    reports = spark_reports or {}
     sessions = list(sessions)
     now = snapshot.now
     looked_at = active(sessions)
@@ -231,7 +283,20 @@ def reconcile(
         and s.status.job_id not in snapshot.owner_view
     ]
     degraded = len(missing) >= BREAKER_MIN_MISSING and len(missing) > BREAKER_SHARE * len(looked_at)
-    changes = tuple((s, decide(s, jobs[s.uid], snapshot, endpoints, settings)) for s in looked_at)
+    changes = tuple(
+        (
+            s,
+            observe.with_spark(
+                decide(s, jobs[s.uid], snapshot, endpoints, settings),
+                companion_of(s, snapshot, tagged, settings.zone),
+                reports.get(s.uid),
+                now=now,
+                generation=s.generation,
+                before=s.status,
+            ),
+        )
+        for s in looked_at
+    )
     return PollResult(
         sessions=changes,
         site=_answered(
@@ -241,7 +306,12 @@ def reconcile(
         confirm=() if degraded else tuple(missing),
         degraded=degraded,
         duplicates=duplicates(
-            sessions, tagged, now=now, grace=settings.duplicate_grace, zone=settings.zone
+            sessions,
+            tagged,
+            now=now,
+            grace=settings.duplicate_grace,
+            zone=settings.zone,
+            installation_id=settings.installation_id,
         ),
     )
 

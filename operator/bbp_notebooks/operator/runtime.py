@@ -25,6 +25,7 @@ from bbp_notebooks.api.vocabulary import Reason
 from bbp_notebooks.operator.admission import admission_policy_installed
 from bbp_notebooks.operator.kube import Kube
 from bbp_notebooks.operator.metrics import observe_command
+from bbp_notebooks.operator.observe import SparkReport
 from bbp_notebooks.ssh import CertificateAuthority, Identity, SiteEndpoint, SlurmClient, SshPool
 from bbp_notebooks.ssh.kerberos import TicketFiles
 
@@ -94,6 +95,8 @@ class Runtime:
     # uid -> (job id, endpoint) accepted here. Status holds the truth (written before this);
     # the copy keeps this replica's poller from writing a status older than its own write.
     endpoints: dict[str, tuple[int, Endpoint]] = field(default_factory=dict)
+    # uid -> the Spark cluster report accepted here (same reason as endpoints).
+    spark_reports: dict[str, SparkReport] = field(default_factory=dict)
     _identities: dict[tuple[str, str], _CachedIdentity] = field(default_factory=dict)
     _cas: dict[str, _CachedCa] = field(default_factory=dict)
     # One lock per (site, user): minting for one user never waits for another user's Secret read.
@@ -250,6 +253,8 @@ class Runtime:
                 del self._locks[key]
         for uid in [uid for uid in self.endpoints if uid not in live_sessions]:
             del self.endpoints[uid]
+        for uid in [uid for uid in self.spark_reports if uid not in live_sessions]:
+            del self.spark_reports[uid]
 
     def _ca_fresh(self, spec: SlurmSiteSpec, site: str, now: dt.datetime) -> bool:
         if spec.auth.method not in (AuthMethod.CERTIFICATE, AuthMethod.GSSAPI):

@@ -15,6 +15,7 @@ from bbp_notebooks.api.models import (
     NotebookSessionSpec,
     NotebookSessionStatus,
     SessionPhase,
+    SparkStatus,
 )
 from bbp_notebooks.api.vocabulary import Reason
 from bbp_notebooks.operator import failpoints, kerberos, observe
@@ -23,6 +24,7 @@ from bbp_notebooks.operator.planning import (
     InvalidSpec,
     Plan,
     SiteView,
+    companion_job_name,
     job_name,
     plan,
     protected_users,
@@ -31,7 +33,8 @@ from bbp_notebooks.operator.planning import (
 from bbp_notebooks.operator.runtime import Runtime
 from bbp_notebooks.operator.tokens import digest, new_token
 from bbp_notebooks.slurm.commands import JobSpec
-from bbp_notebooks.slurm.jobscript import Callback, JobScript, render_job_script
+from bbp_notebooks.slurm.jobscript import Callback, JobScript, SparkInstall, render_job_script
+from bbp_notebooks.slurm.sparkscript import DAEMON_MEMORY_MIB, SparkJob, render_spark_script
 from bbp_notebooks.slurm.values import JobState
 from bbp_notebooks.ssh import (
     CommandFailed,
@@ -146,11 +149,68 @@ def job_script(
         kernel_setup=chosen.profile.kernel_setup,
         environment=dict(env),
         notebook_argv=tuple(rt.settings.notebook_command),
-        callback=Callback(
-            url=f"{rt.settings.callback_url.rstrip('/')}/v1/namespaces/{session.namespace}"
-            f"/sessions/{session.name}/{session.uid}/endpoint",
-            token=token,
-        ),
+        callback=Callback(url=callback_url(rt, session, "endpoint"), token=token),
+        spark=spark_install(chosen.profile),
+    )
+
+
+def callback_url(rt: Runtime, session: SessionRef, what: str) -> str:
+    return (
+        f"{rt.settings.callback_url.rstrip('/')}/v1/namespaces/{session.namespace}"
+        f"/sessions/{session.name}/{session.uid}/{what}"
+    )
+
+
+def spark_install(profile: NotebookProfileSpec) -> SparkInstall | None:
+    if profile.spark is None:
+        return None
+    where = profile.spark.installation
+    if where.module is not None:
+        return SparkInstall("module", where.module)
+    if where.path is not None:
+        return SparkInstall("path", where.path)
+    assert where.virtualenv is not None  # noqa: S101 - the model allows exactly one
+    return SparkInstall("virtualenv", where.virtualenv)
+
+
+def spark_job(
+    rt: Runtime, session: SessionRef, site: SiteView, profile: NotebookProfileSpec, token: str
+) -> SparkJob:
+    """The companion's script: the daemons bind where the site's notebooks do."""
+    spark = profile.spark
+    install = spark_install(profile)
+    assert spark is not None and install is not None  # noqa: S101 - callers check
+    return SparkJob(
+        session_uid=session.uid,
+        session_name=f"{session.namespace}/{session.name}",
+        install=install,
+        workers=spark.workers,
+        cores_per_worker=spark.cores_per_worker,
+        memory_mib_per_worker=spark.memory_mib_per_worker,
+        host_template=site.spec.notebook_host or site.spec.node_address_template,
+        settings=tuple((s.name, s.value) for s in spark.settings),
+        callback=Callback(url=callback_url(rt, session, "spark"), token=token),
+    )
+
+
+def spark_job_spec(
+    name: str, site: SiteView, session: SessionRef, profile: NotebookProfileSpec, minutes: int
+) -> JobSpec:
+    """One task per worker; memory per CPU so that each worker's share (and the master's
+    small heap on the first node) fits wherever Slurm places the tasks."""
+    spark = profile.spark
+    assert spark is not None  # noqa: S101 - callers check
+    per_cpu = -(-(spark.memory_mib_per_worker + DAEMON_MEMORY_MIB) // spark.cores_per_worker)
+    return JobSpec(
+        name=name,
+        partition=site.default_partition,
+        account=session.spec.account,
+        cpus_per_task=spark.cores_per_worker,
+        memory_mb=per_cpu,
+        time_limit_minutes=minutes,
+        ntasks=spark.workers,
+        nodes=None,
+        memory_per_cpu=True,
     )
 
 
@@ -322,6 +382,91 @@ class _Submission:
         )
 
 
+async def ensure_companion(
+    rt: Runtime,
+    session: SessionRef,
+    status: NotebookSessionStatus,
+    profiles: Mapping[str, NotebookProfileSpec],
+    sites: Mapping[str, SiteView],
+) -> NotebookSessionStatus:
+    """For a PySpark profile, once the notebook's job is recorded: the status with its Spark
+    cluster job, found by the companion tag (a crash after its sbatch) or submitted now, at the
+    same site and as the same user. Raises like :func:`ensure_submitted`."""
+    profile = profiles.get(session.spec.profile)
+    site = sites.get(status.site or "")
+    if (
+        profile is None
+        or profile.spark is None
+        or site is None
+        or status.job_id is None
+        or (status.phase is not None and status.phase.is_terminal)
+    ):
+        return status
+    now = dt.datetime.now(dt.UTC)
+    spark = status.spark or SparkStatus()
+    if spark.job_id is not None or spark.state == _REJECTED:
+        return status
+    tag = companion_job_name(rt.settings.installation_id, session.uid)
+    user = session.spec.user
+    client = rt.client(site.name, site.spec)
+    identity = await rt.identity(site.name, site.spec, user, namespace=session.namespace)
+    where = f"{session.namespace}/{session.name}"
+
+    def recorded(job_id: int, adopted: bool) -> NotebookSessionStatus:
+        log.info(
+            "session %s: Spark cluster job %d (%s)",
+            where,
+            job_id,
+            "adopted" if adopted else "submitted",
+        )
+        new = status.model_copy(update={"spark": spark.model_copy(update={"job_id": job_id})})
+        return observe.with_spark(new, None, None, now=now, generation=session.generation)
+
+    async def find() -> int | None:
+        found = await client.queue(identity, names=[tag], users=[user])
+        return next((e.job_id for e in found if e.name == tag), None)
+
+    adopted = await find()
+    if adopted is not None:
+        return recorded(adopted, True)
+    token = new_token()
+    spark = spark.model_copy(update={"callback_token_sha256": digest(token)})
+    waiting = status.model_copy(update={"spark": spark})
+    patch = observe.status_patch(session.status, waiting)
+    if patch:  # the digest is recorded before the job can exist (as for the notebook's job)
+        await rt.kube.patch_session_status(session.namespace, session.name, patch)
+    minutes = (status.time_limit_minutes or 0) + profile.spark.extra_minutes
+    try:
+        job_id = await client.submit(
+            identity,
+            spark_job_spec(tag, site, session, profile, max(1, minutes)),
+            render_spark_script(spark_job(rt, session, site, profile, token)),
+        )
+    except SubmissionRejected as refusal:
+        SUBMISSION_FAILURES.labels(site.name, Reason.SUBMISSION_REJECTED).inc()
+        message = f"Slurm at {site.name} refused the Spark cluster job: {refusal.reason}"
+        log.warning("session %s: %s", where, message)
+        refused = waiting.model_copy(
+            update={"spark": spark.model_copy(update={"state": _REJECTED})}
+        )
+        return observe.spark_rejected(refused, message, now=now, generation=session.generation)
+    except SshError as error:
+        if not may_have_run(error):
+            raise
+        await asyncio.sleep(rt.settings.submission_settle_seconds)
+        found = await find()
+        if found is None:
+            raise SubmissionUnconfirmed(f"sbatch of the Spark cluster job: {error}") from error
+        return recorded(found, True)
+    SUBMISSIONS.labels(site.name).inc()
+    failpoints.reached("after-spark-sbatch", job_id=job_id)
+    return recorded(job_id, False)
+
+
+# status.spark.state of a companion Slurm refused: not submitted again for this session.
+_REJECTED = "Rejected"
+
+
 class JobStillActive(Exception):
     """scancel was sent but the job has not ended yet."""
 
@@ -359,7 +504,12 @@ def plan_cancel(
         return CancelPlan((), "no job was ever submitted")
     if status.job_id is None and status.phase == SessionPhase.INVALID_SPEC:
         return CancelPlan((), "refused before any job")
-    if status.job_id is not None and status.phase in _ENDED_PHASES:
+    companion_done = (
+        status.spark is None
+        or status.spark.job_id is None
+        or (status.spark.state is not None and _ended_state(status.spark.state))
+    )
+    if status.job_id is not None and status.phase in _ENDED_PHASES and companion_done:
         return CancelPlan((), f"job {status.job_id} already ended ({status.phase})")
     site_name = status.site or (spec.site if spec.site != "auto" else None)
     if site_name and site_name not in sites:
@@ -368,6 +518,13 @@ def plan_cancel(
     # We never submit as a refused user at a site, so we never log in as one there either.
     allowed = tuple(s for s in candidates if user_refusal(s, spec.user, protected) is None)
     return CancelPlan(allowed, "" if allowed else "no site where this user may run")
+
+
+def _ended_state(state: str) -> bool:
+    try:
+        return JobState(state).is_terminal
+    except ValueError:
+        return False
 
 
 # Phases whose job Slurm has reported ended (JobVanished is not one: the job may still run).
@@ -387,22 +544,33 @@ async def cancel(rt: Runtime, session: SessionRef, sites: Mapping[str, SiteView]
             "session %s/%s: nothing to cancel (%s)", session.namespace, session.name, where.why_none
         )
         return session.status.job_id
-    tag = job_name(rt.settings.installation_id, session.uid)
+    # The notebook's job and its Spark cluster job (PySpark profiles) go together.
+    tags = (
+        job_name(rt.settings.installation_id, session.uid),
+        companion_job_name(rt.settings.installation_id, session.uid),
+    )
     for site in where.sites:
         client = rt.client(site.name, site.spec)
         identity = await rt.identity(
             site.name, site.spec, session.spec.user, namespace=session.namespace, for_cancel=True
         )
-        found = await client.queue(identity, names=[tag], users=[session.spec.user])
-        active = [e.job_id for e in found if e.name == tag and not e.state.is_terminal]
-        if not active:
+        found = await client.queue(identity, names=tags, users=[session.spec.user])
+        active = {
+            tag: [e.job_id for e in found if e.name == tag and not e.state.is_terminal]
+            for tag in tags
+        }
+        if not any(active.values()):
             continue
-        try:
-            await client.cancel(identity, active, name=tag, user=session.spec.user)
-        except CommandFailed:
-            pass  # it may have ended between the query and scancel; the query below decides
-        await _confirm_ended(client, identity, active, site.name)
-        return active[0]
+        for tag, ids in active.items():
+            if not ids:
+                continue
+            try:
+                await client.cancel(identity, ids, name=tag, user=session.spec.user)
+            except CommandFailed:
+                pass  # it may have ended between the query and scancel; the query below decides
+        every = [job_id for ids in active.values() for job_id in ids]
+        await _confirm_ended(client, identity, every, site.name)
+        return (active[tags[0]] or every)[0]
     return session.status.job_id
 
 

@@ -243,12 +243,15 @@ async def poll_once(
         warning_lead=dt.timedelta(minutes=rt.settings.warning_lead_minutes),
     )
     endpoints = endpoints_known(rt, looked_at)
-    result = reconcile.reconcile(snapshot, site.status, generation, sessions, endpoints, settings)
+    reports = rt.spark_reports
+    result = reconcile.reconcile(
+        snapshot, site.status, generation, sessions, endpoints, settings, reports
+    )
     if result.confirm:  # follow-up reads, then decide again with what the owners saw
         seen = await owner_view(rt, site, result.confirm, settings.zone)
         snapshot = dataclasses.replace(snapshot, owner_view=seen)
         result = reconcile.reconcile(
-            snapshot, site.status, generation, sessions, endpoints, settings
+            snapshot, site.status, generation, sessions, endpoints, settings, reports
         )
     if result.degraded:
         visible = get(result.site.conditions, ConditionType.JOBS_VISIBLE)
@@ -313,6 +316,7 @@ async def apply(
         for s, new in changes
     ]
     changes = [(s, await read_log_tail(rt, site, s, new)) for s, new in changes]
+    changes = [(s, await read_spark_log_tail(rt, site, s, new)) for s, new in changes]
     await _write_all(rt, site.name, changes)
     if result.duplicates:
         await cancel_duplicates(rt, site, result.duplicates)
@@ -396,6 +400,39 @@ async def read_log_tail(
     last = tail.splitlines()[-5:]
     message = (new.message or "") + "; last output:\n" + "\n".join(last)
     return new.model_copy(update={"log_tail": tail, "message": message[-4096:]})
+
+
+async def read_spark_log_tail(
+    rt: Runtime, site: SiteView, session: SessionRef, new: NotebookSessionStatus
+) -> NotebookSessionStatus:
+    """Once a PySpark session's cluster job ended while the session lives, the tail of its
+    output into status.spark.logTail and the message (read once, as the user)."""
+    spark = new.spark
+    ended = get(new.conditions, ConditionType.SPARK_READY)
+    if (
+        spark is None
+        or spark.job_id is None
+        or spark.log_tail is not None
+        or ended is None
+        or ended.reason != Reason.SPARK_CLUSTER_ENDED
+    ):
+        return new
+    client = rt.client(site.name, site.spec)
+    try:
+        identity = await rt.identity(site.name, site.spec, session.spec.user,
+                                     namespace=session.namespace)  # fmt: skip
+        shown = await client.show_job(identity, spark.job_id)
+        path = (shown or {}).get("StdOut") or f"slurm-{spark.job_id}.out"
+        raw = await client.output_tail(identity, path, timelimit.LOG_TAIL_BYTES)
+    except (SshError, CredentialsUnavailable, ValueError) as error:
+        log.info("session %s: Spark job output not read: %s", session.uid, error)
+        return new
+    tail = timelimit.log_tail(raw) or "(no output)"
+    last = "\n".join(tail.splitlines()[-5:])
+    message = ((new.message or "") + "; the cluster's last output:\n" + last)[-4096:]
+    return new.model_copy(
+        update={"spark": spark.model_copy(update={"log_tail": tail}), "message": message}
+    )
 
 
 async def _associations(

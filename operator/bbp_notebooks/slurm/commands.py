@@ -104,6 +104,11 @@ class JobSpec:
     time_limit_minutes: int
     workdir: str | None = None
     output: str | None = None
+    # A Spark cluster job: one task per worker, spread over as many nodes as Slurm likes
+    # (nodes None), memory per CPU instead of per node.
+    ntasks: int = 1
+    nodes: int | None = 1
+    memory_per_cpu: bool = False
 
     def __post_init__(self) -> None:
         _check_text("job name", self.name, forbid=",")
@@ -115,6 +120,8 @@ class JobSpec:
             ("cpus_per_task", self.cpus_per_task),
             ("memory_mb", self.memory_mb),
             ("time_limit_minutes", self.time_limit_minutes),
+            ("ntasks", self.ntasks),
+            ("nodes", 1 if self.nodes is None else self.nodes),
         ):
             if isinstance(number, bool) or not isinstance(number, int) or number <= 0:
                 raise ValueError(f"{what} must be a positive integer, not {number!r}")
@@ -133,10 +140,10 @@ def sbatch_argv(spec: JobSpec) -> list[str]:
         "sbatch",
         "--parsable",
         f"--job-name={spec.name}",
-        "--nodes=1",
-        "--ntasks=1",
+        *([f"--nodes={spec.nodes}"] if spec.nodes is not None else []),
+        f"--ntasks={spec.ntasks}",
         f"--cpus-per-task={spec.cpus_per_task}",
-        f"--mem={spec.memory_mb}M",
+        f"--mem-per-cpu={spec.memory_mb}M" if spec.memory_per_cpu else f"--mem={spec.memory_mb}M",
         f"--time={spec.time_limit_minutes}",
     ]
     if spec.partition is not None:

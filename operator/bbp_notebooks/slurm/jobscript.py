@@ -35,6 +35,8 @@ from bbp_notebooks.slurm.values import SlurmOutputError
 __all__ = [
     "DEFAULT_NOTEBOOK_ARGV",
     "Callback",
+    "SparkInstall",
+    "spark_conf_dir",
     "Connection",
     "JobScript",
     "connection_file_argv",
@@ -67,6 +69,56 @@ class Callback:
 
 
 @dataclasses.dataclass(frozen=True)
+class SparkInstall:
+    """Where Spark comes from: kind "module", "path" (SPARK_HOME) or "virtualenv"."""
+
+    kind: str
+    value: str
+
+    def lines(self) -> list[str]:
+        """Bash that makes ``$bbpnb_spark_class`` run Spark's launcher (and, for a virtualenv,
+        puts its python with pyspark first on PATH)."""
+        q = shlex.quote
+        _check("spark installation", self.value)
+        if self.kind == "module":
+            if not self.value.strip():
+                raise ValueError("module name must not be empty")
+            return [
+                "set +u",
+                f"module load {q(self.value)}",
+                "set -u",
+                "bbpnb_spark_class=spark-class",
+            ]
+        if not self.value.startswith("/"):
+            raise ValueError(f"not an absolute path: {self.value!r}")
+        if self.kind == "path":
+            return [
+                f"export SPARK_HOME={q(self.value)}",
+                'bbpnb_spark_class="$SPARK_HOME/bin/spark-class"',
+            ]
+        if self.kind == "virtualenv":
+            return [
+                "set +u",
+                f"source {q(self.value.rstrip('/') + '/bin/activate')}",
+                "set -u",
+                # pyspark's wheel carries Spark itself (jars and bin/spark-class).
+                "SPARK_HOME=\"$(python3 -c 'import os, pyspark; print(os.path.dirname("
+                "pyspark.__file__))')\"",
+                "export SPARK_HOME",
+                'bbpnb_spark_class="$SPARK_HOME/bin/spark-class"',
+            ]
+        raise ValueError(f"unknown Spark installation kind {self.kind!r}")
+
+
+def spark_conf_dir(session_uid: str) -> str:
+    """Relative to the home directory: where the cluster job writes spark-defaults.conf and the
+    notebook's Spark finds it (SPARK_CONF_DIR)."""
+    if not _UID.match(session_uid):
+        raise ValueError(f"session uid is not a safe path component: {session_uid!r}")
+    return f".bbp-notebooks/{session_uid}/spark"
+
+
+@dataclasses.dataclass(frozen=True)
 class JobScript:
     """Everything the batch script needs; Slurm options (cores, memory, time) live in JobSpec."""
 
@@ -86,6 +138,9 @@ class JobScript:
     # wrote (0600, 0700 folder) over SFTP before sbatch and rewrites after each renewal. Only its
     # path is in the script; the job and the notebook find it through KRB5CCNAME.
     kerberos_ccache: str | None = None
+    # PySpark profiles: the notebook's Spark comes from here and connects to the session's
+    # cluster through SPARK_CONF_DIR (the spark-defaults.conf the cluster job writes).
+    spark: SparkInstall | None = None
 
 
 def _check(what: str, value: str, *, allow_newlines: bool = False) -> str:
@@ -256,6 +311,12 @@ def render_job_script(job: JobScript) -> str:
         lines += ["", "set +u"]
         lines += [f"module load {q(module)}" for module in job.modules]
         lines.append("set -u")
+    if job.spark is not None:
+        lines += ["", *job.spark.lines()]
+        lines.append(f'export SPARK_CONF_DIR="$HOME/"{q(spark_conf_dir(job.session_uid))}')
+        if job.bind_host not in ("0.0.0.0", "::"):
+            # The driver (and its UI) bind where the notebook does.
+            lines.append('export SPARK_LOCAL_IP="$BBPNB_BIND_HOST"')
     if job.kernel_setup.strip():
         text = job.kernel_setup if job.kernel_setup.endswith("\n") else job.kernel_setup + "\n"
         delimiter = _heredoc_delimiter("BBPNB_KERNEL_SETUP", text)
