@@ -155,16 +155,19 @@ job_id=$(kubectl get -n "$sessions" notebooksession/e2e-alice -o jsonpath='{.sta
 [[ "$job_id" =~ ^[0-9]+$ ]] || die "no job id in the session's status: '$job_id'"
 
 # Ask the mock Geneva frontend directly, over ssh as the monitor user with a certificate from the
-# same user CA, and with its host certificate checked against the host CA.
+# same user CA, and with its host certificate checked against the host CA under the Service's name
+# (the name the operator uses; the certificate does not name the port-forward's 127.0.0.1).
 ssh-keygen -q -t ed25519 -N '' -f "$work/bbpmon"
 ssh-keygen -q -s "$work/user_ca" -I e2e-check -n bbpmon -V -10m:+30m "$work/bbpmon.pub"
-printf '@cert-authority [127.0.0.1]:12222 %s\n' "$(cat "$work/host_ca.pub")" >"$work/known_hosts"
+mock_host="$release-bbp-notebooks-mockslurm.$namespace.svc"
+printf '@cert-authority %s %s\n' "$mock_host" "$(cat "$work/host_ca.pub")" >"$work/known_hosts"
 kubectl port-forward -n "$namespace" "svc/$release-bbp-notebooks-mockslurm" 12222:2222 \
   --address 127.0.0.1 >/dev/null 2>&1 &
 port_forward_pid=$!
 slurm() {
   ssh -p 12222 -i "$work/bbpmon" -o CertificateFile="$work/bbpmon-cert.pub" \
-    -o UserKnownHostsFile="$work/known_hosts" -o StrictHostKeyChecking=yes -o BatchMode=yes \
+    -o UserKnownHostsFile="$work/known_hosts" -o HostKeyAlias="$mock_host" \
+    -o StrictHostKeyChecking=yes -o BatchMode=yes \
     -o ConnectTimeout=10 bbpmon@127.0.0.1 "$@"
 }
 for _ in $(seq 30); do slurm true 2>/dev/null && break; sleep 1; done

@@ -108,6 +108,12 @@ class SiteConfig(_Model):
     host_ca_key_path: Path | None = Field(
         None, description="Host CA private key that signs a host certificate at start."
     )
+    host_principals: list[str] = Field(
+        default_factory=list,
+        description="More names the host certificate is valid for, besides the address, the "
+        "site's name, <name>-login and localhost: the names clients connect to (in a cluster, "
+        "the Service's short and qualified DNS names).",
+    )
     user_ca_keys: list[str] = Field(
         default_factory=list, description="Trusted user CA public keys (OpenSSH lines)."
     )

@@ -34,6 +34,12 @@ def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
     return key
 
 
+def host_principals(config: SiteConfig) -> list[str]:
+    """The names a client may know this site's login node by, all in its host certificate."""
+    names = [config.address, config.name, f"{config.name}-login", "localhost"]
+    return list(dict.fromkeys([*names, *config.host_principals]))
+
+
 def _spool_dir(config: SiteConfig) -> tuple[Path, bool]:
     """Where job scripts live. Jobs running as other users must reach it (like slurmd's
     /var/spool/slurmd), so when the state directory is private, use a fresh one under /tmp."""
@@ -154,7 +160,7 @@ class MockSite:
             cert = ca.generate_host_certificate(
                 self.host_key,
                 f"{config.name}-login",
-                principals=[config.address, config.name, f"{config.name}-login", "localhost"],
+                principals=host_principals(config),
                 valid_after="-5m",
                 valid_before="+3650d",
             )
