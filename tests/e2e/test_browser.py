@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import subprocess
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -427,3 +428,176 @@ def xsrf(page: Page) -> str:
     token = page.evaluate("window.jhdata && window.jhdata.xsrf_token")
     assert isinstance(token, str) and token, token
     return token
+
+
+# In the notebook: its own time left and the operator's warning (issue 13) ----------
+
+NOTICE_SNIPPET_MARK = (
+    "# bbp-notebooks: time left and the operator's warning, from inside the notebook"
+)
+# After the README's block: what else the server's token may do (nothing), as one printed line.
+PROBE_CELL = """
+import urllib.error
+def probe(method, path):
+    request = urllib.request.Request(os.environ["JUPYTERHUB_API_URL"] + path, method=method,
+        data=b"{}" if method == "POST" else None,
+        headers={"Authorization": "token " + os.environ["JUPYTERHUB_API_TOKEN"]})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+print("BBP-PROBE", json.dumps({"card": card, "own": probe("GET", "/bbp/sessions/alice"),
+    "bob": probe("GET", "/bbp/sessions/bob"), "stranger": probe("GET", "/bbp/sessions/nobody"),
+    "extend": probe("POST", "/bbp/extend/"), "bob_user": probe("GET", "/users/bob")}))
+"""
+
+
+def readme_notice_snippet() -> str:
+    """The README's notebook-side block, verbatim: what a user copies is what is tested."""
+    readme = (repo_root() / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
+    (block,) = [b for b in blocks if NOTICE_SNIPPET_MARK in b]
+    indent = min(len(line) - len(line.lstrip()) for line in block.splitlines() if line.strip())
+    return "\n".join(line[indent:] for line in block.splitlines()) + "\n"
+
+
+def test_code_in_the_notebook_sees_its_time_left_and_warning_and_the_hub_page_shows_a_refusal(
+    system: DevSystem,
+    playwright: Playwright,
+    artifacts: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    alice = browser(playwright, system, tmp_path / "chromium-alice")
+    try:
+        page = log_in(alice, system, "alice")
+        start_server(page, system)
+
+        # The operator's warning exists (a 60 min job, a 90 min lead) before the notebook asks.
+        def ending_soon() -> dict[str, Any] | None:
+            status: dict[str, Any] = sessions(system)[0]["status"]
+            reasons = [
+                c["reason"] for c in status.get("conditions", []) if c["type"] == "TimeLimit"
+            ]
+            return status if reasons == ["EndingSoon"] else None
+
+        status = wait_for(ending_soon, 60, "the EndingSoon condition", 0.5)
+        (ending,) = [c for c in status["conditions"] if c["type"] == "TimeLimit"]
+
+        run_cell_in_a_new_notebook(page, 'print("kernel", "up")')
+        notebook_url = page.url.split("?")[0]
+        code = readme_notice_snippet() + PROBE_CELL
+        output = run_cell_in_the_open_notebook(page, code, "BBP-PROBE")
+        page.screenshot(path=str(artifacts / "notice-in-the-notebook.png"))
+        # The README's own print: the warning, as the operator words it.
+        assert ending["message"] in output, (ending, output)
+        found = re.search(r"BBP-PROBE (\{.*\})", output)
+        assert found, output
+        probed = json.loads(found[1])
+        card = probed["card"]
+        assert (card["notice_reason"], card["notice"]) == ("EndingSoon", ending["message"]), card
+        assert card["server"] == "" and card["site"] == "geneva", card
+        assert card["expected_end_time"] == status["expectedEndTime"], (card, status)
+        assert 0 < card["seconds_left"] <= 3600, card
+        # The server's token reads its own server and nothing else; it cannot extend.
+        assert probed["own"] == 200, probed
+        assert probed["bob"] == 403 and probed["stranger"] == 403, probed
+        assert probed["extend"] == 403, probed
+        assert probed["bob_user"] in (403, 404), probed
+
+        # The hub page refuses an extension beyond the profile's maximum with the policy's words.
+        home = alice.new_page()
+        home.goto(f"{system.url}/hub/home")
+        row(home, "site").wait_for()
+        to_max = home.request.post(
+            f"{system.url}/hub/api/bbp/extend/",
+            data=json.dumps({"timeLimitMinutes": 480}),
+            headers={"X-XSRFToken": xsrf(home), "Content-Type": "application/json"},
+        )
+        assert to_max.status == 200, to_max.text()
+        home.reload()
+        row(home, "time-limit").filter(has_text="480 min").wait_for()
+        home.locator(".bbpnb-extend").click()
+        refusal = home.locator("#bbpnb-message", has_text="Not extended:")
+        refusal.wait_for()
+        assert refusal.inner_text() == (
+            "Not extended: the time limit is already 480 min, the most this profile allows "
+            "(480 min)"
+        ), refusal.inner_text()
+        home.screenshot(path=str(artifacts / "home-extension-refused.png"), full_page=True)
+        with capsys.disabled():
+            print(f"\ne2e: in the notebook: {card['notice']!r}; token probes {probed}")
+
+        page.close()
+        delete_notebook(home, notebook_url)
+        home.locator("#stop").click()
+        home.locator("#start").wait_for(state="visible", timeout=NOTEBOOK_TIMEOUT_MS)
+        wait_for(lambda: not sessions(system), 60, "the session to be gone", 0.5)
+    except BaseException:
+        for number, open_page in enumerate(alice.pages):
+            open_page.screenshot(path=str(artifacts / f"failure-notice-{number}.png"))
+        raise
+    finally:
+        alice.close()
+
+
+# A notebook that cannot start shows why (issue 13) ----------
+
+FAILING_PROFILE = "e2e-broken"
+FAILING_SETUP = (
+    'for i in $(seq 1 30); do echo "setup line $i"; done\n'
+    "echo 'ModuleNotFoundError: No module named bbp_kernel' >&2\n"
+    "exit 1\n"
+)
+
+
+def test_a_notebook_whose_kernel_setup_fails_shows_its_last_log_lines_in_the_hub_and_kubectl(
+    system: DevSystem, playwright: Playwright, artifacts: Path, tmp_path: Path
+) -> None:
+    profile = {
+        "apiVersion": "notebooks.bbp.epfl.ch/v1alpha1",
+        "kind": "NotebookProfile",
+        "metadata": {"name": FAILING_PROFILE},
+        "spec": {"displayName": "Broken setup", "cores": 1, "memoryMiB": 512,
+                 "kernelSetup": FAILING_SETUP},
+    }  # fmt: skip
+    applied = system.kubectl("apply", "-f", "-", stdin=json.dumps(profile))
+    assert applied.returncode == 0, applied.stderr
+    alice = browser(playwright, system, tmp_path / "chromium-alice")
+    try:
+        page = log_in(alice, system, "alice")
+        page.goto(f"{system.url}/hub/spawn")
+        page.locator(f"#bbpnb-profile option[value={FAILING_PROFILE}]").wait_for(state="attached")
+        page.select_option("#bbpnb-profile", FAILING_PROFILE)
+        page.select_option("#bbpnb-site", "geneva")
+        page.locator("form button[type=submit], form input[type=submit]").first.click()
+        # JupyterHub's own spawn-pending page: its progress message is the spawner's error.
+        failed = page.locator("#progress-message", has_text="Spawn failed")
+        failed.wait_for(timeout=NOTEBOOK_TIMEOUT_MS)
+        error = failed.inner_text()
+        page.screenshot(path=str(artifacts / "spawn-failed-with-log.png"), full_page=True)
+        assert "ModuleNotFoundError: No module named bbp_kernel" in error, error
+        assert "setup line 30" in error, error
+
+        (session,) = sessions(system)
+        assert session["status"]["phase"] == "Failed", session["status"]
+        plugin = subprocess.run(
+            ["kubectl-notebooks", "logs", session["metadata"]["name"], "-n",
+             session["metadata"]["namespace"]],
+            env=system.control_plane.env, capture_output=True, text=True, timeout=60,
+            check=False,
+        )  # fmt: skip
+        assert plugin.returncode == 0, plugin.stderr
+        assert "setup line 1\n" in plugin.stdout, plugin.stdout  # all 32 lines fit in the tail
+        assert "ModuleNotFoundError: No module named bbp_kernel" in plugin.stdout, plugin.stdout
+    except BaseException:
+        for number, open_page in enumerate(alice.pages):
+            open_page.screenshot(path=str(artifacts / f"failure-broken-{number}.png"))
+        raise
+    finally:
+        alice.close()
+        for name in [s["metadata"]["name"] for s in sessions(system)]:
+            system.kubectl("delete", "notebooksession", name, "-n", "default", "--wait=false")
+        wait_for(lambda: not sessions(system), 60, "the failed session to be gone", 0.5)
+        system.kubectl("delete", "notebookprofile", FAILING_PROFILE)

@@ -22,6 +22,7 @@ from bbp_notebooks.devtools.admission import admin_annotations, install_admissio
 from bbp_notebooks.devtools.controlplane import ControlPlane, repo_root
 from bbp_notebooks.devtools.realslurm import ADMIN_USER
 from bbp_notebooks.devtools.stack import OPERATOR_NAMESPACE, USER_CA_SECRET, Operator, wait_for
+from bbp_notebooks.hub import cards
 from fixtures.operator import RECORDING_NOTEBOOK
 from fixtures.realslurm import RealSlurm
 
@@ -76,6 +77,8 @@ def real(real_slurm: RealSlurm, tmp_path_factory: pytest.TempPathFactory) -> Ite
             site,
             profile("short", defaultTimeLimitMinutes=20, maxTimeLimitMinutes=30),
             profile("broken", kernelSetup=FAILING_SETUP),
+            # Allows more than geneva's debug partition (MaxTime 1 h): the partition is the bound.
+            profile("long", defaultTimeLimitMinutes=20, maxTimeLimitMinutes=120),
         ]
         stack = RealStack(cp, Operator(workdir / "operator", cp.kubeconfig), real_slurm)
         result = stack.kubectl(
@@ -146,6 +149,11 @@ def test_end_time_warning_and_extension_on_real_slurm(real: RealStack) -> None:
     )
     assert warning[0]["type"] == "Warning" and "min left" in warning[0]["message"]
 
+    # The hub's card of this very status carries the warning as its notice.
+    card = cards.card("", {"spec": {"site": "geneva"}, "status": status},
+                      now=dt.datetime.now(dt.UTC), max_time_limit_minutes=30)  # fmt: skip
+    assert (card.notice_reason, card.notice) == ("EndingSoon", warned["message"]), card
+
     # Within the profile's maximum (30): Slurm's TimeLimit rises, status follows.
     patch = {"spec": {"resources": {"timeLimitMinutes": 30}}}
     result = real.kubectl("patch", "notebooksession", "t", "--type=merge", "-p", json.dumps(patch))
@@ -175,6 +183,9 @@ def test_end_time_warning_and_extension_on_real_slurm(real: RealStack) -> None:
     assert slurm_job(real, job_id)["TimeLimit"] == "00:30:00"
     assert status["timeLimitMinutes"] == 30
     assert [e for e in events(real, "t") if e["reason"] == "ExtensionRefused"]
+    card = cards.card("", {"spec": {"site": "geneva"}, "status": status},
+                      now=dt.datetime.now(dt.UTC), max_time_limit_minutes=30)  # fmt: skip
+    assert (card.notice_reason, card.notice) == ("ExtensionRefused", refused["message"]), card
 
     # And the schema never lets the request shrink.
     patch = {"spec": {"resources": {"timeLimitMinutes": 25}}}
@@ -219,3 +230,57 @@ def test_a_failing_notebook_shows_its_last_output_lines(real: RealStack) -> None
     assert "Site:       geneva" in described.stdout and "Slurm:    22.05" in described.stdout
     assert real.kubectl("delete", "notebooksession", "f", "--wait=false").returncode == 0
     wait_for(lambda: not real.status("f"), 60, "the session to go", 0.5)
+
+
+def test_an_extension_beyond_the_partitions_max_time_is_refused_with_its_reason(
+    real: RealStack,
+) -> None:
+    """geneva's debug partition has MaxTime=01:00:00; the profile would allow 120 min. Slurm
+    itself lets an AdminLevel=Operator account go past MaxTime (tests/realslurm contract), so
+    the operator's own check is what refuses, naming the partition and its MaxTime."""
+    debug_first = {"spec": {"partitions": [{"name": "debug", "default": True}, {"name": "prod"}]}}
+    original = json.loads(real.kubectl("get", "slurmsite", "geneva", "-o", "json").stdout)
+    result = real.kubectl("patch", "slurmsite", "geneva", "--type=merge", "-p",
+                          json.dumps(debug_first))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    try:
+        created = real.kubectl("apply", "-f", "-", stdin=json.dumps(session("m", "long")))
+        assert created.returncode == 0, created.stderr
+        try:
+            status = wait_for(
+                lambda: (s := real.status("m")).get("expectedEndTime") and s,
+                90, "the session to run with an end time", 0.5,
+            )  # fmt: skip
+        except TimeoutError as error:
+            raise AssertionError(f"{error}: {real.status('m')}") from None
+        job_id = status["jobId"]
+        job = slurm_job(real, job_id)
+        assert (job["Partition"], job["TimeLimit"]) == ("debug", "00:20:00"), job
+
+        patch = {"spec": {"resources": {"timeLimitMinutes": 90}}}
+        result = real.kubectl(
+            "patch", "notebooksession", "m", "--type=merge", "-p", json.dumps(patch)
+        )
+        assert result.returncode == 0, result.stderr
+        status = wait_for(
+            lambda: condition(s := real.status("m"), "TimeLimit").get("reason")
+            == "ExtensionRefused" and s,
+            30, "the refusal", 0.5,
+        )  # fmt: skip
+        refused = condition(status, "TimeLimit")
+        assert refused["message"] == (
+            "extension refused: 90 minutes exceeds partition debug's MaxTime of 60 minutes"
+        ), refused
+        assert slurm_job(real, job_id)["TimeLimit"] == "00:20:00"
+        assert status["timeLimitMinutes"] == 20
+        warnings = [e for e in events(real, "m") if e["reason"] == "ExtensionRefused"]
+        assert warnings and warnings[0]["type"] == "Warning", warnings
+        assert "MaxTime of 60 minutes" in warnings[0]["message"]
+        card = cards.card("", {"spec": {"site": "geneva"}, "status": status},
+                          now=dt.datetime.now(dt.UTC), max_time_limit_minutes=120)  # fmt: skip
+        assert (card.notice_reason, card.notice) == ("ExtensionRefused", refused["message"])
+        assert real.kubectl("delete", "notebooksession", "m", "--wait=false").returncode == 0
+        wait_for(lambda: not real.status("m"), 60, "the session to go", 0.5)
+    finally:
+        restore = {"spec": {"partitions": original["spec"]["partitions"]}}
+        real.kubectl("patch", "slurmsite", "geneva", "--type=merge", "-p", json.dumps(restore))

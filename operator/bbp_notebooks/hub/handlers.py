@@ -2,11 +2,16 @@
 
     GET  /hub/api/bbp/sessions           the current user's servers: site, node, time left, notice,
                                          who each is shared with (the home page shows it)
+    GET  /hub/api/bbp/sessions/<user>    the same for a named user (an admin, a service)
     POST /hub/api/bbp/extend/<server>    more time for one of the current user's running servers;
                                          body {"minutes": 60} (default) or {"timeLimitMinutes": N}
 
     c.JupyterHub.extra_handlers = bbp_notebooks.hub.handlers.extra_handlers()
     c.JupyterHub.template_paths = [bbp_notebooks.hub.handlers.TEMPLATES]
+
+Each server is listed only to credentials that may read it (``read:servers!server=user/name``):
+a notebook server's own token (``JUPYTERHUB_API_TOKEN``, see the spawner's server_token_scopes)
+sees its own card, with the operator's warning, and is refused everything else.
 
 Only a server's owner may extend it (a user it is shared with may not): the hub's ServiceAccount
 raises the session's ``spec.resources.timeLimitMinutes`` within the profile's maximum, and the
@@ -40,8 +45,11 @@ class _BBPHandler(APIHandler):  # type: ignore[misc]
             raise web.HTTPError(403, "only a hub user has notebook servers")
         return user
 
+    def _may(self, scope: str) -> bool:
+        return bool(has_scope(scope, self.parsed_scopes, db=self.db))
+
     def _require(self, scope: str) -> None:
-        if not has_scope(scope, self.parsed_scopes, db=self.db):
+        if not self._may(scope):
             raise web.HTTPError(403, f"these credentials lack the scope {scope.split('!')[0]}")
 
     @staticmethod
@@ -59,13 +67,20 @@ class _BBPHandler(APIHandler):  # type: ignore[misc]
 
 
 class SessionsHandler(_BBPHandler):
-    async def get(self) -> None:
-        user = self._user()
-        self._require(f"read:servers!user={user.name}")
+    async def get(self, user_name: str | None = None) -> None:
+        user = self._user() if user_name is None else self.find_user(user_name)
+        readable = [
+            name
+            for name in sorted(user.orm_spawners if user is not None else ())
+            if self._may(f"read:servers!server={user.name}/{name}")
+        ]
+        if user is None or (not readable and not self._may(f"read:servers!user={user.name}")):
+            # The same answer for a user who does not exist: nobody learns who has an account.
+            raise web.HTTPError(403, f"these credentials may not read {user_name}'s servers")
         now = dt.datetime.now(dt.UTC)
         found: list[cards.Card] = []
         profiles: dict[str, Any] | None = None
-        for name in sorted(user.orm_spawners):
+        for name in readable:
             spawner = self._ours(user, name)
             if spawner is None:
                 continue
@@ -161,5 +176,6 @@ def extra_handlers() -> list[tuple[str, type[APIHandler]]]:
     """For ``c.JupyterHub.extra_handlers`` (the hub prefixes them with /hub)."""
     return [
         (r"/api/bbp/sessions", SessionsHandler),
+        (r"/api/bbp/sessions/([^/]+)", SessionsHandler),
         (r"/api/bbp/extend/([^/]*)", ExtendHandler),
     ]

@@ -44,6 +44,10 @@ from bbp_notebooks.hub.kube import HubKube, api_client, own_namespace
 _SERVER_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
+# JUPYTERHUB_API_TOKEN's scopes; "!server" is this server (JupyterHub expands it).
+SERVER_TOKEN_SCOPES = ("users:activity!user", "access:servers!server", "read:servers!server")
+
+
 class SessionFailed(RuntimeError):
     """The session ended (or was refused) before its notebook was ready."""
 
@@ -162,6 +166,13 @@ class NotebookSessionSpawner(Spawner):  # type: ignore[misc]
         # Waiting in a Slurm queue is normal: the JupyterHub default of 60 s would give up on
         # nearly every busy cluster. An hour, and the progress page says why it waits.
         return 3600
+
+    @default("server_token_scopes")
+    def _default_server_token_scopes(self) -> list[str]:
+        # JupyterHub's "server" role, plus reading this one server: code in the notebook can ask
+        # GET /hub/api/bbp/sessions for its own time left and the operator's warning (README:
+        # "In the notebook"), and nothing about the user's other servers or other users.
+        return [*SERVER_TOKEN_SCOPES]
 
     @default("env_keep")
     def _default_env_keep(self) -> list[str]:
