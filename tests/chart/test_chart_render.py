@@ -327,3 +327,40 @@ def test_every_pod_runs_as_non_root_with_a_read_only_root(
             assert context["readOnlyRootFilesystem"] is True
             assert context["allowPrivilegeEscalation"] is False
             assert context["capabilities"]["drop"] == ["ALL"]
+
+
+KERBEROS_HUB = {
+    "hub": {"authenticator": {"type": "kerberos"}},
+    "kerberos": {"enabled": True, "realm": "EXAMPLE.ORG", "kdcs": ["kdc.example.org"]},
+}
+
+
+def test_the_hub_keytab_checks_the_kdc_and_renewed_tickets_are_granted_only_on_request(
+    env: dict[str, str],
+) -> None:
+    keytab = {"secretName": "hub-keytab", "servicePrincipal": "HTTP/hub.example.org"}
+    values = {**KERBEROS_HUB, "kerberos": {**KERBEROS_HUB["kerberos"], "hubKeytab": keytab}}
+    docs = render(env, values)
+    (hub,) = [d for d in find(docs, "Deployment") if d["metadata"]["name"].endswith("-hub")]
+    pod = hub["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "hub-keytab"]
+    assert volume["secret"]["secretName"] == "hub-keytab"
+    mounts = pod["containers"][0]["volumeMounts"]
+    assert {
+        "name": "hub-keytab",
+        "mountPath": "/etc/bbp-notebooks/hub-keytab",
+        "readOnly": True,
+    } in mounts
+    configmaps = [d for d in find(docs, "ConfigMap") if d["metadata"]["name"].endswith("-hub")]
+    assert "HTTP/hub.example.org" in yaml.safe_dump(configmaps)
+    # The operator's ticket write-back: a Role in the sessions namespace and its policy.
+    roles = [d for d in find(docs, "Role") if d["metadata"]["name"].endswith("kerberos-tickets")]
+    assert [r["metadata"]["namespace"] for r in roles] == ["bbp-sessions"]
+    assert roles[0]["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["patch"]}]
+    assert find(docs, "ValidatingAdmissionPolicy")
+    # Without saveRenewedTickets, no write at all; without a principal, no chart.
+    off = {**KERBEROS_HUB, "kerberos": {**KERBEROS_HUB["kerberos"], "saveRenewedTickets": False}}
+    assert not [d for d in render(env, off) if d["metadata"]["name"].endswith("kerberos-tickets")]
+    bad = {**values, "kerberos": {**values["kerberos"], "hubKeytab": {"secretName": "x"}}}
+    refused = template(bad, env=env)
+    assert refused.returncode != 0 and "servicePrincipal" in refused.stderr

@@ -1,4 +1,5 @@
-"""A real MIT Kerberos KDC (Debian's krb5-kdc) on a loopback address, for tests and `make dev`.
+"""A real MIT Kerberos KDC (Debian's krb5-kdc) on a loopback address, and a real OpenSSH sshd
+accepting GSSAPI logins with its host keytab, for tests and `make dev --kerberos`.
 
 Everything lives in one folder: krb5.conf (clients: pass ``env`` / KRB5_CONFIG), kdc.conf, the
 database, keytabs. Host names are never resolved: ``dns_canonicalize_hostname = false`` and
@@ -18,8 +19,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncssh
+
+from bbp_notebooks.ssh import CertificateAuthority, SiteEndpoint
+
 REALM = "BBP.TEST"
 DEFAULT_ADDRESS = "127.0.0.30"
+SSHD_ADDRESS = "127.0.0.31"
 KDC_BINARIES = ("krb5kdc", "kdb5_util", "kadmin.local", "kinit", "klist", "kvno")
 
 
@@ -184,7 +190,11 @@ class Kdc:
 
     def add_host(self, host: str, keytab: Path) -> str:
         """``host/<host>`` with a random key, exported to ``keytab`` (0600); its name."""
-        principal = f"host/{host}"
+        return self.add_service(f"host/{host}", keytab)
+
+    def add_service(self, principal: str, keytab: Path) -> str:
+        """``principal`` (``name/instance``) with a random key, exported to ``keytab`` (0600);
+        its full name."""
         self.kadmin(f"addprinc -randkey {principal}")
         self.kadmin(f"ktadd -k {keytab} {principal}")
         os.chmod(keytab, 0o600)
@@ -192,3 +202,115 @@ class Kdc:
 
     def environment(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         return {**os.environ, **self.env, **(extra or {})}
+
+
+@dataclass
+class GssapiSshd:
+    """A real sshd accepting GSSAPI (keytab host/<address>) and certificates of ``user_ca``."""
+
+    address: str
+    port: int
+    host_principal: str
+    host_key: asyncssh.SSHKey
+    user_ca: CertificateAuthority
+    user_ca_key: asyncssh.SSHKey
+    root: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def known_hosts(self) -> str:
+        key = self.host_key.export_public_key().decode().strip()
+        return f"[{self.address}]:{self.port} {key}\n"
+
+    def endpoint(self, name: str = "kerberos") -> SiteEndpoint:
+        return SiteEndpoint(name, self.address, self.port, self.known_hosts, gss_host=self.address)
+
+    @property
+    def log(self) -> str:
+        return (self.root / "sshd.log").read_text(errors="replace")
+
+    def accepted_logins(self, user: str) -> int:
+        return self.log.count(f"Accepted gssapi-with-mic for {user} ")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+def start_gssapi_sshd(
+    kdc: Kdc, root: Path, *, set_env: Mapping[str, str] | None = None,
+    address: str = SSHD_ADDRESS, timeout: float = 20.0,
+) -> GssapiSshd:  # fmt: skip
+    """OpenSSH's sshd on ``address`` with ``GSSAPIAuthentication yes`` (its keytab from ``kdc``)
+    and a fresh user CA; ``set_env`` reaches every login session (e.g. SLURM_CONF)."""
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o755)  # noqa: S103  (sshd reads its config; nothing secret is world-readable)
+    port = _free_port(address)
+    keytab = root / "krb5.keytab"
+    principal = kdc.add_host(address, keytab)
+    host_key = asyncssh.generate_private_key("ssh-ed25519")
+    host_key_path = root / "host_ed25519"
+    host_key.write_private_key(str(host_key_path))
+    os.chmod(host_key_path, 0o600)
+    ca_key = asyncssh.generate_private_key("ssh-ed25519")
+    ca = CertificateAuthority(ca_key)
+    (root / "user_ca.pub").write_text(ca.public_key + "\n")
+    env_lines = [
+        f"{k}={v}" for k, v in {"KRB5_CONFIG": str(kdc.krb5_conf), **(set_env or {})}.items()
+    ]
+    config = root / "sshd_config"
+    config.write_text(
+        "\n".join(
+            [
+                f"ListenAddress {address}:{port}",
+                f"HostKey {host_key_path}",
+                f"TrustedUserCAKeys {root / 'user_ca.pub'}",
+                "AuthorizedKeysFile none",
+                "PubkeyAuthentication yes",
+                "GSSAPIAuthentication yes",
+                "GSSAPICleanupCredentials yes",
+                # The acceptor's own host name is this machine's, not the loopback address.
+                "GSSAPIStrictAcceptorCheck no",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "PermitRootLogin no",
+                "UsePAM no",
+                "StrictModes no",
+                "MaxSessions 10",
+                "X11Forwarding no",
+                "AllowTcpForwarding no",
+                "PrintMotd no",
+                "LogLevel VERBOSE",
+                "Subsystem sftp internal-sftp",
+                f"PidFile {root / 'sshd.pid'}",
+                f"SetEnv {' '.join(env_lines)}",
+            ]
+        )
+        + "\n"
+    )
+    env = kdc.environment({"KRB5_KTNAME": f"FILE:{keytab}"})
+    check = subprocess.run(
+        ["/usr/sbin/sshd", "-t", "-f", str(config)], env=env, capture_output=True, text=True,
+        check=False,
+    )  # fmt: skip
+    if check.returncode != 0:
+        raise KdcError(f"sshd -t: {check.stderr}")
+    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+    process = subprocess.Popen(
+        ["/usr/sbin/sshd", "-D", "-E", str(root / "sshd.log"), "-f", str(config)],
+        env=env,
+        start_new_session=True,
+    )
+    sshd = GssapiSshd(address, port, principal, host_key, ca, ca_key, root, process)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise KdcError(f"sshd exited: {sshd.log[-2000:]}")
+        try:
+            socket.create_connection((address, port), timeout=0.5).close()
+            return sshd
+        except OSError:
+            time.sleep(0.1)
+    sshd.stop()
+    raise KdcError(f"sshd did not listen on {address}:{port} in {timeout} s")

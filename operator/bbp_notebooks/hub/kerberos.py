@@ -11,14 +11,23 @@ never stored, logged or put anywhere: it lives in this call's memory only.
 The Secret is deleted at logout and once its ticket has ended (refresh_user, which then makes
 the hub ask for the password again).
 
+A KDC answering for the realm could be anyone's (a spoofed address, a poisoned DNS answer): a
+TGT alone proves only that *some* KDC knew a key for the password it was sent. With ``keytab``
+set, the hub checks that the KDC is the realm's own, as pam_krb5's ``validate`` does: it asks
+the KDC for a service ticket for ``service_principal`` with the new TGT and accepts it with the
+key in its keytab. Only the real KDC shares that key; any other answer refuses the login.
+
     c.JupyterHub.authenticator_class = "bbp_notebooks.hub.kerberos.KerberosAuthenticator"
     c.KerberosAuthenticator.realm = "EXAMPLE.ORG"
+    c.KerberosAuthenticator.keytab = "/etc/bbp-hub/krb5.keytab"             # optional
+    c.KerberosAuthenticator.service_principal = "HTTP/hub.example.org"     # its principal
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import datetime as dt
 import re
 import tempfile
@@ -61,8 +70,51 @@ class LoginRefused(Exception):
     """The KDC did not issue a ticket (wrong password, unknown or locked principal)."""
 
 
-def acquire_ticket(principal: str, password: str, lifetime_s: int | None = None) -> bytes:
-    """A TGT for ``principal`` from the KDC, as the bytes of a FILE ccache (blocking)."""
+@dataclasses.dataclass(frozen=True)
+class KdcCheck:
+    """Prove the KDC is the realm's own: a service ticket for ``service`` (a principal,
+    ``name/instance`` or ``name/instance@REALM``) that the key in ``keytab`` accepts."""
+
+    keytab: str
+    service: str
+
+
+def verify_kdc(creds: gssapi.raw.Creds, principal: str, check: KdcCheck) -> None:
+    """LoginRefused unless the KDC that issued ``creds`` issues a service ticket for
+    ``check.service`` that the hub's own keytab accepts (blocking)."""
+    service = gssapi.Name(check.service, gssapi.NameType.kerberos_principal)
+    try:
+        acceptor = gssapi.raw.acquire_cred_from(
+            {"keytab": check.keytab}, name=service, mechs=[_KRB5_MECH], usage="accept"
+        ).creds
+    except gssapi.raw.GSSError as error:
+        # The hub's own configuration is wrong, not the user's password: say so loudly.
+        raise RuntimeError(
+            f"the hub's keytab {check.keytab} has no key for {check.service}: {error.gen_message()}"
+        ) from None
+    try:
+        initiator = gssapi.SecurityContext(
+            name=service, creds=gssapi.Credentials(creds), mech=_KRB5_MECH, usage="initiate"
+        )
+        token = initiator.step()
+        accepted = gssapi.SecurityContext(creds=gssapi.Credentials(acceptor), usage="accept")
+        accepted.step(token)
+        # python-gssapi may raise a step's error only when the context is next looked at.
+        complete, client = accepted.complete, str(accepted.initiator_name)
+    except gssapi.raw.GSSError as error:
+        raise LoginRefused(
+            f"the KDC's answer for {principal} is not the realm's own: a service ticket for "
+            f"{check.service} that the hub's keytab does not accept ({error.gen_message()})"
+        ) from None
+    if not complete or client != principal:
+        raise LoginRefused(f"the service ticket for {check.service} is not {principal}'s")
+
+
+def acquire_ticket(
+    principal: str, password: str, lifetime_s: int | None = None, check: KdcCheck | None = None
+) -> bytes:
+    """A TGT for ``principal`` from the KDC, as the bytes of a FILE ccache (blocking). With
+    ``check``, the KDC must prove it is the realm's own (verify_kdc) first."""
     name = gssapi.Name(principal, gssapi.NameType.kerberos_principal)
     try:
         acquired = gssapi.raw.acquire_cred_with_password(
@@ -71,6 +123,14 @@ def acquire_ticket(principal: str, password: str, lifetime_s: int | None = None)
     except gssapi.raw.GSSError as error:
         # The minor message names the cause (e.g. "Preauthentication failed"), not the password.
         raise LoginRefused(f"no ticket for {principal}: {error.gen_message()}") from None
+    data = _stored(principal, acquired.creds)
+    if check is not None:
+        # After the cache was read: the hub's own service ticket stays out of the user's.
+        verify_kdc(acquired.creds, principal, check)
+    return data
+
+
+def _stored(principal: str, creds: gssapi.raw.Creds) -> bytes:
     with tempfile.TemporaryDirectory(prefix="bbp-krb5-login-") as folder:
         path = Path(folder) / "ccache"
         # Seen once in the Kerberos lane: a store that reported success but left no file. It is
@@ -79,7 +139,7 @@ def acquire_ticket(principal: str, password: str, lifetime_s: int | None = None)
         for _attempt in range(2):
             gssapi.raw.store_cred_into(
                 {"ccache": f"FILE:{path}"},
-                acquired.creds,
+                creds,
                 usage="initiate",
                 mech=_KRB5_MECH,
                 overwrite=True,
@@ -115,6 +175,23 @@ class KerberosAuthenticator(Authenticator):  # type: ignore[misc]
     ticket_lifetime = Integer(
         0, help="Seconds of ticket lifetime to ask for; 0: what krb5.conf and the KDC give."
     ).tag(config=True)
+    keytab = Unicode(
+        "",
+        help="Keytab with the key of service_principal. When set, each login proves that the "
+        "KDC is the realm's own (a service ticket for service_principal that this key accepts); "
+        "empty: any KDC that answers is believed.",
+    ).tag(config=True)
+    service_principal = Unicode(
+        "",
+        help="The hub's own principal in keytab, e.g. HTTP/hub.example.org (realm optional).",
+    ).tag(config=True)
+
+    def kdc_check(self) -> KdcCheck | None:
+        if not self.keytab:
+            return None
+        if not self.service_principal:
+            raise ValueError("KerberosAuthenticator.keytab is set: set service_principal too")
+        return KdcCheck(self.keytab, self.service_principal)
 
     @default("namespace")
     def _default_namespace(self) -> str:
@@ -142,7 +219,9 @@ class KerberosAuthenticator(Authenticator):  # type: ignore[misc]
         principal = f"{username}@{self.realm}"
         lifetime = self.ticket_lifetime or None
         try:
-            raw = await asyncio.to_thread(acquire_ticket, principal, password, lifetime)
+            raw = await asyncio.to_thread(
+                acquire_ticket, principal, password, lifetime, self.kdc_check()
+            )
             ticket = parse_ccache(raw)
             ticket.check_owner(username, self.realm)
         except (LoginRefused, TicketError) as error:
@@ -214,4 +293,11 @@ class KerberosAuthenticator(Authenticator):  # type: ignore[misc]
         return False
 
 
-__all__ = ["KerberosAuthenticator", "KerberosLogoutHandler", "LoginRefused", "acquire_ticket"]
+__all__ = [
+    "KdcCheck",
+    "KerberosAuthenticator",
+    "KerberosLogoutHandler",
+    "LoginRefused",
+    "acquire_ticket",
+    "verify_kdc",
+]

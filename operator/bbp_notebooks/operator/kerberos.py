@@ -15,6 +15,7 @@ import base64
 import dataclasses
 import datetime as dt
 import logging
+from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -164,13 +165,21 @@ async def check_session(
     return Outcome(new, (reason, message) if turned_false else None)
 
 
-async def _save_back(rt: Runtime, namespace: str, user: str, ticket: Ticket) -> None:
-    """Keep the renewed ticket in the user's Secret too, so a restarted operator has it. The
-    Secret stays the hub's (its owner and labels are untouched); refused writes only log."""
-    body = {
+def renewed_ticket_patch(ticket: Ticket) -> dict[str, Any]:
+    """The merge patch of a user's ticket Secret after a renewal: the cache and its end time
+    only. The chart's admission policy (templates/kerberos-tickets.yaml) lets the operator write
+    nothing else, and only into Secrets the hub labelled as tickets."""
+    return {
         "metadata": {"annotations": {TICKET_EXPIRY_ANNOTATION: ticket.end.isoformat()}},
         "data": {TICKET_KEY: base64.b64encode(ticket.data).decode()},
     }
+
+
+async def _save_back(rt: Runtime, namespace: str, user: str, ticket: Ticket) -> None:
+    """Keep the renewed ticket in the user's Secret too, so a restarted operator has it. The
+    Secret stays the hub's (its owner and labels are untouched); refused writes only log (the
+    chart grants them with kerberos.saveRenewedTickets)."""
+    body = renewed_ticket_patch(ticket)
     try:
         await rt.kube.core.patch_namespaced_secret(ticket_secret_name(user), namespace, body)
     except ApiException as error:
