@@ -5,9 +5,14 @@
 #
 #   scripts/build-tools.sh            # build what is missing, print "<tool> <version> <path>" lines
 #   BBP_TOOLS_DIR=/some/dir scripts/build-tools.sh
+#   scripts/build-tools.sh --node     # also the node: kubelet, kube-proxy, kube-controller-manager,
+#                                     # kube-scheduler, CoreDNS and a static pause (tools/pause)
 #
 # Needs Go (>= 1.24) and the Go module proxy; nothing else from the network.
 set -euo pipefail
+
+node=0
+[[ "${1:-}" == --node ]] && node=1
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=tools.env
@@ -44,10 +49,16 @@ finish() { # finish TOOL VERSION
   printf '%s\n' "$2" >"$bin/.$1.version"
 }
 
+KUBERNETES_TOOLS=(kube-apiserver kubectl)
+NODE_TOOLS=(kubelet kube-proxy kube-controller-manager kube-scheduler)
+
 build_kubernetes() {
-  local need=()
-  is_built kube-apiserver "$KUBERNETES_VERSION" || need+=(kube-apiserver)
-  is_built kubectl "$KUBERNETES_VERSION" || need+=(kubectl)
+  local need=() tool
+  local wanted=("${KUBERNETES_TOOLS[@]}")
+  ((node)) && wanted+=("${NODE_TOOLS[@]}")
+  for tool in "${wanted[@]}"; do
+    is_built "$tool" "$KUBERNETES_VERSION" || need+=("$tool")
+  done
   ((${#need[@]})) || return 0
   log "building ${need[*]} $KUBERNETES_VERSION (slow the first time: ~thousands of packages)"
   local dir; dir=$(new_build_dir kubernetes)
@@ -109,14 +120,46 @@ build_helm() {
   )
 }
 
+build_coredns() {
+  is_built coredns "$COREDNS_VERSION" && return 0
+  log "building coredns $COREDNS_VERSION"
+  local dir; dir=$(new_build_dir coredns)
+  (
+    cd "$dir"
+    go get "github.com/coredns/coredns@$COREDNS_VERSION"
+    go build -trimpath -ldflags "-s -w" -o "$bin/coredns.tmp" github.com/coredns/coredns
+    mv "$bin/coredns.tmp" "$bin/coredns"
+    finish coredns "$COREDNS_VERSION"
+  )
+}
+
+# The pod sandbox's process: ours (tools/pause), static, versioned by its source's hash.
+build_pause() {
+  local version
+  version=$(sha256sum "$here/../tools/pause/main.go" | cut -c1-16)
+  is_built pause "$version" && return 0
+  log "building pause ($version)"
+  local dir; dir=$(new_build_dir pause)
+  cp "$here/../tools/pause/main.go" "$dir/"
+  (cd "$dir" && go build -trimpath -ldflags "-s -w" -o "$bin/pause.tmp" .)
+  mv "$bin/pause.tmp" "$bin/pause"
+  finish pause "$version"
+}
+
 start=$SECONDS
 build_etcd
 build_helm
 build_kubernetes
+tools=("${KUBERNETES_TOOLS[@]}" etcd helm)
+if ((node)); then
+  build_coredns
+  build_pause
+  tools+=("${NODE_TOOLS[@]}" coredns pause)
+fi
 rm -rf "$prefix/build"
 log "tools ready in $((SECONDS - start)) s"
 
-for tool in kube-apiserver kubectl etcd helm; do
+for tool in "${tools[@]}"; do
   printf '%s %s %s\n' "$tool" "$(cat "$bin/.$tool.version")" "$bin/$tool"
 done
 printf '%s\n' "$bin"
