@@ -537,9 +537,23 @@ def test_code_in_the_notebook_sees_its_time_left_and_warning_and_the_hub_page_sh
     except BaseException:
         for number, open_page in enumerate(alice.pages):
             open_page.screenshot(path=str(artifacts / f"failure-notice-{number}.png"))
+        stop_alices_server_after_a_failure(alice, system)
         raise
     finally:
         alice.close()
+
+
+def stop_alices_server_after_a_failure(context: BrowserContext, system: DevSystem) -> None:
+    """So that the next test starts from no server (its login lands on the spawn page)."""
+    try:
+        page = context.new_page()
+        page.goto(f"{system.url}/hub/home")
+        page.request.delete(
+            f"{system.url}/hub/api/users/alice/server", headers={"X-XSRFToken": xsrf(page)}
+        )
+        wait_for(lambda: not sessions(system), 120, "alice's server to stop", 1)
+    except Exception as error:  # noqa: BLE001 - the test's own failure is the one to report
+        print(f"could not stop alice's server after the failure: {error}")
 
 
 # A notebook that cannot start shows why (issue 13) ----------
