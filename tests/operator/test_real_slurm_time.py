@@ -79,6 +79,8 @@ def real(real_slurm: RealSlurm, tmp_path_factory: pytest.TempPathFactory) -> Ite
             profile("broken", kernelSetup=FAILING_SETUP),
             # Allows more than geneva's debug partition (MaxTime 1 h): the partition is the bound.
             profile("long", defaultTimeLimitMinutes=20, maxTimeLimitMinutes=120),
+            # One minute more than the lead: the warning comes while the job runs.
+            profile("lead", defaultTimeLimitMinutes=LEAD_MINUTES + 1, maxTimeLimitMinutes=30),
         ]
         stack = RealStack(cp, Operator(workdir / "operator", cp.kubeconfig), real_slurm)
         result = stack.kubectl(
@@ -284,3 +286,43 @@ def test_an_extension_beyond_the_partitions_max_time_is_refused_with_its_reason(
     finally:
         restore = {"spec": {"partitions": original["spec"]["partitions"]}}
         real.kubectl("patch", "slurmsite", "geneva", "--type=merge", "-p", json.dumps(restore))
+
+
+def test_a_running_session_is_warned_when_it_reaches_the_lead_time(real: RealStack) -> None:
+    """A 26 min job with a 25 min lead: TimeRemaining first, then, about a minute in (at Slurm's
+    end time minus the lead, not before), EndingSoon with one Warning Event and the hub's notice."""
+    created = real.kubectl("apply", "-f", "-", stdin=json.dumps(session("w", "lead")))
+    assert created.returncode == 0, created.stderr
+    try:
+        status = wait_for(
+            lambda: (s := real.status("w")).get("expectedEndTime") and s,
+            90, "the session to run with an end time", 0.5,
+        )  # fmt: skip
+    except TimeoutError as error:
+        raise AssertionError(f"{error}: {real.status('w')}") from None
+    end = slurm_end(slurm_job(real, status["jobId"]))
+    assert dt.datetime.fromisoformat(status["expectedEndTime"]) == end
+    due = end - dt.timedelta(minutes=LEAD_MINUTES)
+    if dt.datetime.now(dt.UTC) < due - dt.timedelta(seconds=5):  # the normal case: ~55 s to go
+        early = condition(status, "TimeLimit")
+        assert (early["status"], early["reason"]) == ("True", "TimeRemaining"), early
+        assert not [e for e in events(real, "w") if e["reason"] == "EndingSoon"]
+    status = wait_for(
+        lambda: condition(s := real.status("w"), "TimeLimit").get("reason") == "EndingSoon" and s,
+        150, "the warning at the lead time", 0.5,
+    )  # fmt: skip
+    warned = condition(status, "TimeLimit")
+    at = dt.datetime.fromisoformat(warned["lastTransitionTime"].replace("Z", "+00:00"))
+    assert due <= at <= due + dt.timedelta(seconds=30), (due, warned)
+    warning = wait_for(
+        lambda: [e for e in events(real, "w") if e["reason"] == "EndingSoon"], 20, "the Event", 0.5
+    )
+    assert len(warning) == 1 and warning[0]["type"] == "Warning", warning
+    assert f"({LEAD_MINUTES} min left)" in warning[0]["message"] or (
+        f"({LEAD_MINUTES - 1} min left)" in warning[0]["message"]
+    ), warning
+    card = cards.card("", {"spec": {"site": "geneva"}, "status": status},
+                      now=dt.datetime.now(dt.UTC), max_time_limit_minutes=30)  # fmt: skip
+    assert (card.notice_reason, card.notice) == ("EndingSoon", warned["message"]), card
+    assert real.kubectl("delete", "notebooksession", "w", "--wait=false").returncode == 0
+    wait_for(lambda: not real.status("w"), 60, "the session to go", 0.5)
