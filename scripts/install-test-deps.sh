@@ -12,6 +12,8 @@ PACKAGES=(
   openssh-server openssh-client
   prometheus  # a real Prometheus and promtool for the metrics, alert and dashboard tests
   krb5-kdc krb5-admin-server krb5-user libkrb5-dev
+  openjdk-17-jre-headless python3-venv  # PySpark profiles: Spark's JVM, the jobs' virtualenv
+  buildah debootstrap  # the images, built here from a local Debian base (scripts/build-images.sh)
 )
 TEST_USERS=(alice bob slurmop)  # slurmop: AdminLevel=Operator at the real Slurm test site
 
@@ -69,3 +71,19 @@ done
 # sshd's privilege-separation directory (normally made by the systemd unit).
 mkdir -p /run/sshd
 chmod 0755 /run/sshd
+
+# PySpark profiles (tests/operator/test_real_slurm_spark.py): a virtualenv built with the system
+# python3 that jobs run, readable by the test users, with PyPI's pyspark (its wheel carries
+# Spark 3.5, which runs on OpenJDK 17) and numpy. Pinned; rebuilt only when the pins change.
+SPARK_VENV=/opt/bbp-notebooks/spark-venv
+SPARK_PINS="pyspark==3.5.3 numpy==2.2.6"
+if [[ $(cat "$SPARK_VENV/.pins" 2>/dev/null) != "$SPARK_PINS" ]]; then
+  echo "install-test-deps.sh: building $SPARK_VENV ($SPARK_PINS)"
+  rm -rf "$SPARK_VENV"
+  mkdir -p "$(dirname "$SPARK_VENV")"
+  /usr/bin/python3 -m venv "$SPARK_VENV"
+  # shellcheck disable=SC2086  # the pins are words
+  "$SPARK_VENV/bin/pip" install --quiet $SPARK_PINS
+  echo "$SPARK_PINS" >"$SPARK_VENV/.pins"
+  chmod -R a+rX "$SPARK_VENV"
+fi

@@ -26,6 +26,7 @@ from bbp_notebooks.api.vocabulary import ConditionType, Reason
 from bbp_notebooks.operator import handlers, observe, reconcile, sessions, timelimit
 from bbp_notebooks.operator.conditions import get
 from bbp_notebooks.operator.planning import InvalidSpec, SiteView, protected_users, user_refusal
+from bbp_notebooks.slurm.commands import AccountingEntry, QueueEntry
 from bbp_notebooks.slurm.values import JobState
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -267,6 +268,27 @@ def delete_cancel_fails() -> Row:
     return ("(deleted)", "-", Reason.CANCEL_ABANDONED, f"{backoff(delays[0], max(delays))}, given up after cancelGiveUpSeconds ({give_up} s); the orphan sweep cancels later")
 
 
+def companion_pending() -> QueueEntry:
+    from test_spark_decisions import companion
+
+    return companion(JobState.PENDING)
+
+
+def spark_polled(queue_entry: QueueEntry | None, accounting: tuple[AccountingEntry, ...], type_: str, retry: str) -> Callable[[], Row]:
+    """A PySpark session whose notebook is up, polled with its cluster job (id 2001) as given."""
+    from test_spark_decisions import SPARK_ID, spark_session
+
+    def row() -> Row:
+        one = spark_session(endpoint=True, spark={"masterURL": "spark://127.0.0.1:7077", "uiURL": "http://127.0.0.1:8080"})
+        rows = tuple(dataclasses.replace(a, job_id=SPARK_ID) for a in accounting)
+        queue = (queued(1, JobState.RUNNING), *((queue_entry,) if queue_entry else ()))
+        result = reconcile.reconcile(snapshot(queue, rows), SlurmSiteStatus(), 1, [one], {}, SETTINGS)
+        ((_, new),) = result.sessions
+        return shown(new, type_, retry)
+
+    return row
+
+
 CASES: dict[str, Callable[[], Row]] = {
     "sbatch-refused": sbatch_refused,
     "login-refused": login_refused,
@@ -289,6 +311,8 @@ CASES: dict[str, Callable[[], Row]] = {
     "many-missing": many_missing,
     "poll-unreachable": poll_unreachable,
     "duplicate-job": duplicate_job,
+    "spark-pending": spark_polled(companion_pending(), (), ConditionType.SPARK_READY, "next poll; `spark.reason` holds the cluster's own queue reason"),
+    "spark-ended": spark_polled(None, (accounted(1, JobState.CANCELLED),), ConditionType.READY, "none; the cluster's last output in `spark.logTail` and the message"),
     "ending-soon": ending_soon,
     "extended": extended,
     "extension-refused": extension_refused,

@@ -431,6 +431,13 @@ def with_spark(
         previous = get(status.conditions, ConditionType.SPARK_READY)
         if previous is not None and previous.reason != Reason.SPARK_JOB_NOT_SUBMITTED:
             change = (ConditionType.SPARK_READY, previous.status, previous.reason, previous.message)
+        elif report is not None:  # not seen in this poll, but it reported: still up
+            change = (
+                ConditionType.SPARK_READY,
+                True,
+                Reason.SPARK_CLUSTER_REPORTED,
+                f"{report.master_url} with {report.workers} workers, UI {report.ui_url}",
+            )
         else:
             change = (
                 ConditionType.SPARK_READY,

@@ -165,7 +165,14 @@ def render_spark_script(job: SparkJob) -> str:
     """The complete batch script of the Spark cluster job, for ``sbatch`` on stdin."""
     _validate(job)
     q = shlex.quote
-    settings = [f"{name} {value}" for name, value in job.settings]
+    # Executors fill a worker unless the profile says otherwise (Spark's own default, 1 GiB,
+    # would get no executor at all on a smaller worker).
+    defaults = {
+        "spark.executor.memory": f"{job.executor_memory_mib}m",
+        "spark.executor.cores": str(job.cores_per_worker),
+    }
+    chosen = dict(job.settings)
+    settings = [f"{name} {value}" for name, value in {**defaults, **chosen}.items()]
     lines = [
         "#!/bin/bash",
         "# bbp-notebooks Spark cluster job. All Slurm options are on the sbatch command line.",
