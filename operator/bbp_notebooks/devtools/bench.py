@@ -441,7 +441,10 @@ class Bench:
         self.wait(lambda: len(self.seen.changes_after(keys, up)) == count,
                   "every burst session told the site is back")  # fmt: skip
         spread = max(moments[-1] - moments[0], 1e-3)
+        log = self.operator.log_path.read_text(errors="replace") if self.operator else ""
         return {
+            # Create handlers that ran again and found their job by its tag (no second sbatch).
+            "adoptions": log.count("adopted existing job"),
             "sessions": count,
             "create_s": created,
             "all_submitted_s": submitted,
@@ -691,6 +694,13 @@ def rows(results: Mapping[str, Any]) -> list[Row]:
             f"burst of {burst['sessions']}: all submitted",
             f"{burst['all_submitted_s']:.1f} s",
             f"created in {burst['create_s']:.1f} s",
+            "",
+            None,
+        ),
+        Row(
+            "burst: create handlers run again (job found by tag)",
+            f"{burst.get('adoptions', 0)}",
+            f"{burst['sessions']} sessions",
             "",
             None,
         ),
