@@ -49,8 +49,9 @@ test: deps
 	$(PYTHON) -m pytest -ra --ignore=tests/benchmarks $(PYTEST_ARGS)
 	$(PYTHON) -m pytest -ra -s tests/benchmarks $(PYTEST_ARGS)
 
+# make dev KERBEROS=1: also a local KDC and a GSSAPI site on real Slurm (needs root).
 dev: deps
-	$(PYTHON) -m bbp_notebooks.devtools.dev
+	$(PYTHON) -m bbp_notebooks.devtools.dev $(if $(filter 1,$(KERBEROS)),--kerberos)
 
 clean:
 	rm -rf .dev build *.egg-info

@@ -16,6 +16,11 @@ one from npm and prints its path), BBP_HUB_PORT (8000), BBP_HUB_API_PORT (8081),
 BBP_PROXY_API_PORT (8001), BBP_HUB_STATE_DIR (.), BBP_SESSION_NAMESPACE (default), and
 BBP_IDLE_TIMEOUT / BBP_IDLE_CULL_EVERY (seconds; idle culling is off unless the timeout is set).
 
+Kerberos (`make dev KERBEROS=1`): BBP_KERBEROS_REALM switches the login to KerberosAuthenticator
+(passwords checked by the KDC that KRB5_CONFIG names; the user's ticket goes into a Secret in the
+sessions namespace); optional BBP_KERBEROS_KEYTAB and BBP_KERBEROS_SERVICE check that the KDC is
+the realm's own (see bbp_notebooks.hub.kerberos).
+
     jupyterhub -f examples/jupyterhub_config.py
 
 Development only: SharedPasswordAuthenticator lets any allowed user name in with one shared
@@ -66,8 +71,18 @@ c.ConfigurableHTTPProxy.pid_file = str(state_dir / "jupyterhub-proxy.pid")
 
 # Development users: alice and bob exist as POSIX users at the emulated sites; alice is in the
 # thalamus group, so only she is offered the Thalamus profile.
-c.JupyterHub.authenticator_class = "shared-password"
-c.SharedPasswordAuthenticator.user_password = _required("BBP_DEV_PASSWORD")
+kerberos_realm = os.environ.get("BBP_KERBEROS_REALM")
+if kerberos_realm:
+    c.JupyterHub.authenticator_class = "bbp_notebooks.hub.kerberos.KerberosAuthenticator"
+    c.KerberosAuthenticator.realm = kerberos_realm
+    c.KerberosAuthenticator.namespace = os.environ.get("BBP_SESSION_NAMESPACE", "default")
+    c.KerberosAuthenticator.kubeconfig = _required("KUBECONFIG")
+    # The hub's own keytab: each login proves the KDC is the realm's own.
+    c.KerberosAuthenticator.keytab = os.environ.get("BBP_KERBEROS_KEYTAB", "")
+    c.KerberosAuthenticator.service_principal = os.environ.get("BBP_KERBEROS_SERVICE", "")
+else:
+    c.JupyterHub.authenticator_class = "shared-password"
+    c.SharedPasswordAuthenticator.user_password = _required("BBP_DEV_PASSWORD")
 c.Authenticator.allowed_users = {"alice", "bob"}
 c.Authenticator.admin_users = set()
 c.JupyterHub.load_groups = {"thalamus": {"users": ["alice"]}}

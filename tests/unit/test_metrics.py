@@ -187,3 +187,19 @@ def test_a_session_gone_without_its_finalizer_is_not_tracked_forever() -> None:
     metrics.deletion_started(session, None)
     metrics.publish_sessions([])  # the session left the index (finalizer removed by hand)
     assert not samples("bbp_notebooks_oldest_deletion_timestamp_seconds")
+
+
+def test_a_gssapi_site_publishes_its_earliest_valid_ticket_end_without_user_labels() -> None:
+    soon, later = NOW + dt.timedelta(minutes=7), NOW + dt.timedelta(hours=9)
+    # None: a session whose ticket is not valid (ended, missing, someone else's) does not count.
+    assert metrics.earliest_ticket_expiry([later, None, soon]) == soon
+    assert metrics.earliest_ticket_expiry([None, None]) is None
+    metrics.observe_ticket_expiry("unit-a", metrics.earliest_ticket_expiry([later, soon]))
+    name = "bbp_notebooks_site_earliest_ticket_expiry_timestamp_seconds"
+    assert samples(name) == {(("site", "unit-a"),): soon.timestamp()}
+    # No valid ticket left: the series goes (an absent series, not a moment in the past).
+    metrics.observe_ticket_expiry("unit-a", None)
+    assert samples(name) == {}
+    metrics.observe_ticket_expiry("unit-a", later)
+    metrics.forget_site("unit-a")
+    assert samples(name) == {}

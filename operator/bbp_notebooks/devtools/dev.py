@@ -6,7 +6,11 @@ with the NotebookSessionSpawner behind configurable-http-proxy. :func:`start_dev
 the running pieces; the browser end-to-end test starts the system through it too, so `make dev`
 and the test share their wiring.
 
-    python -m bbp_notebooks.devtools.dev [--workdir .dev] [--port 8000]
+    python -m bbp_notebooks.devtools.dev [--workdir .dev] [--port 8000] [--kerberos]
+
+With ``--kerberos`` (``make dev KERBEROS=1``) there is also a Kerberos realm and a GSSAPI site,
+``geneva-krb``, on real Slurm (devtools/kerberos_site.py; needs root), and the hub logs users in
+with their Kerberos passwords (KerberosAuthenticator), which the banner prints.
 
 Stopping deletes the sessions first, so that the operator's finalizers cancel their Slurm jobs
 (with a deadline), then stops the hub, the operator, the sites and the control plane.
@@ -32,8 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from bbp_notebooks.devtools import admission, processes, stack, topology
+from bbp_notebooks.devtools import admission, processes, realslurm, stack, topology
 from bbp_notebooks.devtools.controlplane import ControlPlane, repo_root
+from bbp_notebooks.devtools.kerberos_site import SITE_ACCOUNT, KerberosSite
 from bbp_notebooks.devtools.processes import Child
 from bbp_notebooks.devtools.prometheus import Prometheus, write_rules
 from bbp_notebooks.devtools.stack import Keys, MockSlurm, Operator, free_port
@@ -108,6 +113,8 @@ class Hub:
     # jupyterhub-idle-culler as a hub service: seconds without activity (0: no culler).
     idle_timeout: int = 0
     cull_every: int = 60
+    # More environment for the hub (the Kerberos realm and krb5.conf of `--kerberos`).
+    extra_env: Mapping[str, str] = field(default_factory=dict)
     child: Child | None = None
 
     @property
@@ -135,6 +142,7 @@ class Hub:
             "BBP_SESSION_NAMESPACE": SESSION_NAMESPACE,
             "BBP_IDLE_TIMEOUT": str(self.idle_timeout),
             "BBP_IDLE_CULL_EVERY": str(self.cull_every),
+            **self.extra_env,
         }
         config = repo_root() / "examples" / "jupyterhub_config.py"
         # A session of its own: Ctrl-C reaches only `make dev`, which stops the pieces in order.
@@ -177,6 +185,7 @@ class DevSystem:
     mock: MockSlurm
     operator: Operator
     hub: Hub
+    kerberos: KerberosSite | None = None
 
     @property
     def url(self) -> str:
@@ -208,6 +217,7 @@ class DevSystem:
             ("the sessions (the operator cancels their jobs)", lambda: self._end_sessions(timeout)),
             ("the operator", self.operator.stop),
             ("the emulated Slurm sites", self.mock.stop),
+            ("the Kerberos realm and real Slurm", self.kerberos.stop if self.kerberos else _noop),
             ("the control plane", self.control_plane.stop),
         ]
         failures = []
@@ -243,14 +253,18 @@ def start_dev_system(
     idle_timeout: int = 0,
     cull_every: int = 60,
     operator_settings: Mapping[str, str] | None = None,
+    kerberos: bool = False,
+    real_slurm: realslurm.Deployment | None = None,
 ) -> DevSystem:
-    """Start everything under `workdir` (wiped first: every start is a fresh system)."""
+    """Start everything under `workdir` (wiped first: every start is a fresh system). With
+    ``kerberos``, also the realm and the GSSAPI site, on ``real_slurm`` if given (else its own)."""
     deps = deps or ensure_dev_deps()
     workdir = workdir.resolve()
     for part in ("keys", "mockslurm", "operator", "hub"):
         shutil.rmtree(workdir / part, ignore_errors=True)
     control_plane = ControlPlane(workdir / "controlplane")
-    started: list[ControlPlane | MockSlurm | Operator | Hub] = []
+    started: list[ControlPlane | MockSlurm | Operator | Hub | KerberosSite] = []
+    kerberos_site = KerberosSite(workdir, real_slurm=real_slurm) if kerberos else None
     try:
         control_plane.start()
         started.append(control_plane)
@@ -260,7 +274,11 @@ def start_dev_system(
         # runs as the chart's hub ServiceAccount with the chart's hub RBAC, not as admin.
         admission.install_admission_policy(
             control_plane,
-            protected_users=[topology.MONITOR_USER, topology.ADMIN_USER],
+            protected_users=[
+                topology.MONITOR_USER,
+                topology.ADMIN_USER,
+                *([SITE_ACCOUNT] if kerberos_site else []),
+            ],
             probe_namespace=SESSION_NAMESPACE,
         )
         hub_kubeconfig = admission.install_hub_identity(
@@ -270,6 +288,9 @@ def start_dev_system(
         mock = MockSlurm(workdir / "mockslurm", Keys.create(workdir / "keys"))
         mock.start()
         started.append(mock)
+        if kerberos_site is not None:
+            started.append(kerberos_site)
+            kerberos_site.start()
 
         def kubectl(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
             return subprocess.run(
@@ -285,6 +306,8 @@ def start_dev_system(
             # Extensions work in make dev: the sites' admin account may raise time limits.
             admin_user=topology.ADMIN_USER,
         )
+        if kerberos_site is not None:
+            kerberos_site.install(kubectl, poll_interval)
         operator = Operator(
             workdir / "operator",
             control_plane.kubeconfig,
@@ -301,6 +324,7 @@ def start_dev_system(
                         f"--HubOAuth.cache_max_age={NOTEBOOK_AUTH_CACHE_S}",
                     ]
                 ),  # fmt: skip
+                **(kerberos_site.operator_settings() if kerberos_site else {}),
                 **(operator_settings or {}),
             },
         )
@@ -310,6 +334,7 @@ def start_dev_system(
         hub = Hub(
             workdir / "hub", hub_kubeconfig, deps.chp, port=hub_port,
             idle_timeout=idle_timeout, cull_every=cull_every,
+            extra_env=kerberos_site.hub_environment() if kerberos_site else {},
         )  # fmt: skip
         hub.start()
         started.append(hub)
@@ -322,7 +347,11 @@ def start_dev_system(
         if control_plane not in started:
             control_plane.stop()
         raise
-    return DevSystem(workdir, deps, control_plane, mock, operator, hub)
+    return DevSystem(workdir, deps, control_plane, mock, operator, hub, kerberos_site)
+
+
+def _noop() -> None:
+    pass
 
 
 def _stop_pid_file(pid_file: Path, expected: str, timeout: float = 10.0) -> None:
@@ -350,12 +379,17 @@ def _banner(system: DevSystem, prometheus: Prometheus | None = None) -> str:
         + ")"
         for site in system.mock.sites
     )
+    logins = (
+        system.kerberos.banner_lines()
+        if system.kerberos is not None
+        else [f"  log in as:   {' or '.join(DEV_USERS)}, password {system.hub.password}"]
+    )
     return "\n".join(
         [
             "",
             "bbp-notebooks dev system is up",
             f"  JupyterHub:  {system.url}/",
-            f"  log in as:   {' or '.join(DEV_USERS)}, password {system.hub.password}",
+            *logins,
             f"  idle cull:   after {system.hub.idle_timeout} s without activity"
             if system.hub.idle_timeout
             else "  idle cull:   off",
@@ -390,7 +424,21 @@ def main(argv: list[str] | None = None) -> int:
         help="jupyterhub-idle-culler stops servers idle this long, in seconds "
         f"(default {DEV_IDLE_TIMEOUT_S}; 0: no culling)",
     )
+    parser.add_argument(
+        "--kerberos",
+        action="store_true",
+        help="also a local MIT KDC and a GSSAPI site on real Slurm; the hub logs users in with "
+        "Kerberos passwords (make dev KERBEROS=1; needs root)",
+    )
+    parser.add_argument(
+        "--real-slurm",
+        type=Path,
+        default=None,
+        help="with --kerberos: use the real Slurm deployment already running in this folder "
+        "(devtools/realslurm.py up --dir) instead of starting one",
+    )
     args = parser.parse_args(argv)
+    borrowed = realslurm.Deployment.load(args.real_slurm) if args.real_slurm else None
 
     stop = threading.Event()
 
@@ -401,7 +449,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
 
     began = time.monotonic()
-    system = start_dev_system(args.workdir, hub_port=args.port, idle_timeout=args.idle_timeout)
+    system = start_dev_system(
+        args.workdir,
+        hub_port=args.port,
+        idle_timeout=args.idle_timeout,
+        kerberos=args.kerberos,
+        real_slurm=borrowed,
+    )
     prometheus = _start_prometheus(system) if args.prometheus else None
     print(_banner(system, prometheus), flush=True)
     print(f"(started in {time.monotonic() - began:.1f} s)", flush=True)

@@ -1,6 +1,7 @@
 """kopf wiring for Kerberos tickets: one daemon per GSSAPI site checks, every few seconds, the
-ticket of each of its live sessions, renews it when due (the job's copy refreshed) and writes
-CredentialsValid. Sites with other auth methods run nothing (and log nothing)."""
+ticket of each of its live sessions, renews it when due (the job's copy refreshed), writes
+CredentialsValid and publishes the site's earliest ticket end as a metric. Sites with other auth
+methods run nothing (and log nothing)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,16 @@ from typing import Any
 import kopf
 
 from bbp_notebooks.api.constants import GROUP, SITE_PLURAL, VERSION
-from bbp_notebooks.api.models import AuthMethod, SlurmSiteSpec, SlurmSiteStatus, dump
-from bbp_notebooks.operator import kerberos
+from bbp_notebooks.api.models import (
+    AuthMethod,
+    ConditionStatus,
+    SlurmSiteSpec,
+    SlurmSiteStatus,
+    dump,
+)
+from bbp_notebooks.api.vocabulary import ConditionType
+from bbp_notebooks.operator import kerberos, metrics
+from bbp_notebooks.operator.conditions import get
 from bbp_notebooks.operator.planning import SiteView
 from bbp_notebooks.operator.runtime import CredentialsUnavailable, Runtime
 from bbp_notebooks.operator.sessions import SessionRef
@@ -44,6 +53,19 @@ async def watch_tickets(
     **_: Any,
 ) -> None:
     rt: Runtime = memo["runtime"]
+    try:
+        await _check_site_tickets(rt, name, body, stopped, session_index)
+    finally:
+        metrics.observe_ticket_expiry(name, None)  # no stale series once the daemon stops
+
+
+async def _check_site_tickets(
+    rt: Runtime,
+    name: str,
+    body: kopf.Body,
+    stopped: kopf.DaemonStopped,
+    session_index: kopf.Index[str, SessionRef],
+) -> None:
     while not stopped:
         site = SiteView(
             name=name,
@@ -56,9 +78,10 @@ async def watch_tickets(
             if (s.status.site or s.spec.site) == name
             and not (s.status.phase is not None and s.status.phase.is_terminal)
         ]
+        ends: list[dt.datetime | None] = []
         for session in here:
             try:
-                await check(rt, site, session)
+                ends.append(await check(rt, site, session))
             except asyncio.CancelledError:
                 raise
             except (SshError, CredentialsUnavailable) as error:
@@ -67,10 +90,12 @@ async def watch_tickets(
                 )
             except Exception:  # one session's trouble must not stop the others' renewals
                 log.exception("ticket check of %s/%s failed", session.namespace, session.name)
+        metrics.observe_ticket_expiry(name, metrics.earliest_ticket_expiry(ends))
         await stopped.wait(CHECK_INTERVAL_S)
 
 
-async def check(rt: Runtime, site: SiteView, session: SessionRef) -> None:
+async def check(rt: Runtime, site: SiteView, session: SessionRef) -> dt.datetime | None:
+    """Check one session's ticket; the end of its ticket when valid, else None."""
     outcome = await kerberos.check_session(
         rt,
         site,
@@ -82,7 +107,7 @@ async def check(rt: Runtime, site: SiteView, session: SessionRef) -> None:
         generation=session.generation,
     )
     if outcome is None:
-        return
+        return None
     new, old = dump(outcome.status), dump(session.status)
     changed = {
         key: new.get(key)
@@ -94,3 +119,7 @@ async def check(rt: Runtime, site: SiteView, session: SessionRef) -> None:
     if outcome.warning is not None:
         reason, message = outcome.warning
         await rt.kube.event(session.involved, reason=reason, message=message, type_="Warning")
+    valid = get(outcome.status.conditions, ConditionType.CREDENTIALS_VALID)
+    if valid is None or valid.status != ConditionStatus.TRUE:
+        return None
+    return outcome.status.credentials_expiry

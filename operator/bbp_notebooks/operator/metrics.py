@@ -202,6 +202,15 @@ CREDENTIAL_EXPIRY = Gauge(
     ["site", "method"],
     registry=REGISTRY,
 )
+TICKET_EXPIRY = Gauge(
+    "bbp_notebooks_site_earliest_ticket_expiry_timestamp_seconds",
+    "When the first of the valid Kerberos tickets of a GSSAPI site's live sessions ends (Unix "
+    "time), as the site's ticket check last saw them; absent when no session there holds a "
+    "valid ticket. One series per site: which user's ticket it is stays in the sessions' "
+    "CredentialsValid condition, not in a label.",
+    ["site"],
+    registry=REGISTRY,
+)
 
 # Sessions, from the session index after each poll (see publish_sessions) -----------------------
 
@@ -278,6 +287,18 @@ def observe_credential(site: str, method: str, valid_before: dt.datetime | None)
         CREDENTIAL_EXPIRY.labels(site, method).set(valid_before.timestamp())
 
 
+def earliest_ticket_expiry(ends: Iterable[dt.datetime | None]) -> dt.datetime | None:
+    """The first end among valid tickets (None entries: no valid ticket), or None."""
+    return min((end for end in ends if end is not None), default=None)
+
+
+def observe_ticket_expiry(site: str, earliest: dt.datetime | None) -> None:
+    if earliest is None:
+        _remove_site_series(TICKET_EXPIRY, site)
+    else:
+        TICKET_EXPIRY.labels(site).set(earliest.timestamp())
+
+
 def forget_site(site: str) -> None:
     """Drop every per-site gauge of a site this replica no longer polls (deleted, or the poller
     stopped), so no stale value outlives it."""
@@ -290,6 +311,7 @@ def forget_site(site: str) -> None:
         SITE_IDLE_CORES,
         SITE_JOBS,
         CREDENTIAL_EXPIRY,
+        TICKET_EXPIRY,
     ):
         _remove_site_series(gauge, site)
     _site_partitions.pop(site, None)
