@@ -310,6 +310,9 @@ def test_bobs_ticket_is_refused_for_alices_session_before_any_ssh(stack: Kerbero
     stack.tickets.append(bobs)
     stack.put_ticket_secret(bobs)
     logins_before = stack.sshd.accepted_logins("alice")
+    # Any authentication attempt as alice, accepted or not ("Failed ... for alice", "Postponed
+    # ... for alice"): sshd's own refusal of bob's ticket would be one, the operator's is none.
+    attempts_before = stack.sshd.log.count(" for alice ")
     stack.create_session("krb-wrong-owner")
     try:
         condition = wait_for(
@@ -332,8 +335,20 @@ def test_bobs_ticket_is_refused_for_alices_session_before_any_ssh(stack: Kerbero
         status = stack.status("krb-wrong-owner")
         assert status.get("jobId") is None, status
         assert stack.sshd.accepted_logins("alice") == logins_before
+        assert stack.sshd.log.count(" for alice ") == attempts_before, stack.sshd.log[-3000:]
     finally:
         stack.delete_session("krb-wrong-owner")
+
+
+TICKET_EXPIRY_METRIC = "bbp_notebooks_site_earliest_ticket_expiry_timestamp_seconds"
+
+
+def ticket_expiry_metric(stack: KerberosStack) -> float | None:
+    """The site's earliest-ticket-end gauge on the operator's /metrics, or None when absent."""
+    for line in stack.operator.metrics().splitlines():
+        if line.startswith(f'{TICKET_EXPIRY_METRIC}{{site="{SITE}"}} '):
+            return float(line.split()[-1])
+    return None
 
 
 def _job_ticket_file(session_uid: str) -> Path:
@@ -395,6 +410,14 @@ def test_a_session_runs_with_alices_ticket_which_is_renewed_while_it_runs(
     assert condition["status"] == "True"
     expiry = stack.status("krb-alice")["credentialsExpiry"]
     assert expiry >= renewed.end.strftime("%Y-%m-%dT%H:%M:%S")
+    # The site's metric follows the renewed ticket (one series for the site, no user label).
+    gauge = wait_for(
+        lambda: (v := ticket_expiry_metric(stack)) and v >= renewed.end.timestamp() and v,
+        20,
+        "the site's earliest ticket end metric to show the renewed ticket",
+        0.5,
+    )
+    print(f"earliest ticket end metric: {gauge} (renewed ticket ends {renewed.end.timestamp()})")
     # Still the same running job, and the original ticket has ended by now.
     wait_for(lambda: time.time() > issued.end.timestamp() + 1, 40, "the first ticket's end", 0.5)
     assert stack.squeue(job_id) == "RUNNING"
@@ -460,6 +483,8 @@ def test_a_ticket_that_cannot_be_renewed_is_reported_the_job_keeps_running_delet
     )
     assert stack.squeue(job_id) == "RUNNING"
     assert stack.status("krb-short")["phase"] == "Ready"
+    # No valid ticket at the site any more: its metric is absent, not a moment in the past.
+    wait_for(lambda: ticket_expiry_metric(stack) is None, 20, "the ticket metric to go", 0.5)
     # Deleting still cancels: with no ticket the operator cancels with a site certificate.
     stack.delete_session("krb-short")
     wait_for(lambda: stack.squeue(job_id) in {"CANCELLED", ""}, 30, "the job's end", 0.5)
