@@ -57,11 +57,11 @@ PATCH_THREADS = 16  # as many as the operator's own status writes in flight (sit
 
 @dataclasses.dataclass(frozen=True)
 class Sizes:
-    sessions: int = 1000  # total at the end of the steady-state step (burst included)
-    burst: int = 300
+    sessions: int = 2000  # total at the end of the steady-state step (burst included)
+    burst: int = 1000
     ready: int = 8  # sessions whose RUNNING -> Ready latency is measured, per load
     poll_interval: int = 5
-    steady_seconds: float = 20.0
+    steady_seconds: float = 30.0
     busy_other_jobs: int = 2000
     busy_ours: int = 100
     busy_repeats: int = 5
@@ -241,6 +241,7 @@ class Bench:
     created: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # site -> keys
     results: dict[str, Any] = dataclasses.field(default_factory=dict)
     log: Callable[[str], None] = print
+    partial: Path | None = None  # the results so far, rewritten after every step
 
     # --- wiring ---
 
@@ -495,7 +496,6 @@ class Bench:
             "cpu_cores": (cpu1 - cpu0) / (t1 - t0),
             "api_requests_per_s": (apiserver_requests(api1) - apiserver_requests(api0)) / (t1 - t0),
         }
-        self.log(f"steady {label}: {json.dumps(result)}")
         return result
 
     def fill(self, target: int) -> dict[str, float]:
@@ -524,16 +524,16 @@ class Bench:
         operator.start()
 
         def indexed() -> str | None:
-            text = operator.metrics()
-            return text if total(text, "bbp_notebooks_sessions") >= expected else None
+            text = _metrics_or_none(operator)
+            return text if text and total(text, "bbp_notebooks_sessions") >= expected else None
 
         text = self.wait(indexed, "the restarted operator's index of every session")
         polls = {s: total(text, "bbp_notebooks_site_polls_total", site=s, outcome="ok")
                  for s in ("geneva", "lugano")}  # fmt: skip
 
         def polled_again() -> bool:
-            now = operator.metrics()
-            return all(
+            now = _metrics_or_none(operator)
+            return now is not None and all(
                 total(now, "bbp_notebooks_site_polls_total", site=s, outcome="ok") > n
                 for s, n in polls.items()
             )
@@ -551,27 +551,30 @@ class Bench:
             - apiserver_requests(before, WRITE_VERBS),
         }
 
+    def step(self, key: str, action: Callable[[], Any]) -> None:
+        """One measurement, logged and kept at once (a later failure keeps it)."""
+        self.results[key] = action()
+        self.log(f"{key}: {json.dumps(self.results[key], default=str)}")
+        if self.partial is not None:
+            self.partial.write_text(json.dumps(self.results, indent=2, default=str) + "\n")
+
     def run(self) -> dict[str, Any]:
         sizes = self.sizes
         self.start()
         assert self.operator is not None
         try:
-            self.results["bare_patch_per_s"] = self.bare_patch_rate(sizes.burst)
-            self.log(f"bare client: {self.results['bare_patch_per_s']:.0f} PATCH/s")
+            self.step("bare_patch_per_s", lambda: self.bare_patch_rate(sizes.burst))
             self.operator.start()
-            self.results["ready_alone"] = self.ready_latency(sizes.ready)
-            self.results["steady_small"] = self.steady("small")
-            self.results["burst"] = self.burst(sizes.burst)
-            self.log(f"burst: {self.results['burst']}")
-            self.results["ready_loaded"] = {
-                **self.ready_latency(sizes.ready),
-                "others": len(self.all_keys()),
-            }
-            self.results["steady_burst"] = self.steady("after burst")
-            self.results["fill"] = self.fill(sizes.sessions)
-            self.results["steady_full"] = self.steady("full")
-            self.results["restart"] = self.restart()
-            self.results["duplicates_final"] = self.duplicates()
+            self.step("ready_alone", lambda: self.ready_latency(sizes.ready))
+            self.step("steady_small", lambda: self.steady("small"))
+            self.step("burst", lambda: self.burst(sizes.burst))
+            others = len(self.all_keys())
+            self.step("ready_loaded", lambda: {**self.ready_latency(sizes.ready), "others": others})
+            self.step("steady_burst", lambda: self.steady("after burst"))
+            self.step("fill", lambda: self.fill(sizes.sessions))
+            self.step("steady_full", lambda: self.steady("full"))
+            self.step("restart", self.restart)
+            self.step("duplicates_final", self.duplicates)
         finally:
             self.stop()
         if not sizes.skip_busy:
@@ -579,6 +582,15 @@ class Bench:
             self.results["busy"] = dataclasses.asdict(busy)
             self.results["busy_table"] = bench_busy.table(busy)
         return self.results
+
+
+def _metrics_or_none(operator: Operator) -> str | None:
+    """The operator's /metrics, or None while it does not answer in time (a restarting operator
+    is busy with every session at once: seen to stall its event loop for over 5 s)."""
+    try:
+        return operator.metrics()
+    except OSError:  # TimeoutError and connection errors alike: not yet
+        return None
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -782,6 +794,10 @@ def commit() -> str:
     return result.stdout.strip() or "unknown"
 
 
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def _terminated(*_: Any) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup
     sys.exit(143)
@@ -805,7 +821,10 @@ def main(argv: list[str] | None = None) -> int:
     sizes = Sizes(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Sizes)})
     workdir = Path(tempfile.mkdtemp(prefix="bbp-bench-"))
     started = dt.datetime.now(dt.UTC)
-    results = Bench(sizes, workdir, log=lambda m: print(m, file=sys.stderr, flush=True)).run()
+    path = args.json or repo_root() / "artifacts" / "bench" / f"{commit()}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial.json")
+    results = Bench(sizes, workdir, log=_log, partial=partial).run()
     report = {
         "commit": commit(),
         "date": started.isoformat(timespec="seconds"),
@@ -813,9 +832,8 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "rows": [dataclasses.asdict(r) | {"verdict": r.verdict} for r in rows(results)],
     }
-    path = args.json or repo_root() / "artifacts" / "bench" / f"{report['commit']}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
+    partial.unlink(missing_ok=True)
     print(f"\nmake bench, {report['date']}, commit {report['commit']}, sizes {report['sizes']}")
     print(table(results))
     if "busy_table" in results:
