@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bbp_notebooks.mockslurm.cluster import Cluster, Job
 from bbp_notebooks.mockslurm.formats import compress_hostlist
+from bbp_notebooks.mockslurm.srun import SCRIPT as SRUN_SCRIPT
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class ProcessRunner:
             for note in notes:
                 os.write(stderr_fd, note.encode())
             env = self._environment(cluster, job, job.nodes[0] if job.nodes else "localhost")
+            env["PATH"] = f"{script_path.parent / 'bin'}:{env['PATH']}"
             extra: dict[str, object] = {}
             if switch:
                 extra = {
@@ -125,9 +127,17 @@ class ProcessRunner:
         with open(script_path, "w", encoding="utf-8", errors="surrogateescape") as handle:
             handle.write(job.script)
         os.chmod(script_path, 0o700)
+        # Job steps: the emulator's srun, first on the script's PATH (see mockslurm/srun.py).
+        bin_dir = spool / "bin"
+        bin_dir.mkdir(exist_ok=True)
+        srun_path = bin_dir / "srun"
+        srun_path.write_text(SRUN_SCRIPT, encoding="utf-8")
+        os.chmod(srun_path, 0o755)  # noqa: S103 - run by the job's user, inside its 0700 spool
         if switch:
             os.chown(spool, uid, gid)
             os.chown(script_path, uid, gid)
+            os.chown(bin_dir, uid, gid)
+            os.chown(srun_path, uid, gid)
         first_node = job.nodes[0] if job.nodes else "localhost"
         notes: list[str] = []
         cwd = job.workdir
