@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bbp_notebooks.devtools import bench
+from bbp_notebooks.devtools import bench, bench_busy
 
 pytestmark = pytest.mark.unit
 
@@ -104,3 +104,14 @@ def test_the_table_holds_every_row_and_the_json_round_trips(tmp_path: Path) -> N
     path = tmp_path / "r.json"
     path.write_text(json.dumps(RESULTS))
     assert bench.table(json.loads(path.read_text())) == text
+
+
+def cost(form: str, micros: float, complete: bool = True) -> bench_busy.FormCost:
+    return bench_busy.FormCost(form, 1, 2.0, micros, (), 0, True, complete, complete)
+
+
+def test_a_poll_form_replaces_todays_only_when_it_sees_every_job_and_is_clearly_cheaper() -> None:
+    today = cost("whole queue (today)", 1000.0)
+    assert bench_busy.choose([today, cost("same RPC", 800.0)]) == today.form
+    assert bench_busy.choose([today, cost("blind to orphans", 10.0, complete=False)]) == today.form
+    assert bench_busy.choose([today, cost("cheap and complete", 100.0)]) == "cheap and complete"
