@@ -562,6 +562,7 @@ class Bench:
         sizes = self.sizes
         self.start()
         assert self.operator is not None
+        self.results["poll_interval"] = sizes.poll_interval
         try:
             self.step("bare_patch_per_s", lambda: self.bare_patch_rate(sizes.burst))
             self.operator.start()
@@ -602,6 +603,7 @@ def _quantile(values: list[float], q: float) -> float:
 # --- the table ------------------------------------------------------------------------------
 
 TARGET_SESSIONS = 10_000
+STEADY_POLL_S = 30  # the poll interval the CPU target is stated for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -627,6 +629,9 @@ def rows(results: Mapping[str, Any]) -> list[Row]:
     rss_10k = full["rss_mb"] + slope * max(TARGET_SESSIONS - n, 0) / 1000
     cpu_slope = (full["cpu_cores"] - small["cpu_cores"]) / max(n - n0, 1)
     cpu_10k = full["cpu_cores"] + max(cpu_slope, 0) * max(TARGET_SESSIONS - n, 0)
+    # The target is for 30 s polls; a poll's work is per poll, so CPU scales with 1/interval.
+    interval = results.get("poll_interval", STEADY_POLL_S)
+    cpu_10k_30s = cpu_10k * interval / STEADY_POLL_S
     extrapolated = " (extrapolated)" if n < TARGET_SESSIONS else ""
     per_poll = max(full["commands_per_poll"].values())
     per_poll_ref = max(small["commands_per_poll"].values())
@@ -692,8 +697,15 @@ def rows(results: Mapping[str, Any]) -> list[Row]:
             f"steady CPU at {TARGET_SESSIONS}{extrapolated}",
             f"{cpu_10k:.3f} core",
             "",
+            "",
+            None,
+        ),
+        Row(
+            f"steady CPU at {TARGET_SESSIONS}, 30 s polls{extrapolated}",
+            f"{cpu_10k_30s:.3f} core",
+            f"measured at {interval} s polls",
             "<= 0.25 core",
-            cpu_10k <= 0.25,
+            cpu_10k_30s <= 0.25,
         ),
         Row(
             "API requests/s from the operator",
