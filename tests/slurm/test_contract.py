@@ -10,6 +10,7 @@ answer differs from the real one. Timings legitimately differ, so they are check
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import pwd
 import time
 from collections.abc import Hashable
@@ -689,3 +690,37 @@ async def test_a_job_over_its_time_limit_ends_in_timeout(site: Contract) -> None
     ran_for = (entry.end - entry.start).total_seconds()
     assert limit_s <= ran_for <= limit_s + 45
     agree(site, "timeout", accounting_shape(entry, s))
+
+
+# --- job steps (srun), as the Spark cluster job uses them ----------------------------------------
+
+STEPS = (
+    "#!/bin/bash\n"
+    "srun --ntasks=2 --cpus-per-task=1 bash -c 'echo \"task $SLURM_PROCID of $SLURM_NTASKS\"' "
+    "| sort\n"
+    "srun bash -c 'exit $((SLURM_PROCID + 3))'\n"
+    'echo "worst $?"\n'
+    "srun --no-such-option true 2>/dev/null\n"
+    'echo "unknown option $?"\n'
+)
+
+
+async def test_a_job_step_runs_one_process_per_task_and_reports_the_worst_exit(
+    site: Contract,
+) -> None:
+    """srun inside a 2-task job: SLURM_PROCID 0 and 1, SLURM_NTASKS, the highest task exit code
+    as srun's own, an unknown option refused (the emulator's srun, mockslurm/srun.py)."""
+    s = site.geneva
+    spec = dataclasses.replace(s.spec("steps"), ntasks=2)
+    job_id = await s.submit("alice", spec, STEPS)
+    (entry,) = (await wait_accounting(s, [job_id])).values()
+    assert entry.state is JobState.COMPLETED
+    output = s.output_file("alice", spec, job_id)
+
+    async def written() -> bool:
+        return output.exists() and "unknown option" in output.read_text()
+
+    await wait_until_async(written, 10.0, f"{output} to be written", 0.2)
+    lines = [line for line in output.read_text().splitlines() if not line.startswith("srun:")]
+    assert lines == ["task 0 of 2", "task 1 of 2", "worst 4", "unknown option 255"], lines
+    agree(site, "srun:steps", tuple(lines))

@@ -6,7 +6,7 @@ an allocation: ``-n/--ntasks`` tasks (default: the job's SLURM_NTASKS) each with
 SLURM_LOCALID, SLURM_NODEID, SLURM_STEP_ID, SLURM_NTASKS; waits for all and exits with the
 highest task status ("srun: error: <node>: task <n>: Exited with exit code <c>" on stderr);
 ``--kill-on-bad-exit`` ends the others when one fails; SIGTERM/SIGINT are passed to the tasks.
-Options it does not know are refused (exit 1), so nothing is silently ignored.
+Options it does not know are refused (exit 255, as srun does), so nothing is silently ignored.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ while args and args[0].startswith("-"):
         continue
     name, _, value = word.partition("=")
     if name not in VALUED or (not value and not args):
-        sys.exit("srun: unrecognized option '%s'" % word)
+        print("srun: unrecognized option '%s'\nTry \"srun --help\" for more information"
+              % word, file=sys.stderr)
+        sys.exit(255)
     options[VALUED[name]] = value or args.pop(0)
 if not args:
     sys.exit("srun: fatal: No command given to execute.")
