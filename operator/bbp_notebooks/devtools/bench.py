@@ -825,19 +825,26 @@ def main(argv: list[str] | None = None) -> int:
             kind = float if isinstance(getattr(defaults, field.name), float) else int
             parser.add_argument(option, type=kind, default=getattr(defaults, field.name))
     parser.add_argument("--json", type=Path, help="default: artifacts/bench/<commit>.json")
+    parser.add_argument("--show", type=Path, help="print the table of an earlier run's JSON")
     args = parser.parse_args(argv)
+    if args.show:
+        report = json.loads(args.show.read_text())
+        report["results"].setdefault("poll_interval", report["sizes"]["poll_interval"])
+        print(render(report))
+        return 0
     # SIGTERM (timeout, Ctrl-C from make) stops the stack's children too: they run in sessions
     # of their own, so only the finally clauses reach them.
     signal.signal(signal.SIGTERM, _terminated)
     sizes = Sizes(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Sizes)})
     workdir = Path(tempfile.mkdtemp(prefix="bbp-bench-"))
     started = dt.datetime.now(dt.UTC)
-    path = args.json or repo_root() / "artifacts" / "bench" / f"{commit()}.json"
+    at = commit()  # the commit the run started from (others may commit meanwhile)
+    path = args.json or repo_root() / "artifacts" / "bench" / f"{at}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial.json")
     results = Bench(sizes, workdir, log=_log, partial=partial).run()
     report = {
-        "commit": commit(),
+        "commit": at,
         "date": started.isoformat(timespec="seconds"),
         "sizes": dataclasses.asdict(sizes),
         "results": results,
@@ -845,13 +852,21 @@ def main(argv: list[str] | None = None) -> int:
     }
     path.write_text(json.dumps(report, indent=2) + "\n")
     partial.unlink(missing_ok=True)
-    print(f"\nmake bench, {report['date']}, commit {report['commit']}, sizes {report['sizes']}")
-    print(table(results))
-    if "busy_table" in results:
-        print()
-        print(results["busy_table"])
+    print(render(report))
     print(f"\nJSON: {path}")
     return 0
+
+
+def render(report: Mapping[str, Any]) -> str:
+    """The printed form of a run's report (also: python -m bbp_notebooks.devtools.bench --show)."""
+    results = report["results"]
+    parts = [
+        f"make bench, {report['date']}, commit {report['commit']}, sizes {report['sizes']}",
+        table(results),
+    ]
+    if "busy_table" in results:
+        parts.append(results["busy_table"])
+    return "\n\n".join(parts)
 
 
 if __name__ == "__main__":
