@@ -4,12 +4,13 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 PYTEST_ARGS ?=
 
-.PHONY: help deps python-deps system-deps tools test unit dev crds crds-check chart-schema examples kind-e2e clean
+.PHONY: help deps python-deps system-deps tools test unit dev crds crds-check chart-schema examples kind-e2e bench clean
 
 help:
 	@echo "make dev    - run the whole system locally (control plane, 2 emulated Slurm sites, operator, hub, proxy)"
 	@echo "make test   - install what is needed and run the full suite"
 	@echo "make unit   - the unit lane only: needs nothing but pip (about 30 s)"
+	@echo "make bench  - the operator at scale, one table against same-run references (BENCH_ARGS=...)"
 	@echo "make crds   - regenerate CRDs from the pydantic models"
 
 python-deps:
@@ -48,6 +49,12 @@ unit: python-deps
 test: deps
 	$(PYTHON) -m pytest -ra --ignore=tests/benchmarks $(PYTEST_ARGS)
 	$(PYTHON) -m pytest -ra -s tests/benchmarks $(PYTEST_ARGS)
+
+# Bounded by default (2,000 sessions, a burst of 1,000: about 25 min on 2 cores); the quiet
+# full run at 10,000 is in README.md ("Performance").
+BENCH_ARGS ?=
+bench: deps
+	$(PYTHON) -m bbp_notebooks.devtools.bench $(BENCH_ARGS)
 
 # make dev KERBEROS=1: also a local KDC and a GSSAPI site on real Slurm (needs root).
 dev: deps
