@@ -21,7 +21,7 @@ system-deps: python-deps
 	PYTHON=$(PYTHON) bash scripts/install-dev-deps.sh >/dev/null
 
 tools:
-	bash scripts/build-tools.sh
+	bash scripts/build-tools.sh --node
 
 deps: python-deps system-deps tools
 
@@ -37,6 +37,12 @@ examples:
 
 kind-e2e:
 	bash scripts/kind-e2e.sh
+
+# The four images with buildah (scripts/build-images.sh): from the pinned upstream base, or with
+# `make images BASE=local` from a Debian base built here by debootstrap (no registry needed).
+BASE ?= upstream
+images:
+	BASE=$(BASE) bash scripts/build-images.sh
 
 crds-check:
 	$(PYTHON) -m bbp_notebooks.api.crdgen --root . --check

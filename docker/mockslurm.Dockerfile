@@ -1,10 +1,12 @@
-# syntax=docker/dockerfile:1
 # The SSH-served Slurm emulator, for kind and development (never production). Its jobs run inside
 # the container as its own non-root user, with bash and the image's python3 (the job script's
 # helper needs only the standard library). Build from the repository root:
-#   docker build -f docker/mockslurm.Dockerfile -t bbp-notebooks/mockslurm:0.1.0 .
+#   scripts/build-images.sh   (buildah)   or   DOCKER_BUILDKIT=1 docker build -f docker/mockslurm.Dockerfile .
 #
-# Base pinned by tag and digest; see docker/operator.Dockerfile for where the digest comes from.
+# Base: PYTHON_IMAGE, python:3.11-slim-bookworm pinned by tag and digest by default (the digest is
+# from a public record of Docker Hub's manifest for that tag; bump both together). Any Debian 12
+# image with `python` (3.11) and venv works: `BASE=local scripts/build-images.sh` builds one with
+# debootstrap where no registry is reachable.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:2e32f7d302adc1c37428355c1e646897c0c53f4fd60b6a551245fb90ee129f91
 
 FROM ${PYTHON_IMAGE} AS build
@@ -14,10 +16,21 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 COPY docker/constraints.txt docker/constraints.txt
 COPY pyproject.toml README.md ./
+# A virtualenv is the unit copied into the final image: no compiler, pip or sources follow it.
+# Dependencies first (the "mockslurm" extra, from pyproject.toml, pinned by the constraints), so a
+# change of our code rebuilds only the last layer. The secret "ca-bundle" (scripts/build-images.sh
+# passes the host's) lets pip trust a proxy that intercepts TLS; it is in no layer.
+RUN --mount=type=secret,id=ca-bundle \
+    if [ -s /run/secrets/ca-bundle ]; then export PIP_CERT=/run/secrets/ca-bundle; fi \
+ && python -m venv /opt/bbp \
+ && python -c 'import sys, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"][sys.argv[1]]))' mockslurm >/tmp/requirements.txt \
+ && /opt/bbp/bin/pip install -r /tmp/requirements.txt
 COPY operator ./operator
-RUN python -m venv /opt/bbp \
- && /opt/bbp/bin/pip install . \
- && /opt/bbp/bin/pip uninstall --yes kubernetes pip setuptools wheel \
+RUN --mount=type=secret,id=ca-bundle \
+    if [ -s /run/secrets/ca-bundle ]; then export PIP_CERT=/run/secrets/ca-bundle; fi \
+ && /opt/bbp/bin/pip install --no-deps . \
+ && /opt/bbp/bin/pip check \
+ && /opt/bbp/bin/pip uninstall --yes pip setuptools wheel \
  && rm -f /opt/bbp/bin/bbp-notebooks-controlplane
 
 FROM ${PYTHON_IMAGE}

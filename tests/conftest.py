@@ -27,7 +27,18 @@ pytest_plugins: list[str] = [
 TESTS = Path(__file__).resolve().parent
 UNIT = "unit"
 # The component lanes, each a marker declared in pyproject.toml.
-LANES = ("kube", "helm", "mockslurm", "openssh", "kerberos", "realslurm", "browser", "benchmark")
+LANES = (
+    "kube",
+    "helm",
+    "mockslurm",
+    "openssh",
+    "kerberos",
+    "realslurm",
+    "browser",
+    "images",
+    "node",
+    "benchmark",
+)
 # Lanes a fixture brings (fixtures it depends on bring theirs too: pytest lists them all).
 FIXTURE_LANES: dict[str, tuple[str, ...]] = {
     "control_plane": ("kube",),
@@ -38,6 +49,7 @@ FIXTURE_LANES: dict[str, tuple[str, ...]] = {
     "openssh": ("openssh",),  # tests/unit/test_ssh_openssh.py's real sshd
     "kdc": ("kerberos",),
     "gssapi_sshd": ("kerberos", "openssh"),
+    "built_images": ("images",),  # tests/chart/test_built_images.py
 }
 # Lanes of whole directories (tests there start what the lane needs without a shared fixture).
 DIRECTORY_LANES: dict[str, tuple[str, ...]] = {
@@ -47,6 +59,7 @@ DIRECTORY_LANES: dict[str, tuple[str, ...]] = {
     "kerberos": ("kerberos", "openssh"),
     "kube": ("kube",),
     "mockslurm": ("mockslurm",),
+    "node": ("node", "kube"),
     "operator": ("kube", "mockslurm"),
     "realslurm": ("realslurm", "openssh"),
     "slurm": ("mockslurm",),

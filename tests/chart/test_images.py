@@ -61,14 +61,48 @@ def test_every_image_builds_on_a_base_pinned_by_tag_and_digest(name: str) -> Non
     assert all(line.startswith("FROM ${PYTHON_IMAGE}") for line in froms), froms
 
 
+# What a final stage may install from Debian: runtime pieces its process uses, never a toolchain.
+RUNTIME_PACKAGES = {
+    "operator": {"krb5-user"},  # kinit -R renews users' tickets (ssh/kerberos.py)
+    "hub": {"libgssapi-krb5-2"},  # python-gssapi's library (Kerberos login)
+    "mockslurm": set(),
+}
+
+
+def apt_installs(stage: list[str]) -> set[str]:
+    runs = " ".join(line for line in stage if line.startswith("RUN"))
+    packages: set[str] = set()
+    for command in re.findall(r"apt-get install ([^&]*)", runs):
+        packages |= {word for word in command.split() if not word.startswith("-")}
+    return packages
+
+
+@pytest.mark.parametrize("name", [*IMAGES, "proxy"])
+def test_no_dockerfile_needs_a_frontend_from_a_registry(name: str) -> None:
+    text = (DOCKER / f"{name}.Dockerfile").read_text()
+    assert not re.search(r"^#\s*syntax\s*=", text, re.MULTILINE | re.IGNORECASE)
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_package_downloads_may_trust_a_ca_bundle_that_is_kept_out_of_the_image(name: str) -> None:
+    (build, *_) = stages(name)
+    pip_runs = [line for line in build if line.startswith("RUN") and "pip install" in line]
+    assert pip_runs
+    for line in pip_runs:
+        assert line.startswith("RUN --mount=type=secret,id=ca-bundle "), line
+        assert "PIP_CERT=/run/secrets/ca-bundle" in line
+    assert not any("ca-bundle" in line for line in stages(name)[-1])
+
+
 @pytest.mark.parametrize("name", IMAGES)
 def test_the_final_stage_is_non_root_and_carries_no_build_tools(name: str) -> None:
     all_stages = stages(name)
     assert len(all_stages) >= 2, "multi-stage: the build happens in a stage of its own"
     final = all_stages[-1]
     runs = " ".join(line for line in final if line.startswith("RUN"))
-    for tool in ("pip install", "apt-get", "gcc", "build-essential"):
+    for tool in ("pip install", "gcc", "build-essential", "-dev"):
         assert tool not in runs
+    assert apt_installs(final) == RUNTIME_PACKAGES[name]
     (user,) = [line for line in final if line.startswith("USER")]
     uid, _, gid = user.split()[1].partition(":")
     assert int(uid) >= 1000 and int(gid) >= 1000
@@ -91,16 +125,42 @@ def test_the_constraints_pin_every_dependency_within_its_declared_range() -> Non
         if line and not line.startswith("#"):
             name, _, version = line.partition("==")
             pins[name.lower().replace("_", "-")] = version
+    extras = PYPROJECT["project"]["optional-dependencies"]
     declared = [
         *PYPROJECT["project"]["dependencies"],
-        *PYPROJECT["project"]["optional-dependencies"]["hub"],
+        *(text for name in (*IMAGES, "dev") for text in extras[name]),
         *PYPROJECT["build-system"]["requires"],
     ]
     for text in declared:
         requirement = Requirement(text)
+        if requirement.name == PYPROJECT["project"]["name"]:
+            continue
         name = requirement.name.lower().replace("_", "-")
         assert name in pins, f"{name} is not pinned in docker/constraints.txt"
         assert requirement.specifier.contains(pins[name]), f"{name}=={pins[name]} vs {text}"
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_each_image_installs_its_own_extra_and_the_hub_has_no_ssh_or_kopf(name: str) -> None:
+    (build, *_) = stages(name)
+    assert any(f"optional-dependencies\"][sys.argv[1]]))' {name} " in line for line in build)
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    core = {Requirement(text).name for text in PYPROJECT["project"]["dependencies"]}
+    hub = core | {Requirement(text).name for text in extras["hub"]}
+    mock = core | {Requirement(text).name for text in extras["mockslurm"]}
+    assert not {"kopf", "asyncssh", "kubernetes"} & hub
+    assert not {"kopf", "kubernetes", "kubernetes_asyncio", "jupyterhub"} & mock
+    assert "kubernetes" not in core | {Requirement(text).name for text in extras["operator"]}
+
+
+def test_the_proxy_image_is_built_here_from_debian_and_runs_as_a_user() -> None:
+    (stage,) = stages("proxy")
+    assert stage[0].startswith("ARG PYTHON_IMAGE=")
+    assert stage[0] == stages("operator")[0][0], "the same pinned base as the other images"
+    assert apt_installs(stage) == {"node-configurable-http-proxy"}
+    (user,) = [line for line in stage if line.startswith("USER")]
+    assert int(user.split()[1].partition(":")[0]) >= 1000
+    assert 'ENTRYPOINT ["configurable-http-proxy"]' in stage
 
 
 def test_the_chart_runs_the_commands_the_images_install() -> None:

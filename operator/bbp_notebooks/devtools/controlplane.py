@@ -116,9 +116,22 @@ class _Started:
 class ControlPlane:
     """etcd + kube-apiserver on `host`; every file (PKI, data, logs, kubeconfig) is in `workdir`."""
 
-    def __init__(self, workdir: Path, host: str = "127.0.0.1", *, bin_dir: Path | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        host: str = "127.0.0.1",
+        *,
+        bin_dir: Path | None = None,
+        service_cluster_ip_range: str = SERVICE_CLUSTER_IP_RANGE,
+        service_ip: str | None = None,
+    ):
+        """With `service_ip` (the `kubernetes` Service's address) the control plane serves a real
+        node (devtools/node.py): its certificate names that address too, it publishes its own
+        endpoint, and it reaches kubelets by their InternalIP with the admin certificate."""
         self.workdir = workdir.resolve()
         self.host = host
+        self.service_cluster_ip_range = service_cluster_ip_range
+        self.service_ip = service_ip
         self._bin_dir = bin_dir
         self._children: dict[int, Child] = {}
         self.server: str | None = None
@@ -172,7 +185,9 @@ class ControlPlane:
 
     def _start(self, deadline: float) -> None:
         bin_dir = self.bin_dir
-        pki = write_pki(self.workdir / "pki", ip_addresses=[self.host], dns_names=["localhost"])
+        ips = [self.host, *([self.service_ip] if self.service_ip else [])]
+        dns = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"]
+        pki = write_pki(self.workdir / "pki", ip_addresses=ips, dns_names=dns)
         etcd_client, etcd_peer, apiserver_port = _free_ports(self.host, 3)
         etcd_url = f"http://{self.host}:{etcd_client}"
         peer_url = f"http://{self.host}:{etcd_peer}"
@@ -211,11 +226,8 @@ class ControlPlane:
                 f"--service-account-issuer={self.server}",
                 f"--service-account-key-file={pki.service_account_public_key}",
                 f"--service-account-signing-key-file={pki.service_account_private_key}",
-                f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
-                # The default reconciler would publish 127.0.0.1 as the endpoint of the
-                # `kubernetes` Service, which Endpoints validation rejects (loopback), and log the
-                # failure every few seconds. Nothing here needs that Service to have endpoints.
-                "--endpoint-reconciler-type=none",
+                f"--service-cluster-ip-range={self.service_cluster_ip_range}",
+                *self._node_args(pki),
                 # Admission stays at the defaults, ServiceAccount included, so pods are admitted
                 # as in a real cluster; `ensure_namespace` creates the `default` ServiceAccount
                 # that admission looks up and a controller manager would have created.
@@ -225,6 +237,18 @@ class ControlPlane:
         self._write_admin_kubeconfig(pki)
         self._wait_ready(pki, deadline)
         self.ensure_namespace("default")
+
+    def _node_args(self, pki: PkiFiles) -> list[str]:
+        if self.service_ip is None:
+            # The default reconciler would publish 127.0.0.1 as the endpoint of the
+            # `kubernetes` Service, which Endpoints validation rejects (loopback), and log the
+            # failure every few seconds. Nothing here needs that Service to have endpoints.
+            return ["--endpoint-reconciler-type=none"]
+        return [
+            "--kubelet-preferred-address-types=InternalIP",
+            f"--kubelet-client-certificate={pki.admin_cert}",
+            f"--kubelet-client-key={pki.admin_key}",
+        ]
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         """Stop what this control plane, or an earlier `up --detach` on its workdir, started."""
