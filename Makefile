@@ -4,7 +4,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 PYTEST_ARGS ?=
 
-.PHONY: help deps python-deps system-deps tools test unit dev crds crds-check chart-schema examples kind-e2e bench clean
+.PHONY: help deps python-deps system-deps tools test unit dev crds crds-check chart-schema examples kind-e2e images bench clean
 
 help:
 	@echo "make dev    - run the whole system locally (control plane, 2 emulated Slurm sites, operator, hub, proxy)"
