@@ -12,10 +12,9 @@ PACKAGES=(
   openssh-server openssh-client
   prometheus  # a real Prometheus and promtool for the metrics, alert and dashboard tests
   krb5-kdc krb5-admin-server krb5-user libkrb5-dev
-  buildah debootstrap  # the images, built here from a local Debian base (scripts/build-images.sh)
-  containerd runc containernetworking-plugins iptables  # the real node (devtools/node.py)
   openjdk-17-jre-headless python3-venv  # PySpark profiles: Spark's JVM, the jobs' virtualenv
   buildah debootstrap  # the images, built here from a local Debian base (scripts/build-images.sh)
+  containerd runc containernetworking-plugins iptables  # the real node (devtools/node.py)
 )
 TEST_USERS=(alice bob slurmop)  # slurmop: AdminLevel=Operator at the real Slurm test site
 
