@@ -277,7 +277,9 @@ def test_after_install_sessions_and_both_sites_list_with_their_columns(installed
     names = installed.kubectl("get", "slurmsites", "-o", "jsonpath={.items[*].spec.displayName}")
     assert {"Geneva", "Lugano"} <= set(names.split())
     profiles = installed.kubectl("get", "notebookprofiles")
-    assert "bluepy" in profiles and "synthesis" in profiles
+    assert {"bluepy", "synthesis", "pyspark"} <= {
+        line.split()[0] for line in profiles.splitlines()[1:]
+    }
     notes = installed.helm("status", installed.name)
     assert "kubectl get slurmsites" in notes and "STATUS: deployed" in notes
 
