@@ -4,7 +4,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 PYTEST_ARGS ?=
 
-.PHONY: help deps python-deps system-deps tools test unit dev crds crds-check chart-schema examples kind-e2e images bench clean
+.PHONY: help deps python-deps system-deps tools test unit dev crds crds-check chart-schema examples kind-e2e images node-e2e bench clean
 
 help:
 	@echo "make dev    - run the whole system locally (control plane, 2 emulated Slurm sites, operator, hub, proxy)"
@@ -43,6 +43,10 @@ kind-e2e:
 BASE ?= upstream
 images:
 	BASE=$(BASE) bash scripts/build-images.sh
+
+# The chart on the real node (devtools/node.py), images built here; not yet part of `make test`.
+node-e2e: deps
+	$(PYTHON) -m pytest -ra -s tests/node/chart_on_node_e2e.py $(PYTEST_ARGS)
 
 crds-check:
 	$(PYTHON) -m bbp_notebooks.api.crdgen --root . --check

@@ -68,9 +68,9 @@ class NodeError(RuntimeError):
     pass
 
 
-def _run(*argv: str, check: bool = True, input: str | None = None) -> str:
+def _run(*argv: str, check: bool = True, input: str | None = None, timeout: float = 600) -> str:
     result = subprocess.run(
-        argv, capture_output=True, text=True, check=False, input=input, timeout=120
+        argv, capture_output=True, text=True, check=False, input=input, timeout=timeout
     )
     if check and result.returncode != 0:
         raise NodeError(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr.strip()}")
@@ -504,6 +504,10 @@ state = "{root / "state"}"
 
     def stop(self) -> None:
         """Stop everything (by PID) and put the host back as `start` found it."""
+        # No controller may replace the pods the kubelet is about to remove.
+        for child in self._children:
+            if child.name in ("kube-controller-manager", "kube-scheduler"):
+                child.stop(grace=15.0)
         with contextlib.suppress(Exception):
             self._remove_pods()
         for child in reversed(self._children):
