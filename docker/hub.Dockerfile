@@ -20,7 +20,7 @@ RUN apt-get update \
       $(python -c 'import os, sysconfig; print("" if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else "python3-dev")') \
  && rm -rf /var/lib/apt/lists/*
 COPY docker/constraints.txt docker/constraints.txt
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
 # A virtualenv is the unit copied into the final image: no compiler, pip or sources follow it.
 # Dependencies first (the "hub" extra, from pyproject.toml, pinned by the constraints), so a
 # change of our code rebuilds only the last layer. The secret "ca-bundle" (scripts/build-images.sh
@@ -30,6 +30,9 @@ RUN --mount=type=secret,id=ca-bundle \
  && python -m venv /opt/bbp \
  && python -c 'import sys, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"][sys.argv[1]]))' hub >/tmp/requirements.txt \
  && /opt/bbp/bin/pip install -r /tmp/requirements.txt oauthenticator
+# README.md is the package's long description: copied with the code, so a README edit does not
+# rebuild the dependency layer.
+COPY README.md ./
 COPY operator ./operator
 RUN --mount=type=secret,id=ca-bundle \
     if [ -s /run/secrets/ca-bundle ]; then export PIP_CERT=/run/secrets/ca-bundle; fi \

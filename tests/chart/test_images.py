@@ -281,6 +281,7 @@ def test_the_hub_shows_sessions_lets_users_share_and_culls_idle_servers_only_whe
     assert (Path(handlers.TEMPLATES) / "home.html").is_file()
     assert [path for path, _ in default.JupyterHub.extra_handlers] == [
         "/api/bbp/sessions",
+        "/api/bbp/sessions/([^/]+)",
         "/api/bbp/extend/([^/]*)",
     ]
     (user_role,) = default.JupyterHub.load_roles
