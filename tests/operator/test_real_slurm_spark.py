@@ -182,6 +182,36 @@ def uid_of(real: RealStack, name: str) -> str:
     return str(found["metadata"]["uid"])
 
 
+# bob's attempt: a driver pointed at alice's master with no secret, given 40 s (the master
+# closes an unauthenticated connection; the driver would retry for about a minute, then give up).
+INTRUDER = (
+    "import sys\n"
+    "from pyspark.sql import SparkSession\n"
+    "spark = SparkSession.builder.master(sys.argv[1]).appName('intruder')"
+    ".config('spark.ui.enabled', 'false').getOrCreate()\n"
+    "print('RESULT', spark.sparkContext.parallelize(range(3)).map(lambda x: x).collect(),"
+    " flush=True)\n"
+)
+
+
+def intrude(master_url: str) -> str:
+    """What bob's driver printed (stdout and stderr) in its 40 s."""
+    try:
+        result = subprocess.run(
+            ["runuser", "-u", "bob", "--", "env", "HOME=/tmp", "SPARK_LOCAL_IP=127.0.0.1",
+             str(SPARK_VENV / "bin" / "python3"), "-c", INTRUDER, master_url],
+            capture_output=True, text=True, timeout=40, check=False, cwd="/tmp",
+        )  # fmt: skip
+        return result.stdout + result.stderr
+    except subprocess.TimeoutExpired as expired:
+        out = [expired.stdout or b"", expired.stderr or b""]
+        return "".join(x.decode() if isinstance(x, bytes) else x for x in out)
+    finally:  # the driver's JVM outlives the python that started it
+        subprocess.run(
+            ["pkill", "-KILL", "-u", "bob", "-f", "pyspark|INTRUDER|intruder"], check=False
+        )
+
+
 def test_a_pyspark_session_runs_the_talks_example_on_its_own_cluster(real: RealStack) -> None:
     created = time.monotonic()
     assert real.kubectl("apply", "-f", "-", stdin=json.dumps(session("spark"))).returncode == 0
@@ -213,6 +243,18 @@ def test_a_pyspark_session_runs_the_talks_example_on_its_own_cluster(real: RealS
     assert ran["appId"] in [app["id"] for app in view["activeapps"]], view
     assert len([w for w in view["workers"] if w["state"] == "ALIVE"]) == 2, view
     assert all(w["host"] == "127.0.0.1" for w in view["workers"]), view
+
+    # Another user (bob) on the same network, without the cluster's secret, cannot run code on
+    # alice's cluster: the master never registers his application and his job gets no result.
+    intruder = intrude(spark["masterURL"])
+    assert "RESULT" not in intruder, intruder[-3000:]
+    address = spark["masterURL"].removeprefix("spark://")
+    assert f"Failed to connect to master {address}" in intruder, intruder[-3000:]
+    assert "Expected SaslMessage" in intruder, intruder[-3000:]  # refused for want of the secret
+    with urllib.request.urlopen(spark["uiURL"] + "/json/", timeout=10) as answer:  # noqa: S310
+        view = json.loads(answer.read())
+    apps = [app["id"] for app in view["activeapps"] + view["completedapps"]]
+    assert apps == [ran["appId"]], view
 
     # The delete itself ends both: the finalizer goes only once Slurm confirmed both ends (not
     # later, by the orphan sweep).

@@ -6,6 +6,11 @@ spark section and the companion's script and sbatch argv."""
 from __future__ import annotations
 
 import datetime as dt
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pydantic
@@ -31,6 +36,7 @@ from bbp_notebooks.operator.planning import (
     tagged_session,
 )
 from bbp_notebooks.operator.sessions import SessionRef, plan_cancel
+from bbp_notebooks.slurm import sparkscript
 from bbp_notebooks.slurm.commands import JobSpec, QueueEntry, sbatch_argv
 from bbp_notebooks.slurm.jobscript import Callback, JobScript, SparkInstall, render_job_script
 from bbp_notebooks.slurm.sparkscript import SparkJob, render_spark_script
@@ -248,6 +254,7 @@ BASE_SPARK = {
         {**BASE_SPARK, "installation": {"module": "spark/3.5", "path": "/opt/spark"}},
         {**BASE_SPARK, "installation": {"path": "relative/spark"}},
         {**BASE_SPARK, "settings": [{"name": "spark.master", "value": "local[*]"}]},
+        {**BASE_SPARK, "settings": [{"name": "spark.authenticate", "value": "false"}]},
         {**BASE_SPARK, "settings": [{"name": "not.spark", "value": "x"}]},
         {**BASE_SPARK, "settings": [{"name": "spark.a", "value": "x\nspark.master y"}]},
         {
@@ -261,6 +268,7 @@ BASE_SPARK = {
         "two installations",
         "relative path",
         "reserved setting",
+        "the cluster's authentication",
         "not a spark property",
         "a newline in a value",
         "a setting twice",
@@ -326,6 +334,38 @@ def test_the_cluster_script_binds_daemons_to_the_site_address_and_keeps_the_toke
         spark_script(host_template="0.0.0.0")
     with pytest.raises(ValueError, match="control characters"):
         spark_script(settings=(("spark.a", "x\nspark.master local"),))
+
+
+def test_the_cluster_requires_a_secret_drawn_on_the_node_and_never_in_argv(
+    tmp_path: Path,
+) -> None:
+    script = spark_script()
+    # The master and every worker read the secret from the private file, not from argv or the
+    # environment; the script (sbatch's stdin) carries no secret of its own.
+    assert 'bbpnb_daemon_conf="$(python3 -c "$bbpnb_helper" secret)"' in script
+    master = next(line for line in script.splitlines() if "deploy.master.Master" in line)
+    assert '--properties-file "$bbpnb_daemon_conf"' in master
+    worker = next(line for line in script.splitlines() if line.startswith("srun "))
+    assert '--properties-file "$5"' in worker and worker.endswith('"$bbpnb_daemon_conf" &')
+    assert script.index('helper" secret)') < script.index("deploy.master.Master")
+    assert 'rm -f -- "$bbpnb_conf" "$bbpnb_daemon_conf"' in script
+
+    # The helper, run as the job runs it: daemon.conf 0600 in a 0700 folder, a fresh secret each
+    # time, and the notebook's spark-defaults.conf gets the same secret.
+    helper = sparkscript._HELPER
+    assert f"bbpnb_helper={shlex.quote(helper)}" in script
+    env = {"HOME": str(tmp_path), "PATH": os.environ["PATH"], "BBPNB_SPARK_HOST": "127.0.0.1",
+           "BBPNB_SPARK_CONF_DIR": f".bbp-notebooks/{UID}/spark"}  # fmt: skip
+    run = lambda *argv: subprocess.run([sys.executable, "-c", helper, *argv], env=env, capture_output=True, text=True, check=True).stdout  # noqa: E731  # fmt: skip
+    path = Path(run("secret").strip())
+    assert path == tmp_path / ".bbp-notebooks" / UID / "spark" / "daemon.conf"
+    assert path.stat().st_mode & 0o777 == 0o600 and path.parent.stat().st_mode & 0o777 == 0o700
+    first = path.read_text().splitlines()
+    assert first[0] == "spark.authenticate true" and "spark.ui.killEnabled false" in first
+    secret = first[1].split()
+    assert secret[0] == "spark.authenticate.secret" and len(secret[1]) == 64
+    run("secret")
+    assert path.read_text().splitlines()[1] != first[1]  # drawn per cluster
 
 
 def test_the_notebook_job_finds_its_cluster_through_spark_conf_dir() -> None:

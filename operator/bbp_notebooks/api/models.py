@@ -448,10 +448,16 @@ class SparkSetting(Model):
     )
 
 
-# Properties the operator sets itself: the cluster the notebook connects to, and loopback-safe
-# binding; a profile may not override them.
+# Properties the operator sets itself: the cluster the notebook connects to, loopback-safe
+# binding, and the cluster's own secret (slurm/sparkscript.py); a profile may not override them.
 SPARK_RESERVED_SETTINGS = frozenset(
-    {"spark.master", "spark.driver.host", "spark.driver.bindAddress"}
+    {
+        "spark.master",
+        "spark.driver.host",
+        "spark.driver.bindAddress",
+        "spark.authenticate",
+        "spark.authenticate.secret",
+    }
 )
 
 

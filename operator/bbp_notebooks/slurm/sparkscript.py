@@ -8,6 +8,16 @@ to the operator with its own per-job token. The same secrets rules as the notebo
 (jobscript.py): the token is in the script body (sbatch's stdin), never in argv; it is a shell
 variable given only to the report helper. Spark daemons bind to the site's notebook address
 (``SPARK_LOCAL_IP``/``--host``), never to a wildcard when the site names one.
+
+Who may use the cluster. A Spark standalone master runs whatever application registers with it,
+as the job's user: without authentication any user who can reach the compute node could run code
+as the session's owner. Before the master starts, the job draws a secret of its own
+(``secrets.token_hex``, in the node's python3) into ``daemon.conf`` next to spark-defaults.conf
+(0600 in a 0700 folder of the owner's home; never in argv, the environment or the job's output);
+the master and every worker read it with ``--properties-file`` and require it
+(``spark.authenticate``), and spark-defaults.conf carries it to the notebook's driver. The web
+UIs stay readable (Spark's UI has no authentication of its own here) but cannot kill
+(``spark.ui.killEnabled false``). Both files are removed when the cluster job ends.
 """
 
 from __future__ import annotations
@@ -76,10 +86,22 @@ def _validate(job: SparkJob) -> None:
 # Runs with the node's python3 (stdlib only). Commands:
 #   free-port                 print a port the daemon host can listen on
 #   wait-listening PID PORT SECS
+#   secret                    draw the cluster's secret into daemon.conf (0600), print its path
 #   report                    wait for the workers, write spark-defaults.conf, POST the callback
 _HELPER = """\
-import json, os, socket, sys, time, urllib.request
+import json, os, secrets, socket, sys, time, urllib.request
 host = os.environ["BBPNB_SPARK_HOST"]
+folder = os.path.join(os.path.expanduser("~"), os.environ["BBPNB_SPARK_CONF_DIR"])
+def private_folder():
+    parent = os.path.dirname(folder)
+    for path in (os.path.dirname(parent), parent, folder):
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        os.chmod(path, 0o700)
+def write_private(name, lines):
+    partial = os.path.join(folder, ".%s.%d" % (name, os.getpid()))
+    with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        out.write("\\n".join(lines) + "\\n")
+    os.replace(partial, os.path.join(folder, name))
 def alive(pid):
     try:
         os.kill(pid, 0)
@@ -103,6 +125,12 @@ elif command == "wait-listening":
         except OSError:
             time.sleep(0.2)
     sys.exit("bbp-notebooks: the Spark master did not listen within %s s" % sys.argv[4])
+elif command == "secret":
+    private_folder()
+    write_private("daemon.conf", ["spark.authenticate true",
+                                  "spark.authenticate.secret " + secrets.token_hex(32),
+                                  "spark.ui.killEnabled false"])
+    print(os.path.join(folder, "daemon.conf"))
 elif command == "report":
     port, ui_port = int(os.environ["BBPNB_MASTER_PORT"]), int(os.environ["BBPNB_UI_PORT"])
     wanted, deadline = int(os.environ["BBPNB_WORKERS"]), time.monotonic() + float(sys.argv[2])
@@ -122,16 +150,11 @@ elif command == "report":
                      % (alive_workers, wanted, sys.argv[2]))
         time.sleep(0.5)
     master = "spark://%s:%d" % (host, port)
-    folder = os.path.join(os.path.expanduser("~"), os.environ["BBPNB_SPARK_CONF_DIR"])
-    parent = os.path.dirname(folder)
-    for path in (os.path.dirname(parent), parent, folder):
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        os.chmod(path, 0o700)
-    lines = ["spark.master " + master] + json.loads(os.environ["BBPNB_SPARK_SETTINGS"])
-    partial = os.path.join(folder, ".spark-defaults.conf.%d" % os.getpid())
-    with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
-        out.write("\\n".join(lines) + "\\n")
-    os.replace(partial, os.path.join(folder, "spark-defaults.conf"))
+    private_folder()
+    with open(os.path.join(folder, "daemon.conf")) as daemon:
+        shared = [line.strip() for line in daemon if line.startswith("spark.authenticate")]
+    lines = ["spark.master " + master] + shared + json.loads(os.environ["BBPNB_SPARK_SETTINGS"])
+    write_private("spark-defaults.conf", lines)
     print("bbp-notebooks: Spark master %s, %d workers, UI http://%s:%d"
           % (master, alive_workers, host, ui_port), file=sys.stderr)
     url = os.environ.get("BBPNB_CALLBACK_URL")
@@ -157,7 +180,8 @@ _WORKER = (
     'export BBPNB_SPARK_HOST="${BBPNB_SPARK_HOST_TEMPLATE//\\{node\\}/$SLURMD_NODENAME}"; '
     'export SPARK_LOCAL_IP="$BBPNB_SPARK_HOST"; '
     'exec "$0" org.apache.spark.deploy.worker.Worker --host "$BBPNB_SPARK_HOST" '
-    '--cores "$1" --memory "$2"m --webui-port 0 --work-dir "$3/worker-$SLURM_PROCID" "$4"'
+    '--cores "$1" --memory "$2"m --webui-port 0 --work-dir "$3/worker-$SLURM_PROCID" '
+    '--properties-file "$5" "$4"'
 )
 
 
@@ -196,26 +220,30 @@ def render_spark_script(job: SparkJob) -> str:
         'export SPARK_MASTER_HOST="$BBPNB_SPARK_HOST"',
         'bbpnb_work="$(mktemp -d "${TMPDIR:-/tmp}/bbpnb-spark.XXXXXX")"',
         'bbpnb_conf="$HOME/$BBPNB_SPARK_CONF_DIR/spark-defaults.conf"',
+        'bbpnb_daemon_conf="$HOME/$BBPNB_SPARK_CONF_DIR/daemon.conf"',
         # The notebook must never find the address of a cluster that is gone.
         "bbpnb_pids=()",
         "bbpnb_stop() {",
         '    kill -TERM "${bbpnb_pids[@]}" 2>/dev/null || true',
-        '    rm -f -- "$bbpnb_conf"',
+        '    rm -f -- "$bbpnb_conf" "$bbpnb_daemon_conf"',
         "}",
         "trap bbpnb_stop EXIT",
         "trap 'exit 143' TERM INT HUP",
+        # The secret the master and workers require (see the module's docstring).
+        'bbpnb_daemon_conf="$(python3 -c "$bbpnb_helper" secret)"',
         'BBPNB_MASTER_PORT="$(python3 -c "$bbpnb_helper" free-port)"',
         'BBPNB_UI_PORT="$(python3 -c "$bbpnb_helper" free-port)"',
         "export BBPNB_MASTER_PORT BBPNB_UI_PORT",
         '"$bbpnb_spark_class" org.apache.spark.deploy.master.Master --host "$BBPNB_SPARK_HOST" '
-        '--port "$BBPNB_MASTER_PORT" --webui-port "$BBPNB_UI_PORT" &',
+        '--port "$BBPNB_MASTER_PORT" --webui-port "$BBPNB_UI_PORT" '
+        '--properties-file "$bbpnb_daemon_conf" &',
         "bbpnb_pids+=($!)",
         f'python3 -c "$bbpnb_helper" wait-listening "${{bbpnb_pids[0]}}" "$BBPNB_MASTER_PORT" '
         f"{job.start_timeout_s}",
         f"srun --ntasks={job.workers} --cpus-per-task={job.cores_per_worker} --kill-on-bad-exit=1 "
         f'bash -c {q(_WORKER)} "$bbpnb_spark_class" {job.cores_per_worker} '
         f'{job.executor_memory_mib} "$bbpnb_work" '
-        '"spark://$BBPNB_SPARK_HOST:$BBPNB_MASTER_PORT" &',
+        '"spark://$BBPNB_SPARK_HOST:$BBPNB_MASTER_PORT" "$bbpnb_daemon_conf" &',
         "bbpnb_pids+=($!)",
         'BBPNB_CALLBACK_URL="$bbpnb_callback_url" BBPNB_CALLBACK_TOKEN="$bbpnb_callback_token" \\',
         f'    python3 -c "$bbpnb_helper" report {job.start_timeout_s}',
