@@ -217,32 +217,18 @@ async def record_endpoint(
     if located is None:  # an unknown session looks like a bad token: nothing to learn by probing
         return callbacks.Verdict(callbacks.Refusal.INVALID_TOKEN, "invalid token")
     for _ in range(3):
-        try:
-            body = await rt.kube.get_session(*located)
-            if body is None or body["metadata"]["uid"] != uid:
-                return callbacks.Verdict(callbacks.Refusal.INVALID_TOKEN, "invalid token")
-            ref = session_ref(body)
-            site = await _site_of(rt, sites_, ref.status.site)
-        except ApiException as error:
-            return callbacks.Verdict(callbacks.Refusal.JOB_NOT_RECORDED, f"API: {error.reason}")
-        except ValueError:
-            return callbacks.Verdict(callbacks.Refusal.INVALID_TOKEN, "invalid token")
-        if site is None:
-            return callbacks.Verdict(callbacks.Refusal.JOB_NOT_RECORDED, "site not known yet")
+        read = await _read_reported(rt, sites_, uid, located)
+        if isinstance(read, callbacks.Verdict):
+            return read
+        body, ref, site = read
         verdict, new = await _judge_report(rt, ref, site, token, report)
         if new is None:
             return verdict
-        try:
-            await rt.kube.patch_session_status(
-                ref.namespace,
-                ref.name,
-                dump(new),
-                resource_version=body["metadata"]["resourceVersion"],
-            )
-        except ApiException as error:
-            if error.status == 409:
-                continue  # changed under us (a poll, another report): judge it again
-            return callbacks.Verdict(callbacks.Refusal.JOB_NOT_RECORDED, f"API: {error.reason}")
+        written = await _compare_and_set(rt, ref, body, new)
+        if isinstance(written, callbacks.Verdict):
+            return written
+        if not written:
+            continue  # changed under us (a poll, another report): judge it again
         assert new.endpoint is not None
         rt.endpoints[uid] = (report.job_id, new.endpoint)
         metrics.observe_session(ref, new)
@@ -254,6 +240,46 @@ async def record_endpoint(
     return callbacks.Verdict(
         callbacks.Refusal.JOB_NOT_RECORDED, "the session keeps changing; retry"
     )
+
+
+async def _read_reported(
+    rt: Runtime, sites_: Mapping[str, Any], uid: str, where: tuple[str, str]
+) -> tuple[dict[str, Any], sessions.SessionRef, SiteView] | callbacks.Verdict:
+    """The session a job reports for, as the API server has it now, and its site; or the
+    verdict that the report cannot be taken (a session that is not this uid looks like a bad
+    token: nothing to learn by probing)."""
+    try:
+        body = await rt.kube.get_session(*where)
+        if body is None or body["metadata"]["uid"] != uid:
+            return callbacks.Verdict(callbacks.Refusal.INVALID_TOKEN, "invalid token")
+        ref = session_ref(body)
+        site = await _site_of(rt, sites_, ref.status.site)
+    except ApiException as error:
+        return callbacks.Verdict(callbacks.Refusal.JOB_NOT_RECORDED, f"API: {error.reason}")
+    except ValueError:
+        return callbacks.Verdict(callbacks.Refusal.INVALID_TOKEN, "invalid token")
+    if site is None:
+        return callbacks.Verdict(callbacks.Refusal.JOB_NOT_RECORDED, "site not known yet")
+    return body, ref, site
+
+
+async def _compare_and_set(
+    rt: Runtime, ref: sessions.SessionRef, body: Mapping[str, Any], new: NotebookSessionStatus
+) -> bool | callbacks.Verdict:
+    """Write ``new`` over exactly the version that was judged: True when written, False when
+    the session changed meanwhile (judge it again), a verdict when the API server refused."""
+    try:
+        await rt.kube.patch_session_status(
+            ref.namespace,
+            ref.name,
+            dump(new),
+            resource_version=body["metadata"]["resourceVersion"],
+        )
+    except ApiException as error:
+        if error.status == 409:
+            return False
+        return callbacks.Verdict(callbacks.Refusal.JOB_NOT_RECORDED, f"API: {error.reason}")
+    return True
 
 
 def _locate(
@@ -328,18 +354,10 @@ async def record_spark(
     """A Spark cluster job's report: checked like a notebook's (callbacks.judge_spark), then
     recorded with a compare-and-set; the session turns Ready if its notebook already is."""
     for _ in range(3):
-        try:
-            body = await rt.kube.get_session(*where)
-            if body is None or body["metadata"]["uid"] != uid:
-                return callbacks.Verdict(callbacks.Refusal.INVALID_TOKEN, "invalid token")
-            ref = session_ref(body)
-            site = await _site_of(rt, sites_, ref.status.site)
-        except ApiException as error:
-            return callbacks.Verdict(callbacks.Refusal.JOB_NOT_RECORDED, f"API: {error.reason}")
-        except ValueError:
-            return callbacks.Verdict(callbacks.Refusal.INVALID_TOKEN, "invalid token")
-        if site is None:
-            return callbacks.Verdict(callbacks.Refusal.JOB_NOT_RECORDED, "site not known yet")
+        read = await _read_reported(rt, sites_, uid, where)
+        if isinstance(read, callbacks.Verdict):
+            return read
+        body, ref, site = read
         spark = ref.status.spark
         token_ok = spark is not None and tokens.matches(token, spark.callback_token_sha256)
         node = spark.node if spark is not None else None
@@ -359,17 +377,11 @@ async def record_spark(
         now = dt.datetime.now(dt.UTC)
         running = observe.JobObservation(job_id=report.job_id, state="RUNNING", node=node)
         new = observe.with_spark(ref.status, running, accepted, now=now, generation=ref.generation)
-        try:
-            await rt.kube.patch_session_status(
-                ref.namespace,
-                ref.name,
-                dump(new),
-                resource_version=body["metadata"]["resourceVersion"],
-            )
-        except ApiException as error:
-            if error.status == 409:
-                continue
-            return callbacks.Verdict(callbacks.Refusal.JOB_NOT_RECORDED, f"API: {error.reason}")
+        written = await _compare_and_set(rt, ref, body, new)
+        if isinstance(written, callbacks.Verdict):
+            return written
+        if not written:
+            continue
         rt.spark_reports[uid] = accepted
         if new.phase != ref.status.phase:
             await rt.kube.event(
