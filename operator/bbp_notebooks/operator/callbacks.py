@@ -89,6 +89,52 @@ def allowed_hosts(site: SlurmSiteSpec, nodelist: str) -> frozenset[str]:
     return frozenset({site.node_address_template.replace("{node}", first_node(nodelist))})
 
 
+@dataclass(frozen=True)
+class _Claim:
+    """A report as the rules see it: the job it names, where it says it listens, and what the
+    session's status records of the job its token was made for."""
+
+    job_id: int
+    host: str
+    ports: tuple[int, ...]
+    recorded_job: int | None
+    already_reported: bool
+    which: str  # how a message names the job while it is not recorded ("the session's job")
+
+
+def _judge(
+    claim: _Claim,
+    *,
+    token_matches: bool,
+    status: NotebookSessionStatus,
+    site: SlurmSiteSpec,
+    node: str | None,
+) -> Verdict:
+    """The one rule sequence for every report a job makes (the notebook's, the Spark cluster's)."""
+    if not token_matches:
+        return Verdict(Refusal.INVALID_TOKEN, "invalid token")
+    if status.phase is not None and status.phase.is_terminal:
+        return Verdict(Refusal.SESSION_ENDED, f"the session has ended ({status.phase.value})")
+    job = claim.recorded_job
+    if job is None:
+        return Verdict(Refusal.JOB_NOT_RECORDED, f"{claim.which} is not recorded yet; retry")
+    if claim.job_id != job:
+        return Verdict(Refusal.WRONG_JOB, f"the token belongs to job {job}, not {claim.job_id}")
+    if claim.already_reported:
+        return Verdict(Refusal.ALREADY_REPORTED, f"job {job} has already reported")
+    if min(claim.ports) < FIRST_UNPRIVILEGED_PORT:
+        return Verdict(Refusal.PRIVILEGED_PORT, f"port {min(claim.ports)} is privileged")
+    if not node:
+        return Verdict(Refusal.NODE_UNKNOWN, f"job {job} has no node yet; retry")
+    hosts = allowed_hosts(site, node)
+    if claim.host not in hosts:
+        return Verdict(
+            Refusal.FOREIGN_HOST,
+            f"job {job} runs on {node}: it may report {', '.join(sorted(hosts))}, not {claim.host}",
+        )
+    return ACCEPTED
+
+
 def judge(
     report: EndpointReport,
     *,
@@ -99,30 +145,15 @@ def judge(
 ) -> Verdict:
     """Accept ``report`` for a session whose status is ``status`` and whose job runs on ``node``
     (from status, or asked from squeue when status does not know it yet)."""
-    if not token_matches:
-        return Verdict(Refusal.INVALID_TOKEN, "invalid token")
-    if status.phase is not None and status.phase.is_terminal:
-        return Verdict(Refusal.SESSION_ENDED, f"the session has ended ({status.phase.value})")
-    if status.job_id is None:
-        return Verdict(Refusal.JOB_NOT_RECORDED, "the session's job is not recorded yet; retry")
-    if report.job_id != status.job_id:
-        return Verdict(
-            Refusal.WRONG_JOB, f"the token belongs to job {status.job_id}, not {report.job_id}"
-        )
-    if status.endpoint is not None:
-        return Verdict(Refusal.ALREADY_REPORTED, f"job {status.job_id} has already reported")
-    if report.port < FIRST_UNPRIVILEGED_PORT:
-        return Verdict(Refusal.PRIVILEGED_PORT, f"port {report.port} is privileged")
-    if not node:
-        return Verdict(Refusal.NODE_UNKNOWN, f"job {status.job_id} has no node yet; retry")
-    hosts = allowed_hosts(site, node)
-    if report.host not in hosts:
-        return Verdict(
-            Refusal.FOREIGN_HOST,
-            f"job {status.job_id} runs on {node}: it may report {', '.join(sorted(hosts))}, "
-            f"not {report.host}",
-        )
-    return ACCEPTED
+    claim = _Claim(
+        job_id=report.job_id,
+        host=report.host,
+        ports=(report.port,),
+        recorded_job=status.job_id,
+        already_reported=status.endpoint is not None,
+        which="the session's job",
+    )
+    return _judge(claim, token_matches=token_matches, status=status, site=site, node=node)
 
 
 # --- the Spark cluster job's report (PySpark profiles) -----------------------------------------
@@ -149,29 +180,16 @@ def judge_spark(
     node: str | None,
 ) -> Verdict:
     """Accept a cluster report for the companion job recorded in ``status.spark`` (running on
-    ``node``): the same rules as a notebook's report, against the companion's token and job."""
+    ``node``): the notebook's rules (`_judge`), against the companion's token and job."""
     spark = status.spark
-    if not token_matches or spark is None:
+    if spark is None:  # no companion: no token of one can match
         return Verdict(Refusal.INVALID_TOKEN, "invalid token")
-    if status.phase is not None and status.phase.is_terminal:
-        return Verdict(Refusal.SESSION_ENDED, f"the session has ended ({status.phase.value})")
-    if spark.job_id is None:
-        return Verdict(Refusal.JOB_NOT_RECORDED, "the Spark cluster job is not recorded yet; retry")
-    if report.job_id != spark.job_id:
-        return Verdict(
-            Refusal.WRONG_JOB, f"the token belongs to job {spark.job_id}, not {report.job_id}"
-        )
-    if spark.master_url is not None:
-        return Verdict(Refusal.ALREADY_REPORTED, f"job {spark.job_id} has already reported")
-    if min(report.port, report.ui_port) < FIRST_UNPRIVILEGED_PORT:
-        return Verdict(Refusal.PRIVILEGED_PORT, "a privileged port")
-    if not node:
-        return Verdict(Refusal.NODE_UNKNOWN, f"job {spark.job_id} has no node yet; retry")
-    hosts = allowed_hosts(site, node)
-    if report.host not in hosts:
-        return Verdict(
-            Refusal.FOREIGN_HOST,
-            f"job {spark.job_id} runs on {node}: it may report {', '.join(sorted(hosts))}, "
-            f"not {report.host}",
-        )
-    return ACCEPTED
+    claim = _Claim(
+        job_id=report.job_id,
+        host=report.host,
+        ports=(report.port, report.ui_port),
+        recorded_job=spark.job_id,
+        already_reported=spark.master_url is not None,
+        which="the Spark cluster job",
+    )
+    return _judge(claim, token_matches=token_matches, status=status, site=site, node=node)
