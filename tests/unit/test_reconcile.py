@@ -5,6 +5,7 @@ vanished, and when the circuit breaker holds every session as it is."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -235,7 +236,9 @@ DUPLICATE_CASES: list[tuple[str, SessionRef, QueueEntry, bool]] = [
     ("one", "second", "cancelled"), [c[1:] for c in DUPLICATE_CASES], ids=[c[0] for c in DUPLICATE_CASES]
 )  # fmt: skip
 def test_a_second_tagged_job_of_a_session_is_cancelled(one: SessionRef, second: QueueEntry, cancelled: bool) -> None:  # fmt: skip
-    settings = reconcile.Settings(**{**SETTINGS.__dict__, "duplicate_grace": dt.timedelta(seconds=300)})
+    settings = reconcile.Settings(
+        **{**SETTINGS.__dict__, "duplicate_grace": dt.timedelta(seconds=300)}
+    )
     own = queued(1, JobState.RUNNING, submitted_ago=900)
     result = reconcile.reconcile(snapshot((own, second)), SlurmSiteStatus(), 1, [one], {}, settings)
     assert [e.job_id for _, e in result.duplicates] == ([SECOND] if cancelled else [])
@@ -249,3 +252,88 @@ def test_a_status_that_did_not_change_makes_an_empty_patch() -> None:
     assert observe.status_patch(one.status, one.status) == {}
     moved = one.status.model_copy(update={"node": "gva-cn02", "endpoint": None})
     assert observe.status_patch(one.status, moved) == {"node": "gva-cn02", "endpoint": None}
+
+
+# --- a poll decides again only for sessions whose inputs moved (reconcile.Unchanged) -----------
+
+STARTED = (NOW - dt.timedelta(minutes=30)).replace(tzinfo=None)  # a 60-minute job: ends NOW+30
+ROW = dataclasses.replace(queued(1, JobState.RUNNING), start_time=STARTED)
+
+
+def settled(ref: SessionRef, new: NotebookSessionStatus, generation: int = 1) -> SessionRef:
+    """The session as the index holds it after the write: its status parsed again."""
+    status = NotebookSessionStatus.model_validate(dump(new))
+    return dataclasses.replace(ref, status=status, generation=generation)
+
+
+def quiet_session() -> tuple[SessionRef, reconcile.PollResult]:
+    """A running session two polls in: the first decided its status, the second changed
+    nothing and remembered so."""
+    first = reconcile.reconcile(snapshot((ROW,)), SlurmSiteStatus(), 1, [session(1)], {}, SETTINGS)
+    ((ref, new),) = first.sessions
+    one = settled(ref, new)
+    later = dataclasses.replace(snapshot((ROW,)), now=NOW + dt.timedelta(seconds=5))
+    second = reconcile.reconcile(later, SlurmSiteStatus(), 1, [one], {}, SETTINGS)
+    assert second.sessions == ((one, one.status),) and one.status is second.sessions[0][1]
+    assert set(second.unchanged) == {one.uid}
+    return one, second
+
+
+ENDPOINT = Endpoint(host="127.0.0.1", port=9999, url="http://127.0.0.1:9999")
+POLL_AGAIN_CASES: list[tuple[str, Any, bool, str]] = [
+    # (case, what moved since the quiet poll: (session, snapshot, endpoints) -> the same, decided again, phase after)
+    ("nothing moved: no decision, no write", lambda s, snap, e: (s, snap, e), False, "Running"),
+    ("minutes later, before the warning is due", lambda s, snap, e: (s, dataclasses.replace(snap, now=NOW + dt.timedelta(minutes=14)), e), False, "Running"),
+    ("the row changed: pending again", lambda s, snap, e: (s, snapshot((dataclasses.replace(ROW, state=JobState.PENDING, reason="Priority"),)), e), True, "Queued"),
+    ("the row changed: another node", lambda s, snap, e: (s, snapshot((dataclasses.replace(ROW, nodes="gva-cn02"),)), e), True, "Running"),
+    ("the row changed: a longer limit", lambda s, snap, e: (s, snapshot((dataclasses.replace(ROW, time_limit_s=7200),)), e), True, "Running"),
+    ("the job left the queue: sacct decides", lambda s, snap, e: (s, snapshot((), (accounted(1, JobState.COMPLETED),)), e), True, "Completed"),
+    ("the job vanished from the monitor's view", lambda s, snap, e: (s, snapshot(), e), True, "Running"),
+    ("an endpoint was reported", lambda s, snap, e: (s, snap, {s.uid: ENDPOINT}), True, "Ready"),
+    ("another writer changed the status", lambda s, snap, e: (settled(s, s.status.model_copy(update={"message": "other"})), snap, e), True, "Running"),
+    ("a new generation (an extension request)", lambda s, snap, e: (settled(s, s.status, generation=2), snap, e), True, "Running"),
+    ("the TimeLimit warning is due", lambda s, snap, e: (s, dataclasses.replace(snap, now=NOW + dt.timedelta(minutes=15)), e), True, "Running"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("moved", "decided", "phase"), [c[1:] for c in POLL_AGAIN_CASES], ids=[c[0] for c in POLL_AGAIN_CASES]
+)  # fmt: skip
+def test_a_poll_decides_again_only_what_moved(monkeypatch: pytest.MonkeyPatch, moved: Any, decided: bool, phase: str) -> None:  # fmt: skip
+    one, quiet = quiet_session()
+    one, snap, endpoints = moved(
+        one, dataclasses.replace(snapshot((ROW,)), now=NOW + dt.timedelta(seconds=10)), {}
+    )
+    calls: list[str] = []
+    decide = reconcile.decide
+    monkeypatch.setattr(reconcile, "decide", lambda s, *a: calls.append(s.uid) or decide(s, *a))
+    result = reconcile.reconcile(
+        snap, SlurmSiteStatus(), 1, [one], endpoints, SETTINGS, None, quiet.unchanged
+    )
+    ((_, new),) = result.sessions
+    assert bool(calls) is decided
+    assert new.phase == SessionPhase(phase)
+    # Remembered or not, the decision is the one a poll with no memory makes.
+    fresh = reconcile.reconcile(snap, SlurmSiteStatus(), 1, [one], endpoints, SETTINGS)
+    assert dump(new) == dump(fresh.sessions[0][1])
+    if not decided:  # nothing to write: the very status the index holds
+        assert new is one.status and one.uid in result.unchanged
+
+
+def test_the_warning_due_is_decided_and_written() -> None:
+    one, quiet = quiet_session()
+    due = dataclasses.replace(snapshot((ROW,)), now=NOW + dt.timedelta(minutes=15))
+    result = reconcile.reconcile(
+        due, SlurmSiteStatus(), 1, [one], {}, SETTINGS, None, quiet.unchanged
+    )
+    ((_, new),) = result.sessions
+    time_limit = get(new.conditions, ConditionType.TIME_LIMIT)
+    assert time_limit is not None and time_limit.reason == "EndingSoon"
+    assert observe.status_patch(one.status, new) != {}
+
+
+def test_a_session_whose_job_the_monitor_cannot_see_is_never_remembered() -> None:
+    one, _ = quiet_session()
+    within_grace = dataclasses.replace(one, status=one.status.model_copy())  # missing, young
+    result = reconcile.reconcile(snapshot(), SlurmSiteStatus(), 1, [within_grace], {}, SETTINGS)
+    assert result.unchanged == {}

@@ -55,6 +55,9 @@ class PollState:
     polls: int = 0
     version: str | None = None
     associations: dict[str, list[str]] | None = None
+    # Sessions whose last decision changed nothing, with what it was made from (skipped while
+    # none of it moves; reconcile.Unchanged).
+    unchanged: Mapping[str, reconcile.Unchanged] = dataclasses.field(default_factory=dict)
 
 
 def endpoints_known(rt: Runtime, sessions: Iterable[SessionRef]) -> dict[str, Endpoint]:
@@ -70,7 +73,7 @@ def endpoints_known(rt: Runtime, sessions: Iterable[SessionRef]) -> dict[str, En
 async def _write_session(
     rt: Runtime, session: SessionRef, new: NotebookSessionStatus, site: str
 ) -> None:
-    if dump(new) == dump(session.status):
+    if new is session.status or dump(new) == dump(session.status):
         return
     try:
         await rt.kube.patch_session_status(session.namespace, session.name, dump(new))
@@ -156,7 +159,9 @@ async def _write_all(
         async with gate:
             await _write_session(rt, session, new, site)
 
-    await asyncio.gather(*(write(s, n) for s, n in changes if dump(n) != dump(s.status)))
+    await asyncio.gather(
+        *(write(s, n) for s, n in changes if n is not s.status and dump(n) != dump(s.status))
+    )
 
 
 async def gather(
@@ -245,14 +250,16 @@ async def poll_once(
     endpoints = endpoints_known(rt, looked_at)
     reports = rt.spark_reports
     result = reconcile.reconcile(
-        snapshot, site.status, generation, sessions, endpoints, settings, reports
+        snapshot, site.status, generation, sessions, endpoints, settings, reports, state.unchanged
     )
     if result.confirm:  # follow-up reads, then decide again with what the owners saw
         seen = await owner_view(rt, site, result.confirm, settings.zone)
         snapshot = dataclasses.replace(snapshot, owner_view=seen)
         result = reconcile.reconcile(
-            snapshot, site.status, generation, sessions, endpoints, settings, reports
-        )
+            snapshot, site.status, generation, sessions, endpoints, settings, reports,
+            state.unchanged,
+        )  # fmt: skip
+    state.unchanged = result.unchanged
     if result.degraded:
         visible = get(result.site.conditions, ConditionType.JOBS_VISIBLE)
         log.warning("site %s: %s", site.name, visible.message if visible else "degraded")
