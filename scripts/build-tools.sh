@@ -7,6 +7,8 @@
 #   BBP_TOOLS_DIR=/some/dir scripts/build-tools.sh
 #   scripts/build-tools.sh --node     # also the node: kubelet, kube-proxy, kube-controller-manager,
 #                                     # kube-scheduler, CoreDNS and a static pause (tools/pause)
+#   EXTRA_KUBERNETES_TOOLS=kubeadm scripts/build-tools.sh   # also other cmd/ tools of the same
+#                                     # pinned module (scripts/kind-here.sh's node image needs kubeadm)
 #
 # Needs Go (>= 1.24) and the Go module proxy; nothing else from the network.
 set -euo pipefail
@@ -51,11 +53,14 @@ finish() { # finish TOOL VERSION
 
 KUBERNETES_TOOLS=(kube-apiserver kubectl)
 NODE_TOOLS=(kubelet kube-proxy kube-controller-manager kube-scheduler)
+# shellcheck disable=SC2206
+EXTRA_TOOLS=(${EXTRA_KUBERNETES_TOOLS:-})
 
 build_kubernetes() {
   local need=() tool
   local wanted=("${KUBERNETES_TOOLS[@]}")
   ((node)) && wanted+=("${NODE_TOOLS[@]}")
+  wanted+=("${EXTRA_TOOLS[@]}")
   for tool in "${wanted[@]}"; do
     is_built "$tool" "$KUBERNETES_VERSION" || need+=("$tool")
   done
@@ -150,7 +155,7 @@ start=$SECONDS
 build_etcd
 build_helm
 build_kubernetes
-tools=("${KUBERNETES_TOOLS[@]}" etcd helm)
+tools=("${KUBERNETES_TOOLS[@]}" "${EXTRA_TOOLS[@]}" etcd helm)
 if ((node)); then
   build_coredns
   build_pause

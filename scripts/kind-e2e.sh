@@ -3,10 +3,27 @@
 #
 #   scripts/kind-e2e.sh                 # create, build, load, install, check, tear down
 #   KEEP_CLUSTER=1 scripts/kind-e2e.sh  # leave the cluster running for inspection
+#   BUILD_IMAGES=0 scripts/kind-e2e.sh  # use bbp-notebooks/{operator,hub,mockslurm,proxy}:$IMAGE_TAG
+#                                       # already in Docker (docker load), build nothing
+#   KIND_NODE_IMAGE=ref                 # another node image (kind's --image)
+#   KIND_CONFIG=file                    # another kind config (default kind-config.yaml)
+#   KIND_LOGS_DIR=dir                   # on failure, `kind export logs` there before deleting
 #
-# Needs a running Docker, kind (>= 0.30), ssh and ssh-keygen; helm and kubectl are taken from PATH or
-# built by scripts/build-tools.sh. Every wait has a deadline; any failure stops the run, prints what
-# the cluster knows, and tears the cluster down.
+# Needs a running Docker, kind (>= 0.30), ssh, ssh-keygen and curl; helm and kubectl are taken from
+# PATH or built by scripts/build-tools.sh. Every wait has a deadline; any failure stops the run,
+# prints what the cluster knows, and tears the cluster down.
+#
+# Images it needs (an air-gapped host: bring them with `docker save` / `docker load`):
+# - the node image pinned in kind-config.yaml, kindest/node:v1.34.0@sha256:7416a61b... (kind v0.30.0's
+#   image for Kubernetes v1.34.0; it carries the control plane, CoreDNS, pause, kindnetd and the
+#   local-path provisioner, so nothing else is pulled by the cluster). kind pulls it unless Docker
+#   has it already; a mirror's copy can be named with KIND_NODE_IMAGE.
+# - the chart's four images, bbp-notebooks/{operator,hub,mockslurm,proxy}:$IMAGE_TAG, built here
+#   from docker/*.Dockerfile (their base, PYTHON_IMAGE, python:3.11-slim-bookworm pinned by digest,
+#   is pulled by the build unless present; `--build-arg PYTHON_IMAGE=...` via BUILD_ARGS), or
+#   loaded beforehand with BUILD_IMAGES=0; either way they reach the node by `kind load
+#   docker-image`, and the chart runs them with pullPolicy Never.
+# scripts/kind-here.sh runs this script on a machine without any registry.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -17,6 +34,9 @@ namespace=bbp-notebooks
 sessions=$namespace-sessions
 tag=${IMAGE_TAG:-e2e}
 keep=${KEEP_CLUSTER:-0}
+build_images=${BUILD_IMAGES:-1}
+kind_config=${KIND_CONFIG:-$root/kind-config.yaml}
+images=(operator hub mockslurm proxy)
 
 log() { printf '[kind-e2e] %s\n' "$*" >&2; }
 die() { printf '[kind-e2e] FAILED: %s\n' "$*" >&2; exit 1; }
@@ -27,9 +47,20 @@ docker info >/dev/null 2>&1 \
   || die "the Docker daemon is not reachable ('docker info' failed): kind-e2e needs a running Docker"
 command -v kind >/dev/null 2>&1 \
   || die "kind is not installed (e.g. 'go install sigs.k8s.io/kind@v0.30.0')"
-for tool in ssh ssh-keygen; do
+kind_version=$(kind version 2>&1 || true)
+[[ "$kind_version" =~ ^kind\ v([0-9]+)\.([0-9]+)\. ]] \
+  && ((BASH_REMATCH[1] > 0 || BASH_REMATCH[2] >= 30)) \
+  || die "kind >= 0.30 is needed (kind version: '${kind_version%%$'\n'*}')"
+for tool in ssh ssh-keygen curl; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed"
 done
+[[ -r "$kind_config" ]] || die "no kind config at $kind_config"
+if [[ "$build_images" == 0 ]]; then
+  for image in "${images[@]}"; do
+    docker image inspect "bbp-notebooks/$image:$tag" >/dev/null 2>&1 \
+      || die "BUILD_IMAGES=0 but Docker has no bbp-notebooks/$image:$tag (docker load it first)"
+  done
+fi
 if ! command -v helm >/dev/null 2>&1 || ! command -v kubectl >/dev/null 2>&1; then
   log "helm/kubectl not on PATH: building the pinned ones (scripts/build-tools.sh)"
   tools_bin=$(bash "$here/build-tools.sh" | tail -n 1)
@@ -46,6 +77,9 @@ diagnose() {
   kubectl get slurmsites,notebooksessions -A >&2 || true
   kubectl logs -n "$namespace" "statefulset/$release-bbp-notebooks-operator" --tail=80 >&2 || true
   kubectl logs -n "$namespace" "deployment/$release-bbp-notebooks-mockslurm" --tail=40 >&2 || true
+  if [[ -n "${KIND_LOGS_DIR:-}" ]]; then
+    kind export logs --name "$cluster" "$KIND_LOGS_DIR" >&2 || true
+  fi
 }
 
 cleanup() {
@@ -64,12 +98,23 @@ trap cleanup EXIT
 
 # -- cluster and images ----------------------------------------------------------------------
 log "creating kind cluster $cluster"
-kind create cluster --name "$cluster" --config "$root/kind-config.yaml" --kubeconfig "$KUBECONFIG" \
-  --wait 180s
+create=(--name "$cluster" --config "$kind_config" --kubeconfig "$KUBECONFIG" --wait 180s)
+[[ -n "${KIND_NODE_IMAGE:-}" ]] && create+=(--image "$KIND_NODE_IMAGE")
+[[ "${KIND_RETAIN:-0}" == 1 ]] && create+=(--retain)
+kind create cluster "${create[@]}"
 
-for image in operator hub mockslurm; do
-  log "building bbp-notebooks/$image:$tag"
-  docker build --file "$root/docker/$image.Dockerfile" --tag "bbp-notebooks/$image:$tag" "$root"
+# BuildKit (no `# syntax=` line in the Dockerfiles, so no frontend image is fetched); the host's CA
+# bundle as the builds' secret "ca-bundle" for a proxy that intercepts TLS (docker/*.Dockerfile).
+ca_bundle=${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
+build=()
+[[ -r "$ca_bundle" ]] && build+=(--secret "id=ca-bundle,src=$ca_bundle")
+read -r -a extra <<<"${BUILD_ARGS:-}"
+for image in "${images[@]}"; do
+  if [[ "$build_images" != 0 ]]; then
+    log "building bbp-notebooks/$image:$tag"
+    DOCKER_BUILDKIT=1 docker build "${build[@]}" "${extra[@]}" \
+      --file "$root/docker/$image.Dockerfile" --tag "bbp-notebooks/$image:$tag" "$root"
+  fi
   kind load docker-image --name "$cluster" "bbp-notebooks/$image:$tag"
 done
 
@@ -87,6 +132,7 @@ operator:
 hub:
   image: {tag: $tag, pullPolicy: Never}
 proxy:
+  image: {tag: $tag, pullPolicy: Never}
   service: {type: NodePort, nodePort: 30080}
 mockSlurm:
   enabled: true
@@ -197,3 +243,11 @@ read -r -a seen <<<"$priorities"
 ((${#seen[@]} == 2)) || die "expected two peers in the ClusterKopfPeering, saw: '$priorities'"
 [[ "${seen[0]}" != "${seen[1]}" ]] || die "both replicas have priority ${seen[0]}"
 log "two peers with priorities ${seen[*]}"
+
+# -- uninstall: no finalizer may hold it up ---------------------------------------------------
+log "helm uninstall $release"
+start=$SECONDS
+helm uninstall "$release" --namespace "$namespace" --wait --timeout 2m
+left=$(kubectl get notebooksessions -A -o name 2>/dev/null || true)
+[[ -z "$left" ]] || die "sessions left after uninstall: $left"
+log "uninstalled in $((SECONDS - start)) s"
