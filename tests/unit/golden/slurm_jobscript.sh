@@ -8,7 +8,7 @@ export BBPNB_BIND_HOST=0.0.0.0
 export BBPNB_ADVERTISE_HOST=''
 bbpnb_callback_url=https://operator.example/v1/sessions/x/endpoint
 bbpnb_callback_token=cb-token-that-must-stay-out-of-argv
-bbpnb_helper='import json, os, socket, sys, time, urllib.request
+bbpnb_helper='import os, socket, sys
 host = os.environ["BBPNB_BIND_HOST"]
 wildcard = host in ("0.0.0.0", "::")
 def family():
@@ -20,54 +20,54 @@ def alive(pid):
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
-command = sys.argv[1]
-if command == "free-port":
-    fam, kind, proto, _, address = family()
-    with socket.socket(fam, kind, proto) as sock:
-        sock.bind(address)
-        print(sock.getsockname()[1])
-elif command == "wait-listening":
-    pid, deadline = int(sys.argv[2]), time.monotonic() + float(sys.argv[3])
-    port = int(os.environ["BBPNB_PORT"])
-    target = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    while time.monotonic() < deadline:
-        if not alive(pid):
-            sys.exit("bbp-notebooks: the notebook exited before it listened")
+if sys.argv[1:2] != ["serve"]:
+    sys.exit("bbp-notebooks: unknown helper command %r" % sys.argv[1:])
+fam, kind, proto, _, address = family()
+with socket.socket(fam, kind, proto) as sock:
+    sock.bind(address)
+    port = sock.getsockname()[1]
+print(port, flush=True)
+import json, time, urllib.request  # while the notebook starts: not before the port is known
+line = sys.stdin.readline().strip()
+if not line.isdigit():
+    sys.exit("bbp-notebooks: the notebook did not start")
+pid, deadline = int(line), time.monotonic() + float(sys.argv[2])
+target = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+while True:
+    if not alive(pid):
+        sys.exit("bbp-notebooks: the notebook exited before it listened")
+    try:
+        socket.create_connection((target, port), timeout=1).close()
+        break
+    except OSError:
+        if time.monotonic() >= deadline:
+            sys.exit("bbp-notebooks: the notebook did not listen within %s s" % sys.argv[2])
+        time.sleep(0.05)
+node = os.environ.get("SLURMD_NODENAME", "")
+advertised = os.environ.get("BBPNB_ADVERTISE_HOST", "").replace("{node}", node)
+advertised = advertised or (socket.getfqdn() if wildcard else host)
+body = {"host": advertised, "port": port, "jobId": int(os.environ["SLURM_JOB_ID"])}
+parent = os.path.join(os.path.expanduser("~"), ".bbp-notebooks")
+folder = os.path.join(parent, os.environ["BBPNB_SESSION_UID"])
+for path in (parent, folder):
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+partial = os.path.join(folder, ".connection.json.%d" % os.getpid())
+with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+    json.dump(body, out)
+os.replace(partial, os.path.join(folder, "connection.json"))
+url = os.environ.get("BBPNB_CALLBACK_URL")
+if url:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+        headers={"Content-Type": "application/json",
+                 "Authorization": "Bearer " + os.environ["BBPNB_CALLBACK_TOKEN"]})
+    for attempt in range(5):
         try:
-            socket.create_connection((target, port), timeout=1).close()
-            sys.exit(0)
-        except OSError:
-            time.sleep(0.2)
-    sys.exit("bbp-notebooks: the notebook did not listen within %s s" % sys.argv[3])
-elif command == "report":
-    node = os.environ.get("SLURMD_NODENAME", "")
-    advertised = os.environ.get("BBPNB_ADVERTISE_HOST", "").replace("{node}", node)
-    advertised = advertised or (socket.getfqdn() if wildcard else host)
-    body = {"host": advertised, "port": int(os.environ["BBPNB_PORT"]),
-            "jobId": int(os.environ["SLURM_JOB_ID"])}
-    parent = os.path.join(os.path.expanduser("~"), ".bbp-notebooks")
-    folder = os.path.join(parent, os.environ["BBPNB_SESSION_UID"])
-    for path in (parent, folder):
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        os.chmod(path, 0o700)
-    partial = os.path.join(folder, ".connection.json.%d" % os.getpid())
-    with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
-        json.dump(body, out)
-    os.replace(partial, os.path.join(folder, "connection.json"))
-    url = os.environ.get("BBPNB_CALLBACK_URL")
-    if url:
-        request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-            headers={"Content-Type": "application/json",
-                     "Authorization": "Bearer " + os.environ["BBPNB_CALLBACK_TOKEN"]})
-        for attempt in range(5):
-            try:
-                urllib.request.urlopen(request, timeout=10).close()
-                break
-            except Exception as error:
-                print("bbp-notebooks: callback failed: %s" % error, file=sys.stderr)
-                time.sleep(min(2 ** attempt, 8))
-else:
-    sys.exit("bbp-notebooks: unknown helper command %r" % command)
+            urllib.request.urlopen(request, timeout=10).close()
+            break
+        except Exception as error:
+            print("bbp-notebooks: callback failed: %s" % error, file=sys.stderr)
+            time.sleep(min(2 ** attempt, 8))
 '
 
 export JUPYTERHUB_API_TOKEN=hub-token
@@ -84,18 +84,29 @@ python3 -m venv ~/venv
 ~/venv/bin/pip install ipykernel
 BBPNB_KERNEL_SETUP_1ac7b035f21f
 
-BBPNB_PORT="$(python3 -c "$bbpnb_helper" free-port)"
+coproc bbpnb_helper { BBPNB_CALLBACK_URL="$bbpnb_callback_url" \
+    BBPNB_CALLBACK_TOKEN="$bbpnb_callback_token" \
+    exec python3 -I -S -c "$bbpnb_helper" serve 300; }
+bbpnb_helper_pid=$bbpnb_helper_PID bbpnb_to_helper=${bbpnb_helper[1]}
+read -r BBPNB_PORT <&"${bbpnb_helper[0]}"
 export BBPNB_PORT
 jupyterhub-singleuser --ip="${BBPNB_BIND_HOST}" --port="${BBPNB_PORT}" &
 bbpnb_notebook_pid=$!
 trap 'kill -TERM "$bbpnb_notebook_pid" 2>/dev/null || true' TERM INT HUP
-if ! python3 -c "$bbpnb_helper" wait-listening "$bbpnb_notebook_pid" 300; then
+echo "$bbpnb_notebook_pid" >&"$bbpnb_to_helper"
+set +e
+wait "$bbpnb_helper_pid"
+bbpnb_status=$?
+while kill -0 "$bbpnb_helper_pid" 2>/dev/null; do
+    wait "$bbpnb_helper_pid"
+    bbpnb_status=$?
+done
+set -e
+if [ "$bbpnb_status" -ne 0 ]; then
     kill -TERM "$bbpnb_notebook_pid" 2>/dev/null || true
     wait "$bbpnb_notebook_pid" || true
     exit 1
 fi
-BBPNB_CALLBACK_URL="$bbpnb_callback_url" BBPNB_CALLBACK_TOKEN="$bbpnb_callback_token" \
-    python3 -c "$bbpnb_helper" report
 
 set +e
 wait "$bbpnb_notebook_pid"
