@@ -13,7 +13,6 @@ from typing import Any, NoReturn
 
 import kopf
 from kubernetes_asyncio import config as k8s_config
-from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from bbp_notebooks.api.constants import (
@@ -51,7 +50,8 @@ from bbp_notebooks.operator import (
 from bbp_notebooks.operator import credentials as _credentials  # noqa: F401  (Kerberos timer)
 from bbp_notebooks.operator.conditions import get
 from bbp_notebooks.operator.http import build_app, serve
-from bbp_notebooks.operator.kube import Kube
+from bbp_notebooks.operator.kube import Kube, new_api_client
+from bbp_notebooks.operator.memory import Release
 from bbp_notebooks.operator.metrics import (
     POLL_SECONDS,
     RECONCILE_ERRORS,
@@ -64,6 +64,8 @@ from bbp_notebooks.ssh import AuthenticationFailed, HostKeyMismatch, SshError
 
 log = logging.getLogger(__name__)
 WAITING = logs.WAITING
+# One for the process, whichever site polled last (glibc's heap is the process's).
+RELEASE = Release()
 
 
 # Indexes: other objects are read from memory, never fetched per event -----------------------
@@ -168,7 +170,7 @@ async def configure(
         k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
     except k8s_config.ConfigException:
         await k8s_config.load_kube_config()
-    api_client = ApiClient()
+    api_client = new_api_client()
     failpoints.arm(config)
     logs.install()
     rt = Runtime.create(config, Kube(api_client))
@@ -623,6 +625,7 @@ async def poll_site(
             metrics.publish_site(name, new)
             metrics.publish_sessions(refs)
             rt.prune(dt.datetime.now(dt.UTC), {s.uid for s in refs})
+            RELEASE()  # what the poll (or a burst before it) freed goes back to the system
             SSH_CONNECTIONS.set(rt.pool.connections_open)
             SSH_CHANNELS.set(rt.pool.channels_in_use)
         except asyncio.CancelledError:
