@@ -184,7 +184,8 @@ class OperatorSettings(BaseSettings):
         default_factory=list,
         description="Fault injection for tests only (operator/failpoints.py, like etcd's "
         "gofail): 'after-sbatch' kills the process right after a successful sbatch, before the "
-        "status write.",
+        "status write; 'after-spark-sbatch' the same after a PySpark session's second sbatch "
+        "(its Spark cluster).",
     )
     settings_file: Path | None = Field(
         default=None, description="Optional YAML file with these settings (environment wins)."
