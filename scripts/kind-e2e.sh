@@ -38,7 +38,7 @@ build_images=${BUILD_IMAGES:-1}
 kind_config=${KIND_CONFIG:-$root/kind-config.yaml}
 images=(operator hub mockslurm proxy)
 
-log() { printf '[kind-e2e] %s\n' "$*" >&2; }
+log() { printf '[kind-e2e] %(%H:%M:%S)T %s\n' -1 "$*" >&2; }
 die() { printf '[kind-e2e] FAILED: %s\n' "$*" >&2; exit 1; }
 
 # -- preflight: fail clearly, before touching anything ---------------------------------------
@@ -188,10 +188,16 @@ curl -fsS -o /dev/null http://127.0.0.1:18080/hub/health || die "the hub is not 
 
 # -- a session from creation to deletion -----------------------------------------------------
 log "creating a session and waiting until it is Ready"
+# The chart's admission policy wants the creator named: the user of this kubeconfig (kind's admin).
+requester=$(kubectl auth whoami -o jsonpath='{.status.userInfo.username}')
+[[ -n "$requester" ]] || die "kubectl auth whoami named no user"
 kubectl apply -f - <<YAML
 apiVersion: notebooks.bbp.epfl.ch/v1alpha1
 kind: NotebookSession
-metadata: {name: e2e-alice, namespace: $sessions}
+metadata:
+  name: e2e-alice
+  namespace: $sessions
+  annotations: {notebooks.bbp.epfl.ch/created-by: "$requester"}
 spec: {user: alice, profile: bluepy, site: geneva}
 YAML
 kubectl wait -n "$sessions" notebooksession/e2e-alice --for=jsonpath='{.status.phase}'=Ready \
