@@ -122,7 +122,7 @@ done
 ssh-keygen -q -t ed25519 -N '' -C e2e-host-ca -f "$work/host_ca"
 ssh-keygen -q -t ed25519 -N '' -C e2e-user-ca -f "$work/user_ca"
 
-# Sites as in the chart's defaults, with notebooks binding every address of the mock's pod.
+# Sites as in the chart's defaults; the chart points their notebooks at the mock's pod (<mock>-nodes).
 cat >"$work/values.yaml" <<YAML
 operator:
   image: {tag: $tag, pullPolicy: Never}
@@ -148,7 +148,6 @@ slurmSites:
       auth: {method: Certificate, caSecretName: bbp-user-ca}
       monitorUser: bbpmon
       pollIntervalSeconds: 5
-      notebookHost: 0.0.0.0
   - name: lugano
     spec:
       displayName: Lugano
@@ -159,7 +158,6 @@ slurmSites:
       auth: {method: Certificate, caSecretName: bbp-user-ca}
       monitorUser: bbpmon
       pollIntervalSeconds: 5
-      notebookHost: 0.0.0.0
 YAML
 
 # -- install ---------------------------------------------------------------------------------

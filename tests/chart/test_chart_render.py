@@ -307,6 +307,11 @@ def test_mock_slurm_config_is_accepted_by_the_mock_and_sites_point_at_it(
     site = find(docs, "SlurmSite", "geneva")[0]["spec"]
     assert site["frontend"] == {"host": "bbp-bbp-notebooks-mockslurm.bbp.svc", "port": 2222}
     assert site["hostKeys"] == {"certificateAuthorities": [values["mockSlurm"]["hostCaPublicKey"]]}
+    # Its notebooks run in the mock's pod: reached at the headless Service's name.
+    assert site["nodeAddressTemplate"] == "bbp-bbp-notebooks-mockslurm-nodes.bbp.svc"
+    (nodes,) = find(docs, "Service", "bbp-bbp-notebooks-mockslurm-nodes")
+    assert nodes["spec"]["clusterIP"] == "None"
+    assert nodes["spec"]["selector"]["app.kubernetes.io/component"] == "mockslurm"
     (deployment,) = [
         d for d in find(docs, "Deployment") if d["metadata"]["name"].endswith("-mockslurm")
     ]
