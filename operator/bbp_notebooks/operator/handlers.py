@@ -112,8 +112,10 @@ def session_ref(body: Mapping[str, Any]) -> sessions.SessionRef:
     )
 
 
+# Async, though nothing is awaited: kopf runs a sync handler in its thread pool, a round trip
+# through the event loop (and a wait for the GIL) for every watch event of every session.
 @kopf.index(GROUP, VERSION, SESSION_PLURAL)
-def session_index(body: kopf.Body, **_: Any) -> dict[str, sessions.SessionRef] | None:
+async def session_index(body: kopf.Body, **_: Any) -> dict[str, sessions.SessionRef] | None:
     try:
         return {body["metadata"]["uid"]: session_ref(body)}
     except ValueError as error:

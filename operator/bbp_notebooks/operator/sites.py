@@ -27,7 +27,6 @@ from bbp_notebooks.api.models import (
     NotebookSessionStatus,
     SessionPhase,
     SlurmSiteStatus,
-    dump,
 )
 from bbp_notebooks.api.vocabulary import ConditionType, Reason
 from bbp_notebooks.operator import metrics, observe, reconcile, timelimit
@@ -73,11 +72,20 @@ def endpoints_known(rt: Runtime, sessions: Iterable[SessionRef]) -> dict[str, En
 async def _write_session(
     rt: Runtime, session: SessionRef, new: NotebookSessionStatus, site: str
 ) -> None:
-    if new is session.status or dump(new) == dump(session.status):
+    if new is session.status:
+        return
+    # Only the fields that changed: a full status from an index that lags would write back
+    # other writers' fields as they were (and costs a third dump and more bytes per write).
+    patch = observe.status_patch(session.status, new)
+    if not patch:
         return
     try:
-        await rt.kube.patch_session_status(session.namespace, session.name, dump(new))
+        await rt.kube.patch_session_status(session.namespace, session.name, patch)
     except ApiException as error:  # one bad write must not starve the site's other sessions
+        if error.status == 404:  # deleted since the poll began: nothing left to tell
+            log.info("session %s/%s is gone; its status was not written", session.namespace,
+                     session.name)  # fmt: skip
+            return
         RECONCILE_ERRORS.labels("write_status", str(error.status)).inc()
         log.error("status of %s/%s not written: %s", session.namespace, session.name, error.body)
         return
@@ -159,9 +167,7 @@ async def _write_all(
         async with gate:
             await _write_session(rt, session, new, site)
 
-    await asyncio.gather(
-        *(write(s, n) for s, n in changes if n is not s.status and dump(n) != dump(s.status))
-    )
+    await asyncio.gather(*(write(s, n) for s, n in changes if n is not s.status))
 
 
 async def gather(
