@@ -237,14 +237,20 @@ log "job $job_id is gone (sacct: $state)"
 log "upgrading to two operator replicas (kopf peering)"
 helm upgrade "$release" "$root/charts/bbp-notebooks" --namespace "$namespace" --reuse-values \
   --set operator.replicas=2 --wait --timeout 5m
-for _ in $(seq 30); do
-  priorities=$(kubectl get clusterkopfpeering bbp-notebooks \
-    -o go-template='{{range .status}}{{.priority}} {{end}}' 2>/dev/null || true)
+# The chart's operator serves only the session namespace: its peering is the KopfPeering there.
+for _ in $(seq 60); do
+  priorities=$(kubectl get kopfpeering -n "$sessions" bbp-notebooks \
+    -o go-template='{{range .status}}{{.priority}} {{end}}' 2>"$work/peering.err" || true)
   [[ $(wc -w <<<"$priorities") -eq 2 ]] && break
   sleep 2
 done
 read -r -a seen <<<"$priorities"
-((${#seen[@]} == 2)) || die "expected two peers in the ClusterKopfPeering, saw: '$priorities'"
+if ((${#seen[@]} != 2)); then
+  cat "$work/peering.err" >&2
+  kubectl get kopfpeering,clusterkopfpeering -A -o yaml >&2 || true
+  kubectl logs -n "$namespace" "$release-bbp-notebooks-operator-0" --tail=40 >&2 || true
+  die "expected two peers in the KopfPeering of $sessions, saw: '$priorities'"
+fi
 [[ "${seen[0]}" != "${seen[1]}" ]] || die "both replicas have priority ${seen[0]}"
 log "two peers with priorities ${seen[*]}"
 

@@ -174,3 +174,26 @@ def test_the_scripts_ssh_check_names_the_host_as_the_chart_and_its_certificate_d
     (config_map,) = find(docs, "ConfigMap", f"{release.group(1)}-bbp-notebooks-mockslurm")
     sites = yaml.safe_load(config_map["data"]["config.yaml"])["sites"]
     assert all(alias in site["host_principals"] for site in sites)
+
+
+def test_the_scripts_peering_check_reads_the_peering_object_the_chart_creates() -> None:
+    # The chart's operator serves only the session namespace, so its peering is namespaced; the
+    # script once read a ClusterKopfPeering that no longer exists and saw no peers.
+    script = SCRIPT.read_text()
+    match = re.search(
+        r"kubectl get (kopfpeering|clusterkopfpeering)( -n \"\$sessions\")? (\S+)", script
+    )
+    assert match
+    values = script_values_with_keys()
+    values["operator"]["replicas"] = 2
+    docs = documents(
+        template_text(values, release="bbp", namespace="bbp-notebooks", env=tool_env())
+    )
+    peerings = [d for d in docs if d["kind"] in ("KopfPeering", "ClusterKopfPeering")]
+    namespace = re.search(r"^sessions=\$namespace-sessions$", script, re.M)
+    assert namespace
+    wanted = {"KopfPeering" if match.group(1) == "kopfpeering" else "ClusterKopfPeering"}
+    assert {d["kind"] for d in peerings} == wanted
+    assert [d["metadata"]["name"] for d in peerings] == [match.group(3)]
+    if match.group(2):
+        assert [d["metadata"]["namespace"] for d in peerings] == ["bbp-notebooks-sessions"]
