@@ -109,6 +109,12 @@ def test_a_pod_runs_services_answer_and_the_host_is_restored(tmp_path: Path) -> 
             return result.stdout.strip()
 
         assert wait_until(answers, 60, "the kubernetes Service from the pod").startswith("TLS")
+        # And from the host (the route onto the bridge, then kube-proxy's DNAT in OUTPUT).
+        host = subprocess.run(
+            [sys.executable, "-c", probe, str(ca), KUBERNETES_SERVICE_IP],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert host.stdout.strip().startswith("TLS"), host.stderr[-2000:]
         name = "kubernetes.default.svc.cluster.local"
         found = wait_until(lambda: dns_a(name, NODE_IP), 60, f"CoreDNS to answer {name}",
                            retry_on=(OSError,))  # fmt: skip

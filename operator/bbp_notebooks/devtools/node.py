@@ -18,6 +18,7 @@ before start. NetworkPolicies are not enforced here: the bridge plugin has no po
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -61,6 +62,9 @@ SYSCTLS = (
     "net/ipv4/conf/all/route_localnet",
     "net/bridge/bridge-nf-call-iptables",
 )
+# Held from start to the end of stop: one user of the host's network state at a time (the
+# node tests compare it before and after; a kind run or a second node would change it meanwhile).
+HOST_LOCK = Path("/tmp/node-net.lock")
 NODE_TOOLS = ("kubelet", "kube-proxy", "kube-controller-manager", "kube-scheduler", "coredns")
 
 
@@ -194,6 +198,8 @@ class Node:
         self._children: list[Child] = []
         self._iptables_before = ""
         self._ip6tables_before = ""
+        self._lock: Any = None
+        self.lock_wait_s = 0.0  # how long start waited for another user of the host
         self.control_plane = ControlPlane(
             self.workdir / "controlplane",
             NODE_IP,
@@ -228,6 +234,15 @@ class Node:
             missing.append("containernetworking-plugins")
         if missing:
             raise NodeError(f"missing for the node: {', '.join(missing)}")
+        lock = HOST_LOCK.open("a")
+        began = time.monotonic()
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except BaseException:
+            lock.close()
+            raise
+        self._lock = lock  # from here on, stop() puts the host back
+        self.lock_wait_s = time.monotonic() - began
         deadline = time.monotonic() + timeout
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.before = HostState.capture()
@@ -249,6 +264,15 @@ class Node:
         _run("ip", "addr", "add", f"{NODE_IP}/32", "dev", "lo")
         # Pods reach Services through the host (DNAT, then back onto the bridge).
         _write_sysctl("net/ipv4/ip_forward", "1")
+        # The pods' bridge exists before the first pod (the CNI plugin takes it as it is), so
+        # the host reaches Services too: a Service address routes onto the bridge, and
+        # kube-proxy's DNAT in OUTPUT turns it into a pod's (or the API server's) before the
+        # packet leaves. Without this route the blackhole refuses the connect (EINVAL). Either
+        # way nothing in the range can leave the machine.
+        _run("ip", "link", "add", BRIDGE, "type", "bridge")
+        _run("ip", "addr", "add", f"{POD_GATEWAY}/16", "dev", BRIDGE)
+        _run("ip", "link", "set", BRIDGE, "up")
+        _run("ip", "route", "add", SERVICE_CIDR, "dev", BRIDGE, "src", POD_GATEWAY)
 
     def _start(self, deadline: float) -> None:
         self.control_plane.start(timeout=max(10.0, deadline - time.monotonic()))
@@ -336,7 +360,7 @@ state = "{root / "state"}"
     bin_dir = "/usr/lib/cni"
     conf_dir = "{cni / "net.d"}"
   [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "native"
+    snapshotter = "overlayfs"
 """
         path = root / "config.toml"
         path.write_text(config)
@@ -503,7 +527,10 @@ state = "{root / "state"}"
     # -- teardown --------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Stop everything (by PID) and put the host back as `start` found it."""
+        """Stop everything (by PID) and put the host back as `start` found it. Once: a second
+        call (or one without start) does nothing, since another user may hold the host by then."""
+        if self._lock is None:
+            return
         # No controller may replace the pods the kubelet is about to remove.
         for child in self._children:
             if child.name in ("kube-controller-manager", "kube-scheduler"):
@@ -533,6 +560,9 @@ state = "{root / "state"}"
             for name, value in self.before.sysctls:
                 if _read_sysctl(name) != value:
                     _write_sysctl(name, value)
+        if self._lock is not None:
+            self._lock.close()  # releases the flock
+            self._lock = None
 
     def _remove_pods(self) -> None:
         """Let the kubelet tear every pod down (CNI DEL, network namespaces, volumes)."""
