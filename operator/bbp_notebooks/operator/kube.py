@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 # The generated client defaults to JSON Patch; status is written as a JSON merge patch.
 MERGE_PATCH: dict[str, Any] = {"_content_type": "application/merge-patch+json"}
+JSON_PATCH: dict[str, Any] = {"_content_type": "application/json-patch+json"}
 # Lists for which only names and uids matter ask for metadata only, a page at a time.
 METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 SWEEP_PAGE_SIZE = 500
@@ -96,6 +97,38 @@ class Kube:
                 return None
             raise
         return found
+
+    async def release_deleted_sites(self, finalizer: str) -> list[str]:
+        """Drop ``finalizer`` from every SlurmSite already being deleted; their names.
+
+        kopf puts its finalizer on every object a daemon runs for (to stop the daemon before the
+        object goes) and takes it off only while the operator runs. A site has nothing to clean
+        up, so a stopping operator lets deleted sites go: `helm uninstall` deletes the sites and
+        the operator together, and would otherwise wait on them for ever. The JSON patch tests
+        the entry first, so a concurrent removal (kopf's own, another replica's) is a 422 here,
+        not a lost finalizer of someone else."""
+        listed = await self.custom.list_cluster_custom_object(GROUP, VERSION, SITE_PLURAL)
+        released = []
+        for item in listed.get("items") or ():
+            meta = item.get("metadata") or {}
+            finalizers = list(meta.get("finalizers") or ())
+            if not meta.get("deletionTimestamp") or finalizer not in finalizers:
+                continue
+            index = finalizers.index(finalizer)
+            patch = [
+                {"op": "test", "path": f"/metadata/finalizers/{index}", "value": finalizer},
+                {"op": "remove", "path": f"/metadata/finalizers/{index}"},
+            ]
+            try:
+                await self.custom.patch_cluster_custom_object(
+                    GROUP, VERSION, SITE_PLURAL, meta["name"], patch, **JSON_PATCH
+                )
+            except k8s.ApiException as error:
+                if error.status not in (404, 409, 422):
+                    raise
+                continue
+            released.append(str(meta["name"]))
+        return released
 
     async def patch_site_status(self, name: str, status: dict[str, Any]) -> None:
         await self.custom.patch_cluster_custom_object_status(
