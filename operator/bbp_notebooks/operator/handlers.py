@@ -200,13 +200,13 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
         await memo["http"].cleanup()
     if "runtime" in memo:
         rt: Runtime = memo["runtime"]
-        try:  # the sites' daemons have stopped: deleted sites may go (kube.release_deleted_sites)
-            released = await rt.kube.release_deleted_sites(FINALIZER)
+        try:  # the sites' daemons have stopped: the sites may go (kube.release_sites)
+            released = await rt.kube.release_sites(FINALIZER)
         except Exception as error:  # noqa: BLE001 - the operator stops either way
-            log.warning("could not release deleted SlurmSites: %s", error)
+            log.warning("could not release the SlurmSites: %s", error)
         else:
             if released:
-                log.info("released deleted SlurmSites: %s", ", ".join(released))
+                log.info("released the SlurmSites %s", ", ".join(released))
         await rt.close()
     if "api_client" in memo:
         await memo["api_client"].close()

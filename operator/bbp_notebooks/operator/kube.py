@@ -98,21 +98,22 @@ class Kube:
             raise
         return found
 
-    async def release_deleted_sites(self, finalizer: str) -> list[str]:
-        """Drop ``finalizer`` from every SlurmSite already being deleted; their names.
+    async def release_sites(self, finalizer: str) -> list[str]:
+        """Drop ``finalizer`` from every SlurmSite that has it; their names.
 
         kopf puts its finalizer on every object a daemon runs for (to stop the daemon before the
-        object goes) and takes it off only while the operator runs. A site has nothing to clean
-        up, so a stopping operator lets deleted sites go: `helm uninstall` deletes the sites and
-        the operator together, and would otherwise wait on them for ever. The JSON patch tests
-        the entry first, so a concurrent removal (kopf's own, another replica's) is a 422 here,
-        not a lost finalizer of someone else."""
+        object goes) and takes it off only while the operator runs; a running replica puts it
+        back at its next event for the site. A site has nothing to clean up, so a stopping
+        operator lets every site go: `helm uninstall` deletes the sites and the operator
+        together, in either order, and would otherwise wait on them for ever. The JSON patch
+        tests the entry first, so a concurrent change (kopf's own, another replica's) is a 422
+        here, not someone else's finalizer removed."""
         listed = await self.custom.list_cluster_custom_object(GROUP, VERSION, SITE_PLURAL)
         released = []
         for item in listed.get("items") or ():
             meta = item.get("metadata") or {}
             finalizers = list(meta.get("finalizers") or ())
-            if not meta.get("deletionTimestamp") or finalizer not in finalizers:
+            if finalizer not in finalizers:
                 continue
             index = finalizers.index(finalizer)
             patch = [
