@@ -46,7 +46,7 @@ images:
 
 # The chart on the real node (devtools/node.py), images built here; not yet part of `make test`.
 node-e2e: deps
-	$(PYTHON) -m pytest -ra -s tests/node/chart_on_node_e2e.py $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -ra -s tests/node/test_chart_on_node.py $(PYTEST_ARGS)
 
 crds-check:
 	$(PYTHON) -m bbp_notebooks.api.crdgen --root . --check
