@@ -51,6 +51,17 @@ class RealStack:
         )  # fmt: skip
         return result.stdout.strip()
 
+    def sacct_state(self, job_id: int) -> str:
+        """The job's final state in the accounting database ("" until slurmdbd has it)."""
+        site = self.slurm.sites["geneva"]
+        result = subprocess.run(
+            ["sacct", "-X", "-n", "-P", "-j", str(job_id), "-o", "State"],
+            env={"SLURM_CONF": site.slurm_conf, "PATH": "/usr/bin:/bin"},
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        state = result.stdout.strip()
+        return "" if state in {"", "RUNNING", "PENDING"} else state
+
 
 def site_object(name: str, info: Any) -> dict[str, Any]:
     return {
@@ -155,7 +166,11 @@ def test_on_real_slurm_a_session_becomes_ready_and_deleting_it_cancels_the_job(
 
     assert real.kubectl("delete", "notebooksession", "real", "--wait=false").returncode == 0
     wait_for(lambda: not real.status("real"), 60, "the session to go", 0.5)
-    assert real.squeue(status["jobId"]) in {"CANCELLED", ""}
+    # scancel returns before the job ends: squeue says COMPLETING while slurmd kills its steps.
+    job_id = status["jobId"]
+    wait_for(lambda: real.squeue(job_id) in {"CANCELLED", ""}, 30, "the job's end", 0.5)
+    wait_for(lambda: real.sacct_state(job_id), 30, "sacct to record the job's end", 0.5)
+    assert real.sacct_state(job_id).startswith("CANCELLED")
 
 
 def test_on_real_slurm_a_lost_callback_is_covered_by_the_connection_file(real: RealStack) -> None:
