@@ -254,10 +254,11 @@ fi
 [[ "${seen[0]}" != "${seen[1]}" ]] || die "both replicas have priority ${seen[0]}"
 log "two peers with priorities ${seen[*]}"
 
-# -- uninstall: no finalizer may hold it up ---------------------------------------------------
+# -- uninstall: no finalizer may hold it up (the pre-delete hook lets the sites go first) -------
 log "helm uninstall $release"
 start=$SECONDS
 helm uninstall "$release" --namespace "$namespace" --wait --timeout 2m
-left=$(kubectl get notebooksessions -A -o name 2>/dev/null || true)
-[[ -z "$left" ]] || die "sessions left after uninstall: $left"
+left=$(kubectl get slurmsites -l "app.kubernetes.io/instance=$release" -o name 2>/dev/null || true)
+[[ -z "$left" ]] || die "SlurmSites left after uninstall: $left"
+kubectl get namespace "$sessions" >/dev/null || die "the sessions namespace went with the release"
 log "uninstalled in $((SECONDS - start)) s"

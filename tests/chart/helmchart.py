@@ -236,7 +236,8 @@ class Release:
         self.values = dict(values)
 
     def uninstall(self) -> None:
-        self.helm("uninstall", self.name, "--wait", "--timeout", "60s")
+        # No kubelet here to run the pre-delete hook's Job (tests/node runs it on a node).
+        self.helm("uninstall", self.name, "--no-hooks", "--wait", "--timeout", "60s")
 
     def remove(self) -> None:
         """Uninstall (when still installed) and delete the sessions left in the session

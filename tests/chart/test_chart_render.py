@@ -323,7 +323,7 @@ def test_every_pod_runs_as_non_root_with_a_read_only_root(
     env: dict[str, str], combos: dict[str, dict[str, Any]]
 ) -> None:
     for doc in render(env, combos["kind-with-mock-slurm"]):
-        if doc["kind"] not in ("Deployment", "StatefulSet"):
+        if doc["kind"] not in ("Deployment", "StatefulSet", "Job"):
             continue
         pod = doc["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
@@ -332,6 +332,62 @@ def test_every_pod_runs_as_non_root_with_a_read_only_root(
             assert context["readOnlyRootFilesystem"] is True
             assert context["allowPrivilegeEscalation"] is False
             assert context["capabilities"]["drop"] == ["ALL"]
+
+
+def hook_objects(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for d in docs if "helm.sh/hook" in (d["metadata"].get("annotations") or {})]
+
+
+def test_uninstall_first_deletes_the_release_sites_while_the_operator_runs(
+    env: dict[str, str], combos: dict[str, dict[str, Any]]
+) -> None:
+    docs = render(env, combos["kind-with-mock-slurm"])
+    hooks = hook_objects(docs)
+    assert {d["kind"] for d in hooks} == {
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Job",
+    }
+    for doc in hooks:
+        annotations = doc["metadata"]["annotations"]
+        assert annotations["helm.sh/hook"] == "pre-delete"
+        assert "hook-succeeded" in annotations["helm.sh/hook-delete-policy"]
+        # The identity exists before the Job that uses it.
+        assert int(annotations["helm.sh/hook-weight"]) < 0 or doc["kind"] == "Job"
+    (role,) = find(hooks, "ClusterRole")
+    assert role["rules"] == [
+        {
+            "apiGroups": ["notebooks.bbp.epfl.ch"],
+            "resources": ["slurmsites"],
+            "verbs": ["list", "delete", "patch"],
+        }
+    ]
+    (job,) = find(hooks, "Job")
+    pod = job["spec"]["template"]["spec"]
+    (sa,) = find(hooks, "ServiceAccount")
+    assert pod["serviceAccountName"] == sa["metadata"]["name"]
+    (binding,) = find(hooks, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "name": sa["metadata"]["name"],
+            "namespace": sa["metadata"]["namespace"],
+        }
+    ]
+    (container,) = pod["containers"]
+    assert container["image"] == operator_container(docs)["image"]
+    assert container["command"] == [
+        "bbp-notebooks-uninstall", "--release=bbp", "--grace=20", "--timeout=120"
+    ]  # fmt: skip
+    # The chart's sites carry what the hook selects them by.
+    for site in find(docs, "SlurmSite"):
+        assert site["metadata"]["labels"]["app.kubernetes.io/instance"] == "bbp"
+    # helm gives up on a hook after its --timeout (5 min by default): the Job ends before.
+    assert job["spec"]["activeDeadlineSeconds"] < 300
+    off = {**combos["kind-with-mock-slurm"], "operator": {"uninstallHook": {"enabled": False}}}
+    assert hook_objects(render(env, off)) == []
 
 
 KERBEROS_HUB = {

@@ -98,7 +98,22 @@ class Kube:
             raise
         return found
 
-    async def release_sites(self, finalizer: str) -> list[str]:
+    async def site_names(self, label_selector: str = "") -> list[str]:
+        """The SlurmSites matching ``label_selector`` (every site when empty), by name."""
+        listed = await self.custom.list_cluster_custom_object(
+            GROUP, VERSION, SITE_PLURAL, label_selector=label_selector
+        )
+        return [str(item["metadata"]["name"]) for item in listed.get("items") or ()]
+
+    async def delete_site(self, name: str) -> None:
+        """Delete a SlurmSite; one already gone is not an error."""
+        try:
+            await self.custom.delete_cluster_custom_object(GROUP, VERSION, SITE_PLURAL, name)
+        except k8s.ApiException as error:
+            if error.status != 404:
+                raise
+
+    async def release_sites(self, finalizer: str, label_selector: str = "") -> list[str]:
         """Drop ``finalizer`` from every SlurmSite that has it; their names.
 
         kopf puts its finalizer on every object a daemon runs for (to stop the daemon before the
@@ -108,7 +123,9 @@ class Kube:
         together, in either order, and would otherwise wait on them for ever. The JSON patch
         tests the entry first, so a concurrent change (kopf's own, another replica's) is a 422
         here, not someone else's finalizer removed."""
-        listed = await self.custom.list_cluster_custom_object(GROUP, VERSION, SITE_PLURAL)
+        listed = await self.custom.list_cluster_custom_object(
+            GROUP, VERSION, SITE_PLURAL, label_selector=label_selector
+        )
         released = []
         for item in listed.get("items") or ():
             meta = item.get("metadata") or {}
