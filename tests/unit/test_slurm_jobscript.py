@@ -315,6 +315,55 @@ async def test_a_notebook_that_dies_before_listening_fails_the_job(
     assert not (tmp_path / ".bbp-notebooks").exists()
 
 
+# Shuts down slowly on SIGTERM (as Jupyter does, saving and stopping kernels), then exits 7.
+SLOW_NOTEBOOK = """\
+import http.server, os, signal, sys, time
+def stop(*_):
+    time.sleep(1.5)
+    open(os.path.join(os.environ["HOME"], "notebook-ended"), "w").close()
+    os._exit(7)
+signal.signal(signal.SIGTERM, stop)
+server = http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), http.server.BaseHTTPRequestHandler)
+server.serve_forever()
+"""
+
+
+async def test_a_cancelled_job_waits_for_the_notebook_to_end_and_keeps_its_status(
+    tmp_path: pathlib.Path,
+    callback_server: tuple[str, list[tuple[dict[str, str], object]]],
+) -> None:
+    """scancel sends TERM to the script, whose trap passes it on and interrupts its `wait`: the
+    script must keep waiting while the notebook shuts down (bbpnb_wait_exited), not exit at
+    once with 143 and leave the notebook to be killed mid-save."""
+    url, received = callback_server
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").symlink_to(sys.executable)
+    job = JobScript(
+        session_uid=UID,
+        session_name="n",
+        bind_host="127.0.0.1",
+        notebook_argv=(sys.executable, "-c", SLOW_NOTEBOOK, "{host}", "{port}"),
+        callback=Callback(url, TOKEN),
+        start_timeout_s=30,
+    )
+    script = tmp_path / "job.sh"
+    script.write_text(render_job_script(job))
+    env = {"HOME": str(tmp_path), "PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_JOB_ID": "5"}
+    process = await asyncio.create_subprocess_exec(
+        "bash", str(script), env=env, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        await wait_until_async(lambda: bool(received), 60, "the callback", 0.05)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            _, stderr = await process.communicate()
+    assert (tmp_path / "notebook-ended").exists(), "the script ended before its notebook"
+    assert process.returncode == 7, stderr.decode()
+
+
 def test_the_connection_file_is_read_relative_to_home() -> None:
     assert connection_file_argv(UID) == ["cat", "--", f".bbp-notebooks/{UID}/connection.json"]
     with pytest.raises(ValueError):

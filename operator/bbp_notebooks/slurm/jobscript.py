@@ -345,15 +345,19 @@ def render_job_script(job: JobScript) -> str:
         # Not in a subshell: bash closes a coprocess's pipes there. (The helper is alive here: it
         # waits on this line, having printed the port.)
         'echo "$bbpnb_notebook_pid" >&"$bbpnb_to_helper"',
-        # A trapped signal interrupts wait (status > 128) while the helper may still be
-        # finishing its report: wait until it has really exited, and judge its own status.
-        "set +e",
-        'wait "$bbpnb_helper_pid"',
-        "bbpnb_status=$?",
-        'while kill -0 "$bbpnb_helper_pid" 2>/dev/null; do',
-        '    wait "$bbpnb_helper_pid"',
+        # A trapped signal interrupts wait (status > 128) while the process may still be
+        # running (the helper finishing its report, the notebook shutting down): wait until it
+        # has really exited, and keep its own status.
+        "bbpnb_wait_exited() {",
+        '    wait "$1"',
         "    bbpnb_status=$?",
-        "done",
+        '    while kill -0 "$1" 2>/dev/null; do',
+        '        wait "$1"',
+        "        bbpnb_status=$?",
+        "    done",
+        "}",
+        "set +e",
+        'bbpnb_wait_exited "$bbpnb_helper_pid"',
         "set -e",
         'if [ "$bbpnb_status" -ne 0 ]; then',
         '    kill -TERM "$bbpnb_notebook_pid" 2>/dev/null || true',
@@ -362,13 +366,7 @@ def render_job_script(job: JobScript) -> str:
         "fi",
         "",
         "set +e",
-        'wait "$bbpnb_notebook_pid"',
-        "bbpnb_status=$?",
-        # A trapped signal interrupts wait; keep waiting while the notebook shuts down.
-        'while kill -0 "$bbpnb_notebook_pid" 2>/dev/null; do',
-        '    wait "$bbpnb_notebook_pid"',
-        "    bbpnb_status=$?",
-        "done",
+        'bbpnb_wait_exited "$bbpnb_notebook_pid"',
     ]
     if job.kerberos_ccache is not None:
         # The ticket does not outlive the notebook on the shared home.

@@ -94,13 +94,16 @@ jupyterhub-singleuser --ip="${BBPNB_BIND_HOST}" --port="${BBPNB_PORT}" &
 bbpnb_notebook_pid=$!
 trap 'kill -TERM "$bbpnb_notebook_pid" 2>/dev/null || true' TERM INT HUP
 echo "$bbpnb_notebook_pid" >&"$bbpnb_to_helper"
-set +e
-wait "$bbpnb_helper_pid"
-bbpnb_status=$?
-while kill -0 "$bbpnb_helper_pid" 2>/dev/null; do
-    wait "$bbpnb_helper_pid"
+bbpnb_wait_exited() {
+    wait "$1"
     bbpnb_status=$?
-done
+    while kill -0 "$1" 2>/dev/null; do
+        wait "$1"
+        bbpnb_status=$?
+    done
+}
+set +e
+bbpnb_wait_exited "$bbpnb_helper_pid"
 set -e
 if [ "$bbpnb_status" -ne 0 ]; then
     kill -TERM "$bbpnb_notebook_pid" 2>/dev/null || true
@@ -109,10 +112,5 @@ if [ "$bbpnb_status" -ne 0 ]; then
 fi
 
 set +e
-wait "$bbpnb_notebook_pid"
-bbpnb_status=$?
-while kill -0 "$bbpnb_notebook_pid" 2>/dev/null; do
-    wait "$bbpnb_notebook_pid"
-    bbpnb_status=$?
-done
+bbpnb_wait_exited "$bbpnb_notebook_pid"
 exit "$bbpnb_status"
