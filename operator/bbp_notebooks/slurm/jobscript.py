@@ -30,6 +30,7 @@ import re
 import shlex
 from collections.abc import Mapping, Sequence
 
+from bbp_notebooks.slurm.helpercode import COMMON
 from bbp_notebooks.slurm.values import SlurmOutputError
 
 __all__ = [
@@ -221,19 +222,14 @@ def _heredoc_delimiter(prefix: str, text: str) -> str:
 # half the start-up here). ``serve SECS`` prints a port the bind host can listen on, reads the
 # notebook's pid from stdin, waits until the notebook accepts connections (exit 1 if it died
 # first or SECS passed), writes the connection file, then POSTs it to the callback (if any).
-_HELPER = """\
-import os, socket, sys
+_HELPER = (
+    COMMON
+    + """\
+import socket
 host = os.environ["BBPNB_BIND_HOST"]
 wildcard = host in ("0.0.0.0", "::")
 def family():
     return socket.getaddrinfo(host, 0, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)[0]
-def alive(pid):
-    try:
-        os.kill(pid, 0)
-        with open("/proc/%d/stat" % pid) as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 if sys.argv[1:2] != ["serve"]:
     sys.exit("bbp-notebooks: unknown helper command %r" % sys.argv[1:])
 fam, kind, proto, _, address = family()
@@ -270,19 +266,9 @@ partial = os.path.join(folder, ".connection.json.%d" % os.getpid())
 with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
     json.dump(body, out)
 os.replace(partial, os.path.join(folder, "connection.json"))
-url = os.environ.get("BBPNB_CALLBACK_URL")
-if url:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-        headers={"Content-Type": "application/json",
-                 "Authorization": "Bearer " + os.environ["BBPNB_CALLBACK_TOKEN"]})
-    for attempt in range(5):
-        try:
-            urllib.request.urlopen(request, timeout=10).close()
-            break
-        except Exception as error:
-            print("bbp-notebooks: callback failed: %s" % error, file=sys.stderr)
-            time.sleep(min(2 ** attempt, 8))
+post_report(body, 5)
 """
+)
 
 
 def render_job_script(job: JobScript) -> str:

@@ -28,6 +28,7 @@ import re
 import shlex
 from collections.abc import Sequence
 
+from bbp_notebooks.slurm.helpercode import COMMON
 from bbp_notebooks.slurm.jobscript import (
     _UID,
     Callback,
@@ -88,8 +89,10 @@ def _validate(job: SparkJob) -> None:
 #   wait-listening PID PORT SECS
 #   secret                    draw the cluster's secret into daemon.conf (0600), print its path
 #   report                    wait for the workers, write spark-defaults.conf, POST the callback
-_HELPER = """\
-import json, os, secrets, socket, sys, time, urllib.request
+_HELPER = (
+    COMMON
+    + """\
+import json, secrets, socket, time, urllib.request
 host = os.environ["BBPNB_SPARK_HOST"]
 folder = os.path.join(os.path.expanduser("~"), os.environ["BBPNB_SPARK_CONF_DIR"])
 def private_folder():
@@ -102,13 +105,6 @@ def write_private(name, lines):
     with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
         out.write("\\n".join(lines) + "\\n")
     os.replace(partial, os.path.join(folder, name))
-def alive(pid):
-    try:
-        os.kill(pid, 0)
-        with open("/proc/%d/stat" % pid) as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 command = sys.argv[1]
 if command == "free-port":
     with socket.socket() as sock:
@@ -157,23 +153,12 @@ elif command == "report":
     write_private("spark-defaults.conf", lines)
     print("bbp-notebooks: Spark master %s, %d workers, UI http://%s:%d"
           % (master, alive_workers, host, ui_port), file=sys.stderr)
-    url = os.environ.get("BBPNB_CALLBACK_URL")
-    if url:
-        body = {"host": host, "port": port, "uiPort": ui_port, "workers": alive_workers,
-                "jobId": int(os.environ["SLURM_JOB_ID"])}
-        request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-            headers={"Content-Type": "application/json",
-                     "Authorization": "Bearer " + os.environ["BBPNB_CALLBACK_TOKEN"]})
-        for attempt in range(8):
-            try:
-                urllib.request.urlopen(request, timeout=10).close()
-                break
-            except Exception as error:
-                print("bbp-notebooks: callback failed: %s" % error, file=sys.stderr)
-                time.sleep(min(2 ** attempt, 8))
+    post_report({"host": host, "port": port, "uiPort": ui_port, "workers": alive_workers,
+                 "jobId": int(os.environ["SLURM_JOB_ID"])}, 8)
 else:
     sys.exit("bbp-notebooks: unknown helper command %r" % command)
 """
+)
 
 # One worker per task; each binds to its own node's address.
 _WORKER = (

@@ -8,11 +8,7 @@ export BBPNB_BIND_HOST=0.0.0.0
 export BBPNB_ADVERTISE_HOST=''
 bbpnb_callback_url=https://operator.example/v1/sessions/x/endpoint
 bbpnb_callback_token=cb-token-that-must-stay-out-of-argv
-bbpnb_helper='import os, socket, sys
-host = os.environ["BBPNB_BIND_HOST"]
-wildcard = host in ("0.0.0.0", "::")
-def family():
-    return socket.getaddrinfo(host, 0, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)[0]
+bbpnb_helper='import os, sys
 def alive(pid):
     try:
         os.kill(pid, 0)
@@ -20,6 +16,26 @@ def alive(pid):
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
+def post_report(body, attempts):
+    url = os.environ.get("BBPNB_CALLBACK_URL")
+    if not url:
+        return
+    import json, time, urllib.request
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+        headers={"Content-Type": "application/json",
+                 "Authorization": "Bearer " + os.environ["BBPNB_CALLBACK_TOKEN"]})
+    for attempt in range(attempts):
+        try:
+            urllib.request.urlopen(request, timeout=10).close()
+            return
+        except Exception as error:
+            print("bbp-notebooks: callback failed: %s" % error, file=sys.stderr)
+            time.sleep(min(2 ** attempt, 8))
+import socket
+host = os.environ["BBPNB_BIND_HOST"]
+wildcard = host in ("0.0.0.0", "::")
+def family():
+    return socket.getaddrinfo(host, 0, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)[0]
 if sys.argv[1:2] != ["serve"]:
     sys.exit("bbp-notebooks: unknown helper command %r" % sys.argv[1:])
 fam, kind, proto, _, address = family()
@@ -56,18 +72,7 @@ partial = os.path.join(folder, ".connection.json.%d" % os.getpid())
 with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
     json.dump(body, out)
 os.replace(partial, os.path.join(folder, "connection.json"))
-url = os.environ.get("BBPNB_CALLBACK_URL")
-if url:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-        headers={"Content-Type": "application/json",
-                 "Authorization": "Bearer " + os.environ["BBPNB_CALLBACK_TOKEN"]})
-    for attempt in range(5):
-        try:
-            urllib.request.urlopen(request, timeout=10).close()
-            break
-        except Exception as error:
-            print("bbp-notebooks: callback failed: %s" % error, file=sys.stderr)
-            time.sleep(min(2 ** attempt, 8))
+post_report(body, 5)
 '
 
 export JUPYTERHUB_API_TOKEN=hub-token
