@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from bbp_notebooks.devtools.stack import wait_for
-from bbp_notebooks.operator.planning import job_name
+from bbp_notebooks.operator.planning import companion_job_name, job_name
 from fixtures.operator import Stack, condition, session
 
 pytestmark = pytest.mark.kube
@@ -36,7 +36,9 @@ def tight(stack: Stack) -> Iterator[Stack]:
     try:
         yield stack
     finally:
-        stack.mock.faults("geneva", sbatch_latency=0.0, sbatch_response_lost=False)
+        stack.mock.faults(
+            "geneva", sbatch_latency=0.0, sbatch_response_lost=False, stuck_pending=False
+        )
         stack.operator.stop()
         for key in SETTINGS:
             stack.operator.settings.pop(key)
@@ -79,6 +81,39 @@ def test_an_answer_lost_beyond_the_command_timeout_is_adopted_not_resubmitted(
     assert [j["job_id"] for j in jobs] == [status["jobId"]], jobs  # exactly one job
     assert condition(status, "Submitted")["reason"] == "ExistingJobAdopted"
     finish(tight, "late-answer")
+
+
+def test_a_lost_answer_to_the_spark_clusters_sbatch_is_said_and_adopted_not_resubmitted(
+    tight: Stack,
+) -> None:
+    """The second sbatch (the Spark cluster's) loses its answer too: SparkReady says so
+    (Unknown, SubmissionUnconfirmed, so a replica taking over waits the settle time before it
+    looks), then the job is found by its tag: one cluster job, never two. Jobs are held pending
+    (the emulator runs no Spark)."""
+    tight.mock.faults("geneva", stuck_pending=True, sbatch_latency=COMMAND_TIMEOUT_S + 2.0)
+    tight.apply(session("late-spark", profile="pyspark"))
+
+    def spark_unconfirmed() -> dict[str, Any] | None:
+        status = tight.status("late-spark")
+        spark = [c for c in status.get("conditions", []) if c["type"] == "SparkReady"]
+        return status if spark and spark[0]["reason"] == "SubmissionUnconfirmed" else None
+
+    status = wait_for(spark_unconfirmed, 60, "SparkReady SubmissionUnconfirmed")
+    tight.mock.faults("geneva", sbatch_latency=0.0)  # a second sbatch would now be instant
+    assert condition(status, "SparkReady")["status"] == "Unknown"
+    assert "Spark cluster job" in condition(status, "SparkReady")["message"]
+    found = tight.get("notebooksession", "late-spark")
+    assert found is not None
+    tag = companion_job_name("default", found["metadata"]["uid"])
+    status = wait_for(
+        lambda: (s := tight.status("late-spark")).get("spark", {}).get("jobId") and s,
+        60, "the cluster job to be adopted", 0.5,
+    )  # fmt: skip
+    time.sleep(SETTLE_S)  # a resubmission would have happened by now
+    assert [j["job_id"] for j in tight.jobs(name=tag)] == [status["spark"]["jobId"]]
+    assert condition(status, "SparkReady")["reason"] != "SubmissionUnconfirmed"
+    tight.mock.faults("geneva", stuck_pending=False)
+    finish(tight, "late-spark")
 
 
 def test_a_dropped_connection_during_sbatch_is_adopted_not_resubmitted(tight: Stack) -> None:

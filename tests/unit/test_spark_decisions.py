@@ -401,3 +401,24 @@ def test_a_rejected_cluster_job_is_not_retried_and_never_ready() -> None:
     again = observe.with_spark(refused, None, None, now=NOW, generation=1)
     sparked = get(again.conditions, ConditionType.SPARK_READY)
     assert sparked is not None and sparked.reason == "SubmissionRejected"
+
+
+def test_a_lost_cluster_sbatch_answer_stays_unconfirmed_until_its_job_is_found() -> None:
+    status = spark_session(endpoint=True).status.model_copy(update={"spark": SparkStatus()})
+    assert not observe.spark_unconfirmed_before(status)
+    unsure = observe.spark_unconfirmed(
+        status, "sbatch of the Spark cluster job at geneva gave no answer", now=NOW, generation=1
+    )
+    assert observe.spark_unconfirmed_before(unsure)
+    # A poll before the job is found keeps the mark (the next attempt waits the settle time).
+    polled = observe.with_spark(unsure, None, None, now=NOW, generation=1)
+    sparked = get(polled.conditions, ConditionType.SPARK_READY)
+    assert sparked is not None
+    assert (sparked.status, sparked.reason) == ("Unknown", "SubmissionUnconfirmed")
+    assert observe.spark_unconfirmed_before(polled)
+    # Found by its tag: the mark goes.
+    found = unsure.model_copy(update={"spark": SparkStatus(job_id=77)})
+    assert not observe.spark_unconfirmed_before(found)
+    recorded = observe.with_spark(found, None, None, now=NOW, generation=1)
+    sparked = get(recorded.conditions, ConditionType.SPARK_READY)
+    assert sparked is not None and sparked.reason != "SubmissionUnconfirmed"

@@ -394,6 +394,40 @@ def spark_rejected(
     )
 
 
+_SPARK_SUBMISSION_KNOWN = frozenset({Reason.SUBMISSION_REJECTED, Reason.SUBMISSION_UNCONFIRMED})
+_BEFORE_SPARK_JOB_ID = frozenset({Reason.SPARK_JOB_NOT_SUBMITTED, Reason.SUBMISSION_UNCONFIRMED})
+
+
+def spark_unconfirmed(
+    status: NotebookSessionStatus, message: str, *, now: dt.datetime, generation: int | None
+) -> NotebookSessionStatus:
+    """The Spark cluster job's sbatch may have made a job whose id never reached us: SparkReady
+    Unknown, and nothing is submitted again before the settle time and a look for its tag."""
+    return _conditioned(
+        status,
+        (
+            ConditionType.SPARK_READY,
+            ConditionStatus.UNKNOWN,
+            Reason.SUBMISSION_UNCONFIRMED,
+            message,
+        ),
+        now=now,
+        generation=generation,
+        message=message,
+    )
+
+
+def spark_unconfirmed_before(status: NotebookSessionStatus) -> bool:
+    """An earlier sbatch of the Spark cluster job lost its answer (maybe at a replica now gone)."""
+    known = get(status.conditions, ConditionType.SPARK_READY)
+    return (
+        status.spark is not None
+        and status.spark.job_id is None
+        and known is not None
+        and known.reason == Reason.SUBMISSION_UNCONFIRMED
+    )
+
+
 def with_spark(
     status: NotebookSessionStatus,
     companion: JobObservation | None,
@@ -418,8 +452,8 @@ def with_spark(
         )
     update: dict[str, object] = {}
     known = get(status.conditions, ConditionType.SPARK_READY)
-    if spark.job_id is None and known is not None and known.reason == Reason.SUBMISSION_REJECTED:
-        return status
+    if spark.job_id is None and known is not None and known.reason in _SPARK_SUBMISSION_KNOWN:
+        return status  # refused, or answer lost: what the submitter wrote stands
     if spark.job_id is None:
         change: Change = (
             ConditionType.SPARK_READY,
@@ -429,7 +463,8 @@ def with_spark(
         )
     elif companion is None or companion.job_id != spark.job_id:
         previous = get(status.conditions, ConditionType.SPARK_READY)
-        if previous is not None and previous.reason != Reason.SPARK_JOB_NOT_SUBMITTED:
+        # What stood before the job had an id says nothing of the job now.
+        if previous is not None and previous.reason not in _BEFORE_SPARK_JOB_ID:
             change = (ConditionType.SPARK_READY, previous.status, previous.reason, previous.message)
         elif report is not None:  # not seen in this poll, but it reported: still up
             change = (

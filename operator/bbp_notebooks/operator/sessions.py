@@ -426,6 +426,8 @@ async def ensure_companion(
         found = await client.queue(identity, names=[tag], users=[user])
         return next((e.job_id for e in found if e.name == tag), None)
 
+    if observe.spark_unconfirmed_before(session.status):  # an answer was lost, maybe by a replica
+        await asyncio.sleep(rt.settings.submission_settle_seconds)
     adopted = await find()
     if adopted is not None:
         return recorded(adopted, True)
@@ -453,10 +455,23 @@ async def ensure_companion(
     except SshError as error:
         if not may_have_run(error):
             raise
-        await asyncio.sleep(rt.settings.submission_settle_seconds)
+        # As for the notebook's job: say so in status (any replica, after a crash too, waits
+        # before submitting), give the controller time, then look for it by its tag.
+        settle = rt.settings.submission_settle_seconds
+        SUBMISSION_FAILURES.labels(site.name, Reason.SUBMISSION_UNCONFIRMED).inc()
+        message = (
+            f"sbatch of the Spark cluster job at {site.name} gave no answer ({error}); looking "
+            f"for the job by its tag in {settle} s before submitting again"
+        )
+        log.warning("session %s: %s", where, message)
+        unsure = observe.spark_unconfirmed(waiting, message, now=now, generation=session.generation)
+        patch = observe.status_patch(session.status, unsure)
+        if patch:
+            await rt.kube.patch_session_status(session.namespace, session.name, patch)
+        await asyncio.sleep(settle)
         found = await find()
         if found is None:
-            raise SubmissionUnconfirmed(f"sbatch of the Spark cluster job: {error}") from error
+            raise SubmissionUnconfirmed(f"{message}: not found yet") from error
         return recorded(found, True)
     SUBMISSIONS.labels(site.name).inc()
     failpoints.reached("after-spark-sbatch", job_id=job_id)
