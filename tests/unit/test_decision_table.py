@@ -103,6 +103,18 @@ def sbatch_answer_lost() -> Row:
     return shown(status, ConditionType.SUBMITTED, f"look up by tag after submissionSettleSeconds ({settle} s), then adopt or submit")
 
 
+def spark_sbatch_answer_lost() -> Row:
+    from bbp_notebooks.api.models import SparkStatus
+
+    notebook = observe.submitted(fresh(), job_id=1, site="geneva", time_limit_minutes=60, adopted=False, now=NOW, generation=1)
+    waiting = notebook.model_copy(update={"spark": SparkStatus()})
+    status = observe.spark_unconfirmed(waiting, "lost", now=NOW, generation=1)
+    assert status.phase == notebook.phase  # the notebook's own phase is left as it was
+    polled = observe.with_spark(status, None, None, now=NOW, generation=1)
+    assert polled == status  # a poll before the job is found keeps it
+    return ("(unchanged)", *shown(status, ConditionType.SPARK_READY, "the same, by the cluster job's tag (`…-spark`)")[1:])
+
+
 def site_view(**policy: object) -> SiteView:
     spec = SlurmSiteSpec.model_validate(
         {"displayName": "Geneva", "frontend": {"host": "127.0.0.21"},
@@ -296,6 +308,7 @@ CASES: dict[str, Callable[[], Row]] = {
     "site-unreachable": unreachable_at_submission(Reason.SITE_UNAVAILABLE),
     "credentials-unavailable": unreachable_at_submission(Reason.CREDENTIALS_UNAVAILABLE, "; ERROR log line"),
     "sbatch-answer-lost": sbatch_answer_lost,
+    "spark-sbatch-answer-lost": spark_sbatch_answer_lost,
     "user-not-allowed": user_not_allowed,
     "environment-not-owned": environment_not_owned,
     "admission-policy-missing": admission_policy_missing,
