@@ -165,3 +165,20 @@ async def test_more_than_max_sessions_channels_are_refused_like_sshd(
     mockslurm_site.set_faults(controller_latency=0.0)
     again = await asyncio.gather(*(slurm(conn, "squeue", "-h") for _ in range(10)))
     assert all(r.exit_status == 0 for r in again)
+
+
+async def test_channels_closed_before_their_command_free_their_session_like_sshd(
+    mockslurm_site: MockSite, mockslurm_ssh: SshFactory
+) -> None:
+    """A client that gives up between the channel's open and its exec request (a timeout under
+    load) closes the channel: sshd frees the session then. Counted only when a command ended,
+    such channels leaked, and after ten the connection refused every channel for ever."""
+    conn = await mockslurm_ssh(mockslurm_site, "alice")
+    loop = asyncio.get_running_loop()
+    for _ in range(12):  # more than MaxSessions (10)
+        channel = asyncssh.SSHClientChannel(conn, loop, "strict", None, "strict", 2**21, 32768)
+        await channel._open(b"session")  # noqa: SLF001 - opened, then given up before exec
+        channel.close()
+        await channel.wait_closed()
+    result = await asyncio.wait_for(slurm(conn, "squeue", "-h"), 10)
+    assert result.exit_status == 0

@@ -119,9 +119,13 @@ async def test_a_frontend_that_keeps_refusing_channels_is_site_unavailable(
         try:
             with pytest.raises(SiteUnavailable, match="channel refused"):
                 await pool.run(sshd.endpoint(), user_ca.mint("alice"), ["echo-argv"], timeout=2)
+            assert sshd.counters.connections == 1  # refusals are retried on the same one
+            # ... until it gives up: that connection is retired, the next command gets another.
+            with pytest.raises(SiteUnavailable, match="channel refused"):
+                await pool.run(sshd.endpoint(), user_ca.mint("alice"), ["echo-argv"], timeout=2)
         finally:
             await pool.close()
-    assert sshd.counters.connections == 1
+    assert sshd.counters.connections == 2
 
 
 async def test_each_user_gets_their_own_connection(

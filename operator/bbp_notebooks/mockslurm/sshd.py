@@ -12,7 +12,7 @@ import asyncio
 import logging
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncssh
 from asyncssh.process import SSHServerProcess
@@ -88,7 +88,7 @@ class LoginServer(asyncssh.SSHServer):
             )
         self.sessions += 1
         channel: asyncssh.SSHServerChannel[str] = self._conn.create_server_channel()
-        return channel, SSHServerProcess(partial(handle_process, self.site, self), None, 0, False)
+        return channel, _CountedProcess(self, partial(handle_process, self.site), None, 0, False)
 
     def password_auth_supported(self) -> bool:
         return False
@@ -97,13 +97,24 @@ class LoginServer(asyncssh.SSHServer):
         return False
 
 
-async def handle_process(
-    site: MockSite, server: LoginServer, process: asyncssh.SSHServerProcess[str]
-) -> None:
-    try:
-        await _run_process(site, process)
-    finally:
-        server.sessions -= 1
+class _CountedProcess(SSHServerProcess[str]):
+    """A session that counts against MaxSessions until its channel closes, as in sshd: also one
+    closed before any command was asked for (a client that gave up while opening it), whose
+    process handler never runs."""
+
+    def __init__(self, server: LoginServer, *args: Any) -> None:
+        super().__init__(*args)
+        self._server: LoginServer | None = server
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._server is not None:
+            self._server.sessions -= 1
+            self._server = None
+        super().connection_lost(exc)
+
+
+async def handle_process(site: MockSite, process: asyncssh.SSHServerProcess[str]) -> None:
+    await _run_process(site, process)
 
 
 async def _run_process(site: MockSite, process: asyncssh.SSHServerProcess[str]) -> None:

@@ -229,6 +229,9 @@ class SshPool:
             refusals += 1
             delay = _REFUSAL_BACKOFF * 2 ** min(refusals - 1, 5)
             if refusals > _MAX_REFUSALS or loop.time() + delay >= deadline:
+                # A connection sshd keeps refusing may be wedged (sessions it still counts):
+                # the next command gets a fresh one instead of the same refusals.
+                self._retire(pooled)
                 raise SiteUnavailable(endpoint.name, f"channel refused by sshd: {failure}")
             await asyncio.sleep(delay)
 
