@@ -78,6 +78,19 @@ def test_every_target_is_met_by_figures_within_it() -> None:
     assert "MISSED" not in found.values()
 
 
+def test_memory_given_back_after_the_burst_does_not_make_the_rss_target_met() -> None:
+    """The after-burst point above the full one (seen 2026-12-02: 203 MB at 1,016, 176 MB at
+    2,000): the slope from the smallest point is used, not a falling line."""
+    results = copy.deepcopy(RESULTS)
+    results["steady_burst"]["rss_mb"] = 203.0
+    results["steady_full"].update(sessions=2000, rss_mb=176.0)
+    rows = {row.figure.split(" (")[0]: row for row in bench.rows(results)}
+    slope = rows["RSS per 1,000 sessions"]
+    assert slope.value == f"{(176.0 - 120.0) / (2000 - 8) * 1000:.1f} MB"
+    assert slope.reference == "between 8 and 2000"
+    assert rows["RSS at 10000"].verdict == "MISSED"
+
+
 @pytest.mark.parametrize(
     ("path", "value", "figure"),
     [
