@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import socket
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncssh
 import pytest
@@ -23,6 +26,7 @@ from bbp_notebooks.ssh import (
     SshError,
     SshPool,
 )
+from fixtures.ccache import REALM, fabricated_ccache
 from fixtures.sshserver import Call, Reply, ThrowawaySshd, default_responder
 
 HOSTILE_ARGS = [
@@ -66,6 +70,40 @@ async def test_a_minted_certificate_logs_in_and_argv_arrives_word_for_word(
     assert json.loads(result.stdout) == HOSTILE_ARGS
     assert sshd.counters.calls[0].user == "alice"
     assert result.duration > 0
+
+
+async def test_a_kerberos_ticket_lying_around_never_slows_a_certificate_login(
+    sshd: ThrowawaySshd,
+    pool: SshPool,
+    user_ca: CertificateAuthority,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An expired default ticket in the operator's environment (KRB5CCNAME, /tmp/krb5cc_<uid>)
+    and a KDC that does not answer: a certificate login must not touch GSSAPI at all. asyncssh
+    otherwise sets GSS up with the default cache, and krb5 waits on the ticket's KDC (18 s
+    here) while the event loop waits with it; with no KDC in krb5.conf it asks DNS, off the
+    machine. Seen: logins timing out after a Kerberos test left /tmp/krb5cc_0 behind."""
+    silent_kdc = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # bound, never answers
+    silent_kdc.bind(("127.0.0.1", 0))
+    try:
+        conf = tmp_path / "krb5.conf"
+        conf.write_text(
+            f"[libdefaults]\n  default_realm = {REALM}\n  dns_lookup_kdc = false\n"
+            "  dns_lookup_realm = false\n"
+            f"[realms]\n  {REALM} = {{\n    kdc = 127.0.0.1:{silent_kdc.getsockname()[1]}\n  }}\n"
+        )
+        ccache = tmp_path / "ccache"
+        ccache.write_bytes(fabricated_ccache("alice", -60))  # expired a minute ago
+        monkeypatch.setenv("KRB5_CONFIG", str(conf))
+        monkeypatch.setenv("KRB5CCNAME", f"FILE:{ccache}")
+        started = time.monotonic()
+        result = await pool.run(sshd.endpoint(), user_ca.mint("alice"), ["echo-argv", "x"])
+        took = time.monotonic() - started
+    finally:
+        silent_kdc.close()
+    assert json.loads(result.stdout) == ["x"]
+    assert took < 1.0, f"the login took {took:.1f} s"
 
 
 async def test_stdin_reaches_the_command_unchanged(

@@ -70,6 +70,26 @@ class LoginRefused(Exception):
     """The KDC did not issue a ticket (wrong password, unknown or locked principal)."""
 
 
+class TicketNotStored(RuntimeError):
+    """The KDC issued a ticket but the hub could not write it to a ticket cache (the hub's
+    fault, not the user's password): the login fails loudly instead of going on without it."""
+
+
+def _cred_store(**elements: str) -> dict[bytes | str, bytes | str]:
+    """A GSSAPI cred store (``ccache=...``, ``keytab=...``) with bytes keys and values only.
+
+    python-gssapi (up to 1.12 at least; ``c_create_key_value_set`` in ext_cred_store.pyx)
+    encodes a *str* key or value into a temporary bytes object, keeps only its char pointer and
+    drops the object before gss_store_cred_into / gss_acquire_cred_from runs, which it runs
+    without the GIL. Any other Python thread allocating meanwhile can reuse that memory: MIT
+    krb5 then sees a garbled key (not "ccache", so it stores into the process's *default*
+    ccache and returns GSS_S_COMPLETE) or a garbled value (a ccache of another name, e.g. a file
+    with a garbage name in the working directory). Bytes are used as they are: their pointers
+    stay valid while the dict, held by the caller for the whole call, holds them. (Typed as
+    python-gssapi's stubs want it; every key and value is bytes.)"""
+    return {key.encode(): value.encode() for key, value in elements.items()}
+
+
 @dataclasses.dataclass(frozen=True)
 class KdcCheck:
     """Prove the KDC is the realm's own: a service ticket for ``service`` (a principal,
@@ -84,8 +104,9 @@ def verify_kdc(creds: gssapi.raw.Creds, principal: str, check: KdcCheck) -> None
     ``check.service`` that the hub's own keytab accepts (blocking)."""
     service = gssapi.Name(check.service, gssapi.NameType.kerberos_principal)
     try:
+        store = _cred_store(keytab=check.keytab)  # bytes, referenced until the call returns
         acceptor = gssapi.raw.acquire_cred_from(
-            {"keytab": check.keytab}, name=service, mechs=[_KRB5_MECH], usage="accept"
+            store, name=service, mechs=[_KRB5_MECH], usage="accept"
         ).creds
     except gssapi.raw.GSSError as error:
         # The hub's own configuration is wrong, not the user's password: say so loudly.
@@ -131,22 +152,28 @@ def acquire_ticket(
 
 
 def _stored(principal: str, creds: gssapi.raw.Creds) -> bytes:
+    """The bytes of a FILE ccache holding ``creds`` (TicketNotStored if it cannot be written)."""
     with tempfile.TemporaryDirectory(prefix="bbp-krb5-login-") as folder:
         path = Path(folder) / "ccache"
-        # Seen once in the Kerberos lane: a store that reported success but left no file. It is
-        # stored again (the same credentials, no second password check); still nothing is an
-        # error, never a silent login without a ticket.
-        for _attempt in range(2):
+        # Bytes, not str, and held in `store` until the call returns: see _cred_store.
+        store = _cred_store(ccache=f"FILE:{path}")
+        try:
             gssapi.raw.store_cred_into(
-                {"ccache": f"FILE:{path}"},
-                creds,
-                usage="initiate",
-                mech=_KRB5_MECH,
-                overwrite=True,
+                store, creds, usage="initiate", mech=_KRB5_MECH, overwrite=True
             )
-            if path.exists():
-                return path.read_bytes()
-        raise RuntimeError(f"the ticket of {principal} could not be stored")
+        except gssapi.raw.GSSError as error:
+            # E.g. GSS_S_CREDENTIALS_EXPIRED (krb5_gss_store_cred_into: lifetime 0).
+            raise TicketNotStored(
+                f"the ticket of {principal} could not be stored: {error.gen_message()}"
+            ) from None
+        data = path.read_bytes() if path.exists() else b""
+        if not data:
+            # GSS_S_COMPLETE for a cache elsewhere: never a silent login without a ticket.
+            raise TicketNotStored(
+                f"the ticket of {principal} could not be stored: the GSSAPI reported success "
+                f"but wrote no ticket cache at {path}"
+            )
+        return data
 
 
 class KerberosLogoutHandler(LogoutHandler):  # type: ignore[misc]
@@ -298,6 +325,7 @@ __all__ = [
     "KerberosAuthenticator",
     "KerberosLogoutHandler",
     "LoginRefused",
+    "TicketNotStored",
     "acquire_ticket",
     "verify_kdc",
 ]

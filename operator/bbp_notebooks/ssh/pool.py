@@ -267,9 +267,7 @@ class SshPool:
             if signal is None:
                 # The channel closed without an exit status: sshd or the session went away
                 # mid-command. We do not know what happened, so this is not an answer.
-                raise AnswerLost(
-                    endpoint.name, f"{argv[0]}: channel closed without an exit status"
-                )
+                raise AnswerLost(endpoint.name, f"{argv[0]}: channel closed without an exit status")
             stderr += f"\n(killed by signal {signal[0]})"
             status = -1
         return CommandResult(
@@ -357,7 +355,9 @@ class SshPool:
                 "gss_auth": True,
                 "gss_kex": False,
                 "gss_host": endpoint.gss_host or endpoint.host,
-                "gss_store": {"ccache": identity.ccache},
+                # Bytes: python-gssapi frees the bytes it encodes a str key or value into
+                # before the GSSAPI call reads them (hub/kerberos.py, _cred_store).
+                "gss_store": {b"ccache": str(identity.ccache).encode()},
                 "gss_delegate_creds": True,
             }
         else:
@@ -367,7 +367,11 @@ class SshPool:
                 client_key = (identity.key, identity.certificate)
             else:
                 client_key = identity.key
-            auth = {"client_keys": [client_key], "gss_auth": False}
+            # No GSSAPI at all (gss_host None; asyncssh otherwise sets up GSS, by
+            # default with whatever default ticket cache the process finds: krb5 then looks for
+            # that ticket's KDC, in DNS if krb5.conf does not name it, while the event loop
+            # waits; seen: certificate logins timing out next to a stale /tmp/krb5cc_0).
+            auth = {"client_keys": [client_key], "gss_host": None}
         site = endpoint.name
         try:
             return await asyncssh.connect(
