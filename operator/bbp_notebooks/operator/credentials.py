@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import kopf
@@ -26,7 +25,7 @@ from bbp_notebooks.operator import kerberos, metrics
 from bbp_notebooks.operator.conditions import get
 from bbp_notebooks.operator.planning import SiteView
 from bbp_notebooks.operator.runtime import CredentialsUnavailable, Runtime
-from bbp_notebooks.operator.sessions import SessionRef
+from bbp_notebooks.operator.sessions import SessionIndex, SessionRef
 from bbp_notebooks.ssh import SshError
 
 log = logging.getLogger(__name__)
@@ -38,23 +37,17 @@ def _is_gssapi(spec: kopf.Spec, **_: Any) -> bool:
     return bool(spec.get("auth", {}).get("method") == AuthMethod.GSSAPI.value)
 
 
-def _sessions(index: kopf.Index[str, SessionRef]) -> Iterator[SessionRef]:
-    for store in index.values():
-        yield from store
-
-
-@kopf.daemon(GROUP, VERSION, SITE_PLURAL, when=_is_gssapi, cancellation_timeout=10)  # type: ignore[arg-type]  # index kwargs
+@kopf.daemon(GROUP, VERSION, SITE_PLURAL, when=_is_gssapi, cancellation_timeout=10)
 async def watch_tickets(
     name: str,
     body: kopf.Body,
     memo: kopf.Memo,
     stopped: kopf.DaemonStopped,
-    session_index: kopf.Index[str, SessionRef],
     **_: Any,
 ) -> None:
     rt: Runtime = memo["runtime"]
     try:
-        await _check_site_tickets(rt, name, body, stopped, session_index)
+        await _check_site_tickets(rt, name, body, stopped, memo["sessions"])
     finally:
         metrics.observe_ticket_expiry(name, None)  # no stale series once the daemon stops
 
@@ -64,7 +57,7 @@ async def _check_site_tickets(
     name: str,
     body: kopf.Body,
     stopped: kopf.DaemonStopped,
-    session_index: kopf.Index[str, SessionRef],
+    session_index: SessionIndex,
 ) -> None:
     while not stopped:
         site = SiteView(
@@ -74,7 +67,7 @@ async def _check_site_tickets(
         )
         here = [
             s
-            for s in _sessions(session_index)
+            for s in session_index.values()
             if (s.status.site or s.spec.site) == name
             and not (s.status.phase is not None and s.status.phase.is_terminal)
         ]

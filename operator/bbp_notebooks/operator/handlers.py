@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Mapping
 from typing import Any, NoReturn
 
 import kopf
@@ -112,24 +113,44 @@ def session_ref(body: Mapping[str, Any]) -> sessions.SessionRef:
     )
 
 
-# Async, though nothing is awaited: kopf runs a sync handler in its thread pool, a round trip
-# through the event loop (and a wait for the GIL) for every watch event of every session.
-@kopf.index(GROUP, VERSION, SESSION_PLURAL)
-async def session_index(body: kopf.Body, **_: Any) -> dict[str, sessions.SessionRef] | None:
+def _session_or_none(body: Mapping[str, Any]) -> sessions.SessionRef | None:
     try:
-        return {body["metadata"]["uid"]: session_ref(body)}
+        return session_ref(body)
     except ValueError as error:
         log.error("NotebookSession %s is not valid: %s", body["metadata"].get("name"), error)
         return None
 
 
+async def fill_session_index(
+    kube: Kube, index: sessions.SessionIndex, namespaces: list[str] | None
+) -> None:
+    """The startup LIST of the sessions (before kopf's watch starts), a page at a time."""
+    async for page in kube.session_pages(namespaces):
+        for body in page:
+            ref = _session_or_none(body)
+            if ref is not None:
+                index.put_listed(ref)
+
+
+@kopf.on.event(GROUP, VERSION, SESSION_PLURAL)
+async def session_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Keep the session index (sessions.SessionIndex) from kopf's watch. Async, though nothing
+    is awaited: kopf runs a sync handler in its thread pool, a round trip through the event
+    loop (and a wait for the GIL) for every watch event of every session."""
+    index: sessions.SessionIndex = memo["sessions"]
+    uid = body["metadata"]["uid"]
+    if event["type"] == "DELETED":
+        index.discard(uid)
+        return
+    ref = _session_or_none(body)
+    if ref is None:
+        index.discard(uid)
+    else:
+        index.put(ref)
+
+
 def _single(index: kopf.Index[str, Any]) -> dict[str, Any]:
     return {key: next(iter(store)) for key, store in index.items() if store}
-
-
-def _values(index: kopf.Index[str, Any]) -> Iterator[Any]:
-    for store in index.values():
-        yield from store
 
 
 # Lifecycle -----------------------------------------------------------------------------------
@@ -139,7 +160,6 @@ def _values(index: kopf.Index[str, Any]) -> Iterator[Any]:
 async def configure(
     settings: kopf.OperatorSettings,
     memo: kopf.Memo,
-    session_index: kopf.Index[str, Any],
     site_index: kopf.Index[str, Any],
     **_: Any,
 ) -> None:
@@ -178,6 +198,11 @@ async def configure(
     rt = Runtime.create(config, Kube(api_client))
     memo["runtime"] = rt
     memo["api_client"] = api_client
+    session_index = sessions.SessionIndex()
+    started = time.monotonic()
+    await fill_session_index(rt.kube, session_index, config.watch_namespaces or None)
+    memo["sessions"] = session_index
+    log.info("%d sessions listed in %.1f s", len(session_index), time.monotonic() - started)
 
     async def on_endpoint(
         uid: str, token: str, report: callbacks.EndpointReport, where: tuple[str, str] | None
@@ -214,7 +239,7 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
 
 async def record_endpoint(
     rt: Runtime,
-    sessions_: Mapping[str, Any],
+    sessions_: sessions.SessionIndex,
     sites_: Mapping[str, Any],
     uid: str,
     token: str,
@@ -295,14 +320,13 @@ async def _compare_and_set(
 
 
 def _locate(
-    sessions_: Mapping[str, Any], uid: str, where: tuple[str, str] | None
+    sessions_: sessions.SessionIndex, uid: str, where: tuple[str, str] | None
 ) -> tuple[str, str] | None:
     if where is not None:
         return where
-    store = sessions_.get(uid)
-    if not store:
+    ref = sessions_.get(uid)
+    if ref is None:
         return None
-    ref: sessions.SessionRef = next(iter(store))
     return ref.namespace, ref.name
 
 
@@ -596,6 +620,22 @@ def _cancel_not_done(
     raise kopf.TemporaryError(f"job not cancelled yet: {error}", delay=delay)
 
 
+GHOST_CHECK_S = 60.0
+
+
+async def _forget_ghosts(rt: Runtime, index: sessions.SessionIndex) -> None:
+    """While entries of the startup LIST wait for their first watch event, check them against
+    the API server at most once a minute (sessions.SessionIndex: one deleted in between never
+    gets an event)."""
+    now = time.monotonic()
+    if not index.provisional or now < index.checked_at + GHOST_CHECK_S:
+        return
+    index.checked_at = now
+    gone = index.forget_absent(await rt.kube.session_uids())
+    if gone:
+        log.info("%d listed sessions went before the watch began: %s", len(gone), ", ".join(gone))
+
+
 # SlurmSite -----------------------------------------------------------------------------------
 
 
@@ -605,11 +645,11 @@ async def poll_site(
     body: kopf.Body,
     memo: kopf.Memo,
     stopped: kopf.DaemonStopped,
-    session_index: kopf.Index[str, sessions.SessionRef],
     profile_index: kopf.Index[str, NotebookProfileSpec],
     **_: Any,
 ) -> None:
     rt: Runtime = memo["runtime"]
+    session_index: sessions.SessionIndex = memo["sessions"]
     state = sites.PollState()
     while not stopped:
         spec = SlurmSiteSpec.model_validate(dict(body["spec"]))
@@ -618,7 +658,7 @@ async def poll_site(
             spec=spec,
             status=SlurmSiteStatus.model_validate(dict(body.get("status", {}))),
         )
-        refs = list(_values(session_index))
+        refs = session_index.values()
         here = [s for s in refs if s.status.site == name]
         try:
             with POLL_SECONDS.labels(name).time():
@@ -635,6 +675,7 @@ async def poll_site(
             metrics.publish_site(name, new)
             metrics.publish_sessions(refs)
             rt.prune(dt.datetime.now(dt.UTC), {s.uid for s in refs})
+            await _forget_ghosts(rt, session_index)
             RELEASE()  # what the poll (or a burst before it) freed goes back to the system
             SSH_CONNECTIONS.set(rt.pool.connections_open)
             SSH_CHANNELS.set(rt.pool.channels_in_use)

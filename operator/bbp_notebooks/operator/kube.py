@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -177,6 +178,30 @@ class Kube:
             token = (page.get("metadata") or {}).get("continue")
             if not token:
                 return uids
+
+    async def session_pages(
+        self, namespaces: list[str] | None = None, page_size: int = SWEEP_PAGE_SIZE
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Every NotebookSession (of ``namespaces``, or of the cluster), whole, a page at a time:
+        the caller keeps what it needs of a page before the next is read."""
+        for where in [f"namespaces/{n}/" for n in namespaces] if namespaces else [""]:
+            token: str | None = None
+            while True:
+                query: list[tuple[str, Any]] = [("limit", page_size)]
+                if token:
+                    query.append(("continue", token))
+                page = await self.api_client.call_api(
+                    f"/apis/{GROUP}/{VERSION}/{where}{SESSION_PLURAL}",
+                    "GET",
+                    query_params=query,
+                    response_types_map={200: "object"},
+                    auth_settings=["BearerToken"],
+                    _return_http_data_only=True,
+                )
+                yield list(page.get("items") or ())
+                token = (page.get("metadata") or {}).get("continue")
+                if not token:
+                    break
 
     async def read_admission_policy(
         self, name: str
