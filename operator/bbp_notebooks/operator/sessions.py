@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -395,23 +395,14 @@ class _Submission:
     async def _answer_lost(
         self, status: NotebookSessionStatus, error: SshError
     ) -> NotebookSessionStatus:
-        """sbatch may have made a job: say so in status (so any replica, after a crash too,
-        waits before submitting), give the controller time, then look for it by tag."""
-        settle = self.rt.settings.submission_settle_seconds
-        SUBMISSION_FAILURES.labels(self.site.name, Reason.SUBMISSION_UNCONFIRMED).inc()
-        message = (
-            f"sbatch at {self.site.name} gave no answer ({error}); looking for the job by its "
-            f"tag in {settle} s before submitting again"
+        def mark(message: str) -> NotebookSessionStatus:
+            return observe.submission_unconfirmed(
+                status, message, now=self.now, generation=self.session.generation
+            )
+
+        job_id = await answer_lost(
+            self.rt, self.session, self.site.name, "sbatch", error, mark, self.find
         )
-        log.warning("session %s: %s", self.where, message)
-        waiting = observe.submission_unconfirmed(
-            status, message, now=self.now, generation=self.session.generation
-        )
-        await self._write(waiting)
-        await asyncio.sleep(settle)
-        job_id = await self.find()
-        if job_id is None:
-            raise SubmissionUnconfirmed(f"{message}: not found yet")
         log.info("session %s: the lost sbatch made job %d; adopted", self.where, job_id)
         return self.recorded(status, job_id, adopted=True)
 
@@ -436,6 +427,35 @@ class _Submission:
             now=self.now,
             generation=self.session.generation,
         )
+
+
+async def answer_lost(
+    rt: Runtime,
+    session: SessionRef,
+    site: str,
+    what: str,
+    error: SshError,
+    mark: Callable[[str], NotebookSessionStatus],
+    find: Callable[[], Awaitable[int | None]],
+) -> int:
+    """``what`` (an sbatch) may have made a job though its answer was lost: say so in status
+    (``mark``, so any replica, after a crash too, waits before submitting), give the controller
+    time, then look for the job by its tag (``find``). The job's id, or SubmissionUnconfirmed."""
+    settle = rt.settings.submission_settle_seconds
+    SUBMISSION_FAILURES.labels(site, Reason.SUBMISSION_UNCONFIRMED).inc()
+    message = (
+        f"{what} at {site} gave no answer ({error}); looking for the job by its tag in "
+        f"{settle} s before submitting again"
+    )
+    log.warning("session %s/%s: %s", session.namespace, session.name, message)
+    patch = observe.status_patch(session.status, mark(message))
+    if patch:
+        await rt.kube.patch_session_status(session.namespace, session.name, patch)
+    await asyncio.sleep(settle)
+    found = await find()
+    if found is None:
+        raise SubmissionUnconfirmed(f"{message}: not found yet") from error
+    return found
 
 
 async def ensure_companion(
@@ -511,24 +531,14 @@ async def ensure_companion(
     except SshError as error:
         if not may_have_run(error):
             raise
-        # As for the notebook's job: say so in status (any replica, after a crash too, waits
-        # before submitting), give the controller time, then look for it by its tag.
-        settle = rt.settings.submission_settle_seconds
-        SUBMISSION_FAILURES.labels(site.name, Reason.SUBMISSION_UNCONFIRMED).inc()
-        message = (
-            f"sbatch of the Spark cluster job at {site.name} gave no answer ({error}); looking "
-            f"for the job by its tag in {settle} s before submitting again"
-        )
-        log.warning("session %s: %s", where, message)
-        unsure = observe.spark_unconfirmed(waiting, message, now=now, generation=session.generation)
-        patch = observe.status_patch(session.status, unsure)
-        if patch:
-            await rt.kube.patch_session_status(session.namespace, session.name, patch)
-        await asyncio.sleep(settle)
-        found = await find()
-        if found is None:
-            raise SubmissionUnconfirmed(f"{message}: not found yet") from error
-        return recorded(found, True)
+
+        def mark(message: str) -> NotebookSessionStatus:
+            return observe.spark_unconfirmed(
+                waiting, message, now=now, generation=session.generation
+            )
+
+        what = "sbatch of the Spark cluster job"
+        return recorded(await answer_lost(rt, session, site.name, what, error, mark, find), True)
     SUBMISSIONS.labels(site.name).inc()
     failpoints.reached("after-spark-sbatch", job_id=job_id)
     return recorded(job_id, False)
