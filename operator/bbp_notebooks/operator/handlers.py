@@ -49,6 +49,7 @@ from bbp_notebooks.operator import (
     tokens,
 )
 from bbp_notebooks.operator import credentials as _credentials  # noqa: F401  (Kerberos timer)
+from bbp_notebooks.operator.compact import share_fields_sets
 from bbp_notebooks.operator.conditions import get
 from bbp_notebooks.operator.http import build_app, serve
 from bbp_notebooks.operator.kube import Kube, new_api_client
@@ -101,14 +102,18 @@ def site_index(
 def session_ref(body: Mapping[str, Any]) -> sessions.SessionRef:
     meta = body["metadata"]
     groups = meta.get("annotations", {}).get(GROUPS_ANNOTATION)
+    spec = NotebookSessionSpec.model_validate(dict(body["spec"]))
+    status = NotebookSessionStatus.model_validate(dict(body.get("status", {})))
+    share_fields_sets(spec)  # 4 kB less per indexed session (compact.py)
+    share_fields_sets(status)
     return sessions.SessionRef(
         uid=meta["uid"],
         namespace=meta["namespace"],
         name=meta["name"],
         generation=meta.get("generation"),
         created=dt.datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00")),
-        spec=NotebookSessionSpec.model_validate(dict(body["spec"])),
-        status=NotebookSessionStatus.model_validate(dict(body.get("status", {}))),
+        spec=spec,
+        status=status,
         groups=tuple(g for g in groups.split(",") if g) if groups is not None else None,
     )
 
