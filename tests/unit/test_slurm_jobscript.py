@@ -364,6 +364,35 @@ async def test_a_cancelled_job_waits_for_the_notebook_to_end_and_keeps_its_statu
     assert process.returncode == 7, stderr.decode()
 
 
+def _wait_exited_function() -> str:
+    script = render_job_script(
+        JobScript(session_uid=UID, session_name="n", bind_host="127.0.0.1", start_timeout_s=30)
+    )
+    start = script.index("bbpnb_wait_exited() {")
+    return script[start : script.index("\n}\n", start) + 3]
+
+
+@pytest.mark.parametrize("own_status", [0, 7])
+def test_a_child_that_ends_while_a_signal_is_trapped_keeps_its_own_status(own_status: int) -> None:
+    """The race behind a job that exited 1 after its notebook ended cleanly on SIGTERM: the
+    signal cuts `wait` short (143) and the child ends before the trap returns, so `kill -0`
+    finds nothing to wait for. The function must still return the child's own status. The slow
+    trap makes the order certain."""
+    shell = (
+        _wait_exited_function()
+        + f"(sleep 0.3; exit {own_status}) &\n"
+        + "child=$!\n"
+        + "trap 'sleep 0.8' TERM\n"
+        + "(sleep 0.1; kill -TERM $$) &\n"
+        + 'bbpnb_wait_exited "$child"\n'
+        + 'echo "status $bbpnb_status"\n'
+    )
+    result = subprocess.run(
+        ["bash", "-c", shell], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.stdout.strip() == f"status {own_status}", result.stderr
+
+
 def test_the_connection_file_is_read_relative_to_home() -> None:
     assert connection_file_argv(UID) == ["cat", "--", f".bbp-notebooks/{UID}/connection.json"]
     with pytest.raises(ValueError):

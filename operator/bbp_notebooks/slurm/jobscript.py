@@ -333,14 +333,16 @@ def render_job_script(job: JobScript) -> str:
         'echo "$bbpnb_notebook_pid" >&"$bbpnb_to_helper"',
         # A trapped signal interrupts wait (status > 128) while the process may still be
         # running (the helper finishing its report, the notebook shutting down): wait until it
-        # has really exited, and keep its own status.
+        # has really exited, then ask once more for its own status, which bash keeps for a
+        # reaped child (it may have ended between the cut-short wait and kill -0: 143 then
+        # made a job whose notebook ended cleanly on SIGTERM exit 1).
         "bbpnb_wait_exited() {",
         '    wait "$1"',
-        "    bbpnb_status=$?",
         '    while kill -0 "$1" 2>/dev/null; do',
         '        wait "$1"',
-        "        bbpnb_status=$?",
         "    done",
+        '    wait "$1"',
+        "    bbpnb_status=$?",
         "}",
         "set +e",
         'bbpnb_wait_exited "$bbpnb_helper_pid"',

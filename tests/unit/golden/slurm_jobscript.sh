@@ -101,11 +101,11 @@ trap 'kill -TERM "$bbpnb_notebook_pid" 2>/dev/null || true' TERM INT HUP
 echo "$bbpnb_notebook_pid" >&"$bbpnb_to_helper"
 bbpnb_wait_exited() {
     wait "$1"
-    bbpnb_status=$?
     while kill -0 "$1" 2>/dev/null; do
         wait "$1"
-        bbpnb_status=$?
     done
+    wait "$1"
+    bbpnb_status=$?
 }
 set +e
 bbpnb_wait_exited "$bbpnb_helper_pid"
