@@ -10,6 +10,7 @@ as "the ticket of alice@BBP.TEST could not be stored", with the test's ArgvWatch
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ import pytest
 
 from bbp_notebooks.api.kerberos import parse_ccache
 from bbp_notebooks.hub.kerberos import TicketNotStored, _cred_store, _stored
-from fixtures.ccache import REALM, fabricated_ccache
+from fixtures.ccache import ccache
 
 KRB5 = gssapi.OID.from_int_seq("1.2.840.113554.1.2.2")
 
@@ -31,7 +32,7 @@ def krb5_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A krb5.conf of this test's own, a default ccache in tmp_path and tmp_path as the working
     directory: a misdirected store shows up there (and never in /tmp/krb5cc_<uid>)."""
     conf = tmp_path / "krb5.conf"
-    conf.write_text(f"[libdefaults]\n  default_realm = {REALM}\n")
+    conf.write_text("[libdefaults]\n  default_realm = BBP.TEST\n")
     monkeypatch.setenv("KRB5_CONFIG", str(conf))
     monkeypatch.setenv("KRB5CCNAME", f"FILE:{tmp_path / 'default-ccache'}")
     monkeypatch.chdir(tmp_path)
@@ -40,7 +41,8 @@ def krb5_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def _creds(folder: Path, lifetime_s: int) -> gssapi.raw.Creds:
     source = folder / "source-ccache"
-    source.write_bytes(fabricated_ccache("alice", lifetime_s))
+    now = dt.datetime.now(dt.UTC)
+    source.write_bytes(ccache(start=now, lifetime=dt.timedelta(seconds=lifetime_s), renew_for=None))
     store = _cred_store(ccache=f"FILE:{source}")
     return gssapi.raw.acquire_cred_from(store, mechs=[KRB5], usage="initiate").creds
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import struct
 from typing import Any
 
 import pytest
@@ -20,58 +19,7 @@ from bbp_notebooks.api.models import SlurmSiteSpec
 from bbp_notebooks.api.vocabulary import Reason
 from bbp_notebooks.operator.kerberos import judge, renew_margin
 from bbp_notebooks.slurm.jobscript import JobScript, render_job_script
-
-NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
-FORWARDABLE, RENEWABLE = 0x40000000, 0x00800000
-
-
-def _principal(realm: str, *components: str) -> bytes:
-    out = struct.pack(">II", 1, len(components)) + struct.pack(">I", len(realm)) + realm.encode()
-    for part in components:
-        out += struct.pack(">I", len(part)) + part.encode()
-    return out
-
-
-def _blob(data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + data
-
-
-def ccache(
-    user: str = "alice",
-    realm: str = "BBP.TEST",
-    *,
-    start: dt.datetime = NOW - dt.timedelta(minutes=1),
-    lifetime: dt.timedelta = dt.timedelta(hours=10),
-    renew_for: dt.timedelta | None = dt.timedelta(days=7),
-    flags: int = FORWARDABLE,
-    client: str | None = None,
-    with_config_entry: bool = True,
-) -> bytes:
-    """A FILE ccache (format 4) as MIT writes it: header, default principal, a config entry,
-    the TGT."""
-    end = start + lifetime
-    renew_till = (
-        start + renew_for if renew_for is not None else dt.datetime.fromtimestamp(0, dt.UTC)
-    )
-    if renew_for is not None:
-        flags |= RENEWABLE
-    out = struct.pack(">HH", 0x0504, 12) + struct.pack(">HHII", 1, 8, 0, 0)
-    out += _principal(realm, user)
-
-    def credential(server: bytes, times: tuple[int, int, int, int], ticket: bytes) -> bytes:
-        body = _principal(realm, client or user) + server
-        body += struct.pack(">H", 18) + _blob(b"k" * 32)
-        body += struct.pack(">IIII", *times) + b"\x00" + struct.pack(">I", flags)
-        body += struct.pack(">I", 0) + struct.pack(">I", 0) + _blob(ticket) + _blob(b"")
-        return body
-
-    if with_config_entry:
-        out += credential(
-            _principal("X-CACHECONF:", "krb5_ccache_conf_data", "pa_type"), (0, 0, 0, 0), b"2"
-        )
-    times = (int(start.timestamp()),) * 2 + (int(end.timestamp()), int(renew_till.timestamp()))
-    out += credential(_principal(realm, "krbtgt", realm), times, b"T" * 200)
-    return out
+from fixtures.ccache import NOW, ccache
 
 
 def test_a_ticket_cache_says_whose_it_is_and_until_when() -> None:

@@ -26,7 +26,7 @@ from bbp_notebooks.ssh import (
     SshError,
     SshPool,
 )
-from fixtures.ccache import REALM, fabricated_ccache
+from fixtures.ccache import ccache
 from fixtures.sshserver import Call, Reply, ThrowawaySshd, default_responder
 
 HOSTILE_ARGS = [
@@ -89,14 +89,16 @@ async def test_a_kerberos_ticket_lying_around_never_slows_a_certificate_login(
     try:
         conf = tmp_path / "krb5.conf"
         conf.write_text(
-            f"[libdefaults]\n  default_realm = {REALM}\n  dns_lookup_kdc = false\n"
+            "[libdefaults]\n  default_realm = BBP.TEST\n  dns_lookup_kdc = false\n"
             "  dns_lookup_realm = false\n"
-            f"[realms]\n  {REALM} = {{\n    kdc = 127.0.0.1:{silent_kdc.getsockname()[1]}\n  }}\n"
+            f"[realms]\n  BBP.TEST = {{\n    kdc = 127.0.0.1:{silent_kdc.getsockname()[1]}\n  }}\n"
         )
-        ccache = tmp_path / "ccache"
-        ccache.write_bytes(fabricated_ccache("alice", -60))  # expired a minute ago
+        cache = tmp_path / "ccache"
+        hour = dt.timedelta(hours=1)
+        start = dt.datetime.now(dt.UTC) - hour - dt.timedelta(minutes=1)  # ended a minute ago
+        cache.write_bytes(ccache(start=start, lifetime=hour))
         monkeypatch.setenv("KRB5_CONFIG", str(conf))
-        monkeypatch.setenv("KRB5CCNAME", f"FILE:{ccache}")
+        monkeypatch.setenv("KRB5CCNAME", f"FILE:{cache}")
         started = time.monotonic()
         result = await pool.run(sshd.endpoint(), user_ca.mint("alice"), ["echo-argv", "x"])
         took = time.monotonic() - started
