@@ -154,30 +154,40 @@ class Kube:
             GROUP, VERSION, SITE_PLURAL, name, {"status": status}, **MERGE_PATCH
         )
 
-    async def session_uids(self, page_size: int = SWEEP_PAGE_SIZE) -> set[str]:
-        """Every NotebookSession uid in the cluster, read now (authoritative, not an index).
-
-        Metadata only (PartialObjectMetadataList, so no spec or status crosses the wire) and
-        paginated, so the sweep's memory does not grow with the sessions' size or number."""
-        uids: set[str] = set()
+    async def _pages(
+        self, path: str, page_size: int, accept: str | None = None
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """The items of a LIST of ``path``, a page of ``page_size`` at a time."""
         token: str | None = None
         while True:
             query: list[tuple[str, Any]] = [("limit", page_size)]
             if token:
                 query.append(("continue", token))
             page = await self.api_client.call_api(
-                f"/apis/{GROUP}/{VERSION}/{SESSION_PLURAL}",
+                path,
                 "GET",
                 query_params=query,
-                header_params={"Accept": METADATA_ONLY},
+                header_params={"Accept": accept} if accept else None,
                 response_types_map={200: "object"},
                 auth_settings=["BearerToken"],
                 _return_http_data_only=True,
             )
-            uids.update(item["metadata"]["uid"] for item in page.get("items") or ())
+            yield list(page.get("items") or ())
             token = (page.get("metadata") or {}).get("continue")
             if not token:
-                return uids
+                return
+
+    async def session_uids(self, page_size: int = SWEEP_PAGE_SIZE) -> set[str]:
+        """Every NotebookSession uid in the cluster, read now (authoritative, not an index).
+
+        Metadata only (PartialObjectMetadataList, so no spec or status crosses the wire) and
+        paginated, so the sweep's memory does not grow with the sessions' size or number."""
+        path = f"/apis/{GROUP}/{VERSION}/{SESSION_PLURAL}"
+        return {
+            item["metadata"]["uid"]
+            async for page in self._pages(path, page_size, METADATA_ONLY)
+            for item in page
+        }
 
     async def session_pages(
         self, namespaces: list[str] | None = None, page_size: int = SWEEP_PAGE_SIZE
@@ -185,23 +195,10 @@ class Kube:
         """Every NotebookSession (of ``namespaces``, or of the cluster), whole, a page at a time:
         the caller keeps what it needs of a page before the next is read."""
         for where in [f"namespaces/{n}/" for n in namespaces] if namespaces else [""]:
-            token: str | None = None
-            while True:
-                query: list[tuple[str, Any]] = [("limit", page_size)]
-                if token:
-                    query.append(("continue", token))
-                page = await self.api_client.call_api(
-                    f"/apis/{GROUP}/{VERSION}/{where}{SESSION_PLURAL}",
-                    "GET",
-                    query_params=query,
-                    response_types_map={200: "object"},
-                    auth_settings=["BearerToken"],
-                    _return_http_data_only=True,
-                )
-                yield list(page.get("items") or ())
-                token = (page.get("metadata") or {}).get("continue")
-                if not token:
-                    break
+            async for page in self._pages(
+                f"/apis/{GROUP}/{VERSION}/{where}{SESSION_PLURAL}", page_size
+            ):
+                yield page
 
     async def read_admission_policy(
         self, name: str
