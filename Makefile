@@ -13,7 +13,9 @@ help:
 	@echo "make bench  - the operator at scale, one table against same-run references (BENCH_ARGS=...)"
 	@echo "make crds   - regenerate CRDs from the pydantic models"
 
+# gssapi builds from source against libkrb5-dev: apt installs it first on a fresh machine.
 python-deps:
+	bash scripts/install-test-deps.sh --build-only
 	$(PIP) install --quiet --disable-pip-version-check -e '.[test]'
 
 system-deps: python-deps

@@ -4,6 +4,8 @@
 # users alice and bob. Idempotent and fast when everything is already there. Run as root.
 # Nothing is left running: package scripts are kept from starting services (no systemd here), the
 # test fixtures start their own daemons (bbp_notebooks.devtools.realslurm).
+# --build-only: just what pip needs to build our Python dependencies (gssapi compiles against
+# libkrb5-dev), for `make python-deps` on a fresh machine; no users, no Spark virtualenv.
 set -euo pipefail
 
 PACKAGES=(
@@ -17,10 +19,10 @@ PACKAGES=(
   containerd runc containernetworking-plugins iptables  # the real node (devtools/node.py)
 )
 TEST_USERS=(alice bob slurmop)  # slurmop: AdminLevel=Operator at the real Slurm test site
-
-if [[ $(id -u) -ne 0 ]]; then
-  echo "install-test-deps.sh: must run as root" >&2
-  exit 1
+BUILD_ONLY=0
+if [[ ${1:-} == --build-only ]]; then
+  PACKAGES=(libkrb5-dev gcc)
+  BUILD_ONLY=1
 fi
 
 missing=()
@@ -28,6 +30,11 @@ for pkg in "${PACKAGES[@]}"; do
   status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
   [[ $status == installed ]] || missing+=("$pkg")
 done
+
+if [[ $(id -u) -ne 0 ]] && { ((!BUILD_ONLY)) || ((${#missing[@]})); }; then
+  echo "install-test-deps.sh: must run as root${missing[*]:+ to install ${missing[*]}}" >&2
+  exit 1
+fi
 
 if ((${#missing[@]})); then
   echo "install-test-deps.sh: installing ${missing[*]}"
@@ -51,6 +58,9 @@ if ((${#missing[@]})); then
     fi
     sleep $((attempt * 5))
   done
+fi
+if ((BUILD_ONLY)); then
+  exit 0
 fi
 
 for user in "${TEST_USERS[@]}"; do
