@@ -199,6 +199,60 @@ def test_watching_namespaces_peers_in_each_of_them(env: dict[str, str]) -> None:
     assert sorted(r["metadata"]["namespace"] for r in peering_roles) == ["team-a", "team-b"]
 
 
+def test_each_shard_is_its_own_peered_statefulset_serving_its_sites(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shards = [
+        {"name": "geneva", "sites": ["geneva"], "placesAuto": True},
+        {"name": "lugano", "sites": ["lugano", "lugano-gpu"]},
+    ]
+    values = {
+        "operator": {"replicas": 2, "shards": shards, "podDisruptionBudget": {"enabled": True}}
+    }
+    docs = render(env, values)
+    statefulsets = {s["metadata"]["name"]: s for s in find(docs, "StatefulSet")}
+    assert sorted(statefulsets) == [
+        "bbp-bbp-notebooks-operator-geneva",
+        "bbp-bbp-notebooks-operator-lugano",
+    ]
+    served = {}
+    for name, statefulset in statefulsets.items():
+        shard = name.rsplit("-", 1)[1]
+        assert statefulset["spec"]["replicas"] == 2
+        selector = statefulset["spec"]["selector"]["matchLabels"]
+        assert selector["bbp-notebooks/shard"] == shard  # each its own pods
+        assert statefulset["spec"]["template"]["metadata"]["labels"]["bbp-notebooks/shard"] == shard
+        variables = env_of(statefulset["spec"]["template"]["spec"]["containers"][0])
+        for key, value in variables.items():
+            if isinstance(value, str):
+                monkeypatch.setenv(key, value)
+        monkeypatch.delenv("BBP_SETTINGS_FILE", raising=False)
+        settings = OperatorSettings()  # the operator accepts what the chart gives each shard
+        served[shard] = (settings.sites, settings.places_auto, settings.peering_name)
+        monkeypatch.delenv("BBP_PLACES_AUTO", raising=False)
+    assert served == {
+        "geneva": (["geneva"], True, "bbp-notebooks-geneva"),
+        "lugano": (["lugano", "lugano-gpu"], False, "bbp-notebooks-lugano"),
+    }
+    peerings = sorted(p["metadata"]["name"] for p in find(docs, "KopfPeering"))
+    assert peerings == ["bbp-notebooks-geneva", "bbp-notebooks-lugano"]
+    budgets = {
+        b["metadata"]["name"]: b["spec"]["selector"]["matchLabels"]
+        for b in find(docs, "PodDisruptionBudget")
+    }
+    assert {n: b["bbp-notebooks/shard"] for n, b in budgets.items()} == {
+        "bbp-bbp-notebooks-operator-geneva": "geneva",
+        "bbp-bbp-notebooks-operator-lugano": "lugano",
+    }
+    # The Service still selects every operator pod: any replica of any shard records a report.
+    services = [
+        s
+        for s in find(docs, "Service")
+        if s["spec"]["selector"].get("app.kubernetes.io/component") == "operator"
+    ]
+    assert services and all("bbp-notebooks/shard" not in s["spec"]["selector"] for s in services)
+
+
 def test_the_operator_environment_is_the_settings_asked_for(
     env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -28,6 +28,7 @@ from bbp_notebooks.operator.uninstall import end_sites
 
 pytestmark = pytest.mark.kube
 OTHER = "example.org/keep-me"
+GENEVA_SHARD, LUGANO_SHARD = f"{FINALIZER}.geneva", f"{FINALIZER}.lugano"  # shards.py
 
 
 def site(name: str, finalizers: list[str]) -> dict[str, Any]:
@@ -83,6 +84,29 @@ async def test_only_our_finalizer_is_released_and_deleted_sites_go(
                 objects.delete_cluster_custom_object(GROUP, VERSION, SITE_PLURAL, name)
 
 
+async def test_a_stopping_shard_releases_only_its_own_finalizer(
+    control_plane: ControlPlane, kube_api: Any
+) -> None:
+    """Each shard's kopf puts its own finalizer on the sites it polls; a stopping shard drops
+    its own, never another shard's (that one still polls its site)."""
+    objects = client.CustomObjectsApi(kube_api)
+    body = site("sharded", [GENEVA_SHARD, OTHER, LUGANO_SHARD, FINALIZER])
+    objects.create_cluster_custom_object(GROUP, VERSION, SITE_PLURAL, body)
+    configuration = k8s.Configuration()
+    await k8s_config.load_kube_config(
+        config_file=str(control_plane.kubeconfig), client_configuration=configuration
+    )
+    try:
+        async with k8s.ApiClient(configuration=configuration) as api:
+            assert await Kube(api).release_sites(LUGANO_SHARD) == ["sharded"]
+            held = objects.get_cluster_custom_object(GROUP, VERSION, SITE_PLURAL, "sharded")
+            assert held["metadata"]["finalizers"] == [GENEVA_SHARD, OTHER, FINALIZER]
+    finally:
+        unhold = {"metadata": {"finalizers": None}}
+        objects.patch_cluster_custom_object(GROUP, VERSION, SITE_PLURAL, "sharded", unhold)
+        objects.delete_cluster_custom_object(GROUP, VERSION, SITE_PLURAL, "sharded")
+
+
 def labelled(name: str, release: str | None, finalizers: list[str]) -> dict[str, Any]:
     body = site(name, finalizers)
     if release:
@@ -100,6 +124,7 @@ async def test_the_uninstall_hook_deletes_the_release_sites_and_releases_what_is
         "hook-ours": ("rel", [FINALIZER]),
         "hook-ours-too": ("rel", []),
         "hook-held": ("rel", [FINALIZER, OTHER]),
+        "hook-shards": ("rel", [GENEVA_SHARD, OTHER, LUGANO_SHARD]),
         "hook-other-release": ("other", [FINALIZER]),
         "hook-unlabelled": (None, [FINALIZER]),
     }
@@ -114,13 +139,14 @@ async def test_the_uninstall_hook_deletes_the_release_sites_and_releases_what_is
     try:
         async with k8s.ApiClient(configuration=configuration) as api:
             left = await end_sites(Kube(api), "rel", grace=0.5, timeout=3, poll=0.2)
-        assert left == ["hook-held"]
+        assert left == ["hook-held", "hook-shards"]
         names = {
             item["metadata"]["name"]: item["metadata"]
             for item in objects.list_cluster_custom_object(GROUP, VERSION, SITE_PLURAL)["items"]
         }
         assert "hook-ours" not in names and "hook-ours-too" not in names
         assert names["hook-held"]["finalizers"] == [OTHER]
+        assert names["hook-shards"]["finalizers"] == [OTHER]  # every shard's is ours
         assert "deletionTimestamp" not in names["hook-other-release"]
         assert names["hook-other-release"]["finalizers"] == [FINALIZER]
         assert "deletionTimestamp" not in names["hook-unlabelled"]

@@ -129,6 +129,25 @@ def test_auto_picks_the_reachable_allowed_site_with_most_idle_cores() -> None:
         )
 
 
+def test_a_placed_auto_session_stays_where_it_was_placed() -> None:
+    """Placement is once (status.site): a retry, or the shard of the placed site, plans the
+    session there even when another site now has more idle cores, and checks it like a
+    session that named that site."""
+    profiles = {"bluepy": profile()}
+    assert plan(session(), profiles, SITES, placed="geneva").site == "geneva"  # lugano: more
+    with pytest.raises(InvalidSpec) as caught:  # lugano requires an account, as if named
+        plan(session(), profiles, SITES, placed="lugano")
+    assert caught.value.reason == "AccountRequired"
+    with pytest.raises(InvalidSpec) as gone:
+        plan(session(), profiles, SITES, placed="zurich")
+    assert gone.value.reason == "UnknownSite"
+    down = {**SITES, "geneva": site("geneva", reachable=False, idle_cores=99)}
+    # Its site down: planned there still (the sbatch then waits, as for a named site), never
+    # moved to the site that answers.
+    assert plan(session(), profiles, down, placed="geneva").site == "geneva"
+    assert plan(session(site="geneva"), profiles, SITES, placed="lugano").site == "geneva"
+
+
 def test_job_names_round_trip_to_session_uids() -> None:
     uid = "0b9c1d2e-0000-4000-8000-00000000abcd"
     assert session_uid(job_name("prod", uid), "prod") == uid

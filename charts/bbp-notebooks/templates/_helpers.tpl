@@ -84,6 +84,15 @@ only the session namespace; [] (the whole cluster) only with operator.watchAllNa
 {{- end -}}
 {{- end -}}
 
+{{/* The operator's shards (operator.shards), or one unsharded operator: a JSON list. */}}
+{{- define "bbp-notebooks.operator.shards" -}}
+{{- if .Values.operator.shards -}}
+{{- .Values.operator.shards | toJson -}}
+{{- else -}}
+{{- list (dict "name" "") | toJson -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Peering is on exactly when more than one operator replica runs. */}}
 {{- define "bbp-notebooks.operator.peering" -}}
 {{- if gt (int .Values.operator.replicas) 1 -}}true{{- else -}}false{{- end -}}

@@ -28,6 +28,9 @@ CHART_MANAGED: dict[str, str] = {
     "callback_url": "operator.callbackUrl, by default the operator Service",
     "settings_file": "unused: the chart passes settings as environment variables",
     "failpoints": "never set: fault injection is for tests, not deployments",
+    "shard": "operator.shards[].name, one StatefulSet per shard",
+    "sites": "operator.shards[].sites",
+    "places_auto": "operator.shards[].placesAuto",
 }
 
 BEGIN_MARKER = "  # BEGIN generated: operator settings (python -m bbp_notebooks.api.chartschema)"

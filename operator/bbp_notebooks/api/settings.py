@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 # System accounts on a Debian/RHEL frontend; nobody's notebook runs as these.
@@ -67,6 +67,24 @@ class OperatorSettings(BaseSettings):
         "CRD); without it the operator runs standalone and must have one replica.",
     )
     peering_name: str = Field(default="bbp-notebooks", description="kopf peering object name.")
+    shard: str = Field(
+        default="",
+        max_length=20,
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$",
+        description="This operator's shard (operator/shards.py); empty: one operator serves "
+        "every site. A shard serves only the sessions of its `sites`, with its own finalizer, "
+        "annotations and (give each its own) peeringName.",
+    )
+    sites: list[str] = Field(
+        default_factory=list,
+        description="The SlurmSites this shard serves (required with `shard`; each site in "
+        "exactly one shard).",
+    )
+    places_auto: bool = Field(
+        default=False,
+        description="With `shard`: this shard places `site: auto` sessions, choosing among all "
+        "sites, and the chosen site's shard submits them. Exactly one shard should.",
+    )
     priority: int = Field(
         default=0,
         ge=0,
@@ -190,6 +208,14 @@ class OperatorSettings(BaseSettings):
     settings_file: Path | None = Field(
         default=None, description="Optional YAML file with these settings (environment wins)."
     )
+
+    @model_validator(mode="after")
+    def _a_shard_has_sites(self) -> OperatorSettings:
+        if self.shard and not self.sites:
+            raise ValueError(f"shard {self.shard!r} serves no site: set `sites`")
+        if self.sites and not self.shard:
+            raise ValueError("`sites` needs `shard` (a name for this operator's share)")
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -33,6 +33,7 @@ class Reason(StrEnum):
     SUBMISSION_REJECTED = "SubmissionRejected"
     ADMISSION_POLICY_MISSING = "AdmissionPolicyMissing"
     SUBMISSION_UNCONFIRMED = "SubmissionUnconfirmed"
+    PLACED = "Placed"  # a `site: auto` session placed by one shard, for its site's shard
     # Refused before any job (phase InvalidSpec)
     UNKNOWN_PROFILE = "UnknownProfile"
     PROFILE_NOT_ALLOWED = "ProfileNotAllowed"

@@ -26,6 +26,7 @@ from bbp_notebooks.operator.conditions import get
 from bbp_notebooks.operator.planning import SiteView
 from bbp_notebooks.operator.runtime import CredentialsUnavailable, Runtime
 from bbp_notebooks.operator.sessions import SessionIndex, SessionRef
+from bbp_notebooks.operator.shards import site_served
 from bbp_notebooks.ssh import SshError
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,10 @@ log = logging.getLogger(__name__)
 CHECK_INTERVAL_S = 5.0
 
 
-def _is_gssapi(spec: kopf.Spec, **_: Any) -> bool:
-    return bool(spec.get("auth", {}).get("method") == AuthMethod.GSSAPI.value)
+def _is_gssapi(spec: kopf.Spec, memo: kopf.Memo, name: str, **_: Any) -> bool:
+    """A GSSAPI site this shard serves."""
+    gssapi = spec.get("auth", {}).get("method") == AuthMethod.GSSAPI.value
+    return bool(gssapi and site_served(memo, name))
 
 
 @kopf.daemon(GROUP, VERSION, SITE_PLURAL, when=_is_gssapi, cancellation_timeout=10)

@@ -17,8 +17,6 @@ from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from bbp_notebooks.api.constants import (
-    ANNOTATION_PREFIX,
-    FINALIZER,
     GROUP,
     GROUPS_ANNOTATION,
     PROFILE_PLURAL,
@@ -62,6 +60,7 @@ from bbp_notebooks.operator.metrics import (
 )
 from bbp_notebooks.operator.planning import NoSiteAvailable, SiteView
 from bbp_notebooks.operator.runtime import CredentialsUnavailable, Runtime
+from bbp_notebooks.operator.shards import Shard, session_served, site_served
 from bbp_notebooks.ssh import AuthenticationFailed, HostKeyMismatch, SshError
 
 log = logging.getLogger(__name__)
@@ -127,11 +126,14 @@ def _session_or_none(body: Mapping[str, Any]) -> sessions.SessionRef | None:
 
 
 async def fill_session_index(
-    kube: Kube, index: sessions.SessionIndex, namespaces: list[str] | None
+    kube: Kube, index: sessions.SessionIndex, namespaces: list[str] | None, shard: Shard
 ) -> None:
-    """The startup LIST of the sessions (before kopf's watch starts), a page at a time."""
+    """The startup LIST of this shard's sessions (before kopf's watch starts), a page at a
+    time."""
     async for page in kube.session_pages(namespaces):
         for body in page:
+            if not shard.serves_body(body):
+                continue
             ref = _session_or_none(body)
             if ref is not None:
                 index.put_listed(ref)
@@ -144,7 +146,9 @@ async def session_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, 
     loop (and a wait for the GIL) for every watch event of every session."""
     index: sessions.SessionIndex = memo["sessions"]
     uid = body["metadata"]["uid"]
-    if event["type"] == "DELETED":
+    rt: Runtime = memo["runtime"]
+    # Not a kopf filter: an `auto` session leaves the placing shard's index when it is placed.
+    if event["type"] == "DELETED" or not rt.shard.serves_body(body):
         index.discard(uid)
         return
     ref = _session_or_none(body)
@@ -169,12 +173,15 @@ async def configure(
     **_: Any,
 ) -> None:
     config = OperatorSettings()
-    settings.persistence.finalizer = FINALIZER
+    # A shard's own kopf state, never another shard's (shards.py): kopf drops its finalizer
+    # from every object it does not serve.
+    shard = Shard.from_settings(config.shard, config.sites, config.places_auto)
+    settings.persistence.finalizer = shard.finalizer
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
-        prefix=ANNOTATION_PREFIX
+        prefix=shard.annotation_prefix
     )
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+        prefix=shard.annotation_prefix, key="last-handled-configuration"
     )
     logging.getLogger("asyncssh").setLevel(logging.WARNING)  # one INFO line per channel otherwise
     settings.posting.level = logging.WARNING  # our own Events carry the transitions
@@ -201,13 +208,21 @@ async def configure(
     failpoints.arm(config)
     logs.install()
     rt = Runtime.create(config, Kube(api_client))
+    assert rt.shard == shard  # noqa: S101 - one reading of the settings
     memo["runtime"] = rt
     memo["api_client"] = api_client
     session_index = sessions.SessionIndex()
     started = time.monotonic()
-    await fill_session_index(rt.kube, session_index, config.watch_namespaces or None)
+    await fill_session_index(rt.kube, session_index, config.watch_namespaces or None, shard)
     memo["sessions"] = session_index
     log.info("%d sessions listed in %.1f s", len(session_index), time.monotonic() - started)
+    if shard.sharded:
+        log.info(
+            "shard %s: sites %s%s",
+            shard.name,
+            ", ".join(sorted(shard.sites)),
+            "; places site: auto sessions" if shard.places_auto else "",
+        )
 
     async def on_endpoint(
         uid: str, token: str, report: callbacks.EndpointReport, where: tuple[str, str] | None
@@ -231,7 +246,7 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
     if "runtime" in memo:
         rt: Runtime = memo["runtime"]
         try:  # the sites' daemons have stopped: the sites may go (kube.release_sites)
-            released = await rt.kube.release_sites(FINALIZER)
+            released = await rt.kube.release_sites(rt.shard.finalizer)
         except Exception as error:  # noqa: BLE001 - the operator stops either way
             log.warning("could not release the SlurmSites: %s", error)
         else:
@@ -449,8 +464,8 @@ async def _allocated_node(rt: Runtime, site: SiteView, job_id: int) -> str | Non
 # NotebookSession -----------------------------------------------------------------------------
 
 
-@kopf.on.resume(GROUP, VERSION, SESSION_PLURAL)
-@kopf.on.create(GROUP, VERSION, SESSION_PLURAL)  # type: ignore[arg-type]  # index kwargs
+@kopf.on.resume(GROUP, VERSION, SESSION_PLURAL, when=session_served)
+@kopf.on.create(GROUP, VERSION, SESSION_PLURAL, when=session_served)  # type: ignore[arg-type]  # index kwargs
 async def submit(
     body: kopf.Body,
     patch: kopf.Patch,
@@ -503,9 +518,10 @@ async def submit(
     if new.phase != session.status.phase:
         submitted = get(new.conditions, ConditionType.SUBMITTED)
         refused = new.phase in (SessionPhase.INVALID_SPEC, SessionPhase.FAILED)
+        named = refused or (submitted is not None and submitted.reason == Reason.PLACED)
         await rt.kube.event(
             session.involved,
-            reason=submitted.reason if refused and submitted else "Submitted",
+            reason=submitted.reason if named and submitted else "Submitted",
             message=new.message or "",
             type_="Warning" if refused else "Normal",
         )
@@ -569,7 +585,7 @@ async def _wait_for_admission_policy(
     raise kopf.TemporaryError(message, delay=RETRY_S[Reason.ADMISSION_POLICY_MISSING])
 
 
-@kopf.on.delete(GROUP, VERSION, SESSION_PLURAL)  # type: ignore[arg-type]  # index kwargs
+@kopf.on.delete(GROUP, VERSION, SESSION_PLURAL, when=session_served)  # type: ignore[arg-type]  # index kwargs
 async def cancel(
     body: kopf.Body,
     memo: kopf.Memo,
@@ -644,7 +660,7 @@ async def _forget_ghosts(rt: Runtime, index: sessions.SessionIndex) -> None:
 # SlurmSite -----------------------------------------------------------------------------------
 
 
-@kopf.daemon(GROUP, VERSION, SITE_PLURAL, cancellation_timeout=10)  # type: ignore[arg-type]  # index kwargs
+@kopf.daemon(GROUP, VERSION, SITE_PLURAL, when=site_served, cancellation_timeout=10)  # type: ignore[arg-type]  # index kwargs
 async def poll_site(
     name: str,
     body: kopf.Body,

@@ -114,8 +114,11 @@ class Kube:
             if error.status != 404:
                 raise
 
-    async def release_sites(self, finalizer: str, label_selector: str = "") -> list[str]:
-        """Drop ``finalizer`` from every SlurmSite that has it; their names.
+    async def release_sites(
+        self, finalizer: str, label_selector: str = "", *, shards: bool = False
+    ) -> list[str]:
+        """Drop ``finalizer`` from every SlurmSite that has it; their names. ``shards``: also
+        every shard's (``<finalizer>.<shard>``, shards.py), for the uninstall hook.
 
         kopf puts its finalizer on every object a daemon runs for (to stop the daemon before the
         object goes) and takes it off only while the operator runs; a running replica puts it
@@ -131,12 +134,20 @@ class Kube:
         for item in listed.get("items") or ():
             meta = item.get("metadata") or {}
             finalizers = list(meta.get("finalizers") or ())
-            if finalizer not in finalizers:
+            ours = [
+                (i, f)
+                for i, f in enumerate(finalizers)
+                if f == finalizer or (shards and f.startswith(f"{finalizer}."))
+            ]
+            if not ours:
                 continue
-            index = finalizers.index(finalizer)
-            patch = [
-                {"op": "test", "path": f"/metadata/finalizers/{index}", "value": finalizer},
-                {"op": "remove", "path": f"/metadata/finalizers/{index}"},
+            patch = [  # from the last, so that each index still names its entry
+                op
+                for index, name in reversed(ours)
+                for op in (
+                    {"op": "test", "path": f"/metadata/finalizers/{index}", "value": name},
+                    {"op": "remove", "path": f"/metadata/finalizers/{index}"},
+                )
             ]
             try:
                 await self.custom.patch_cluster_custom_object(

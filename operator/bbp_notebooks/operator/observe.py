@@ -172,6 +172,27 @@ def rejected(
     )
 
 
+def placed(
+    status: NotebookSessionStatus,
+    site: str,
+    shard: str,
+    *,
+    now: dt.datetime,
+    generation: int | None,
+) -> NotebookSessionStatus:
+    """A ``site: auto`` session placed at a site another shard serves (shards.py): that
+    shard submits it."""
+    message = f"placed at {site} by shard {shard}; the shard of {site} submits the job"
+    return _conditioned(
+        status,
+        (ConditionType.SUBMITTED, ConditionStatus.UNKNOWN, Reason.PLACED, message),
+        now=now,
+        generation=generation,
+        site=site,
+        message=message,
+    )
+
+
 def submission_unconfirmed(
     status: NotebookSessionStatus, message: str, *, now: dt.datetime, generation: int | None
 ) -> NotebookSessionStatus:

@@ -185,9 +185,12 @@ def plan(
     sites: Mapping[str, SiteView],
     groups: Iterable[str] | None = None,
     protected: Collection[str] = frozenset(),
+    placed: str | None = None,
 ) -> Plan:
     """Check everything before anything runs (and before any credential is minted for the
-    user); raise InvalidSpec with a clear message. ``protected``: see :func:`user_refusal`."""
+    user); raise InvalidSpec with a clear message. ``protected``: see :func:`user_refusal`.
+    ``placed``: where an ``auto`` session was placed (status.site); placement is once, so a
+    placed session is planned as if its spec named that site."""
     profile = profiles.get(spec.profile)
     if profile is None:
         raise InvalidSpec(
@@ -198,7 +201,8 @@ def plan(
             Reason.PROFILE_NOT_ALLOWED,
             f"user {spec.user!r} is in none of the groups allowed to use profile {spec.profile!r}",
         )
-    if spec.site == "auto":
+    site_name = placed if spec.site == "auto" and placed else spec.site
+    if site_name == "auto":
         refusals = {name: user_refusal(v, spec.user, protected) for name, v in sites.items()}
         permitted = [v for name, v in sites.items() if refusals[name] is None]
         if not permitted:
@@ -210,10 +214,10 @@ def plan(
             raise (found_refusals or [NoSiteAvailable("no SlurmSite exists")])[0]
         site = choose_site(profile, permitted)
     else:
-        found = sites.get(spec.site)
+        found = sites.get(site_name)
         if found is None:
-            raise InvalidSpec(Reason.UNKNOWN_SITE, f"SlurmSite {spec.site!r} does not exist")
-        if profile.allowed_sites and spec.site not in profile.allowed_sites:
+            raise InvalidSpec(Reason.UNKNOWN_SITE, f"SlurmSite {site_name!r} does not exist")
+        if profile.allowed_sites and site_name not in profile.allowed_sites:
             raise InvalidSpec(
                 Reason.SITE_NOT_ALLOWED,
                 f"profile {spec.profile!r} may run only at {', '.join(profile.allowed_sites)}",

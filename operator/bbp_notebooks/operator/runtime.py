@@ -26,6 +26,7 @@ from bbp_notebooks.operator.admission import admission_policy_installed
 from bbp_notebooks.operator.kube import Kube
 from bbp_notebooks.operator.metrics import observe_command
 from bbp_notebooks.operator.observe import SparkReport
+from bbp_notebooks.operator.shards import Shard
 from bbp_notebooks.ssh import CertificateAuthority, Identity, SiteEndpoint, SlurmClient, SshPool
 from bbp_notebooks.ssh.kerberos import TicketFiles
 
@@ -105,6 +106,8 @@ class Runtime:
     # (namespace, user) -> the newest ticket seen (renewed here, or the hub's from its Secret)
     tickets: dict[tuple[str, str], Ticket] = field(default_factory=dict)
     _ticket_files: TicketFiles | None = None
+    # What this operator serves (shards.py): every session and site unless it is a shard.
+    shard: Shard = field(default_factory=Shard)
 
     @classmethod
     def create(cls, settings: OperatorSettings, kube: Kube) -> Runtime:
@@ -113,7 +116,8 @@ class Runtime:
             max_handshakes_per_host=settings.max_handshakes_per_frontend,
             observer=observe_command,
         )
-        return cls(settings=settings, kube=kube, pool=pool)
+        shard = Shard.from_settings(settings.shard, settings.sites, settings.places_auto)
+        return cls(settings=settings, kube=kube, pool=pool, shard=shard)
 
     def client(self, name: str, spec: SlurmSiteSpec) -> SlurmClient:
         return SlurmClient(

@@ -296,6 +296,11 @@ async def ensure_submitted(
     if isinstance(decided, NotebookSessionStatus):
         return decided
     chosen, env = decided
+    if not rt.shard.serves_site(chosen.site):  # placed here, submitted by its site's shard
+        log.info("session %s/%s placed at %s", session.namespace, session.name, chosen.site)
+        return observe.placed(
+            status, chosen.site, rt.shard.name, now=now, generation=session.generation
+        )
     site = sites[chosen.site]
     submission = _Submission(rt, session, site, chosen, now)
     if observe.unconfirmed(session.status):  # an earlier answer was lost, maybe by a replica
@@ -317,7 +322,9 @@ async def _plan_for(
     """The plan and the environment, or the InvalidSpec status that says why there is none."""
     try:
         protected = protected_users(rt.settings.protected_users, sites.values())
-        chosen = plan(session.spec, profiles, sites, session.groups, protected)
+        chosen = plan(
+            session.spec, profiles, sites, session.groups, protected, placed=session.status.site
+        )
         env = await environment_for(rt, session, now)
         if isinstance(env, InvalidSpec):
             raise env
@@ -360,8 +367,12 @@ class _Submission:
     ) -> NotebookSessionStatus:
         # A fresh token per submission; its digest is in status before the job can exist, so a
         # crash after sbatch leaves a job whose report can still be checked, by any replica.
+        # The site too: an `auto` session is placed once, so a retry after a lost answer looks
+        # for the job where it may be, never plans it anew elsewhere (planning.plan).
         token = new_token()
-        status = status.model_copy(update={"callback_token_sha256": digest(token)})
+        status = status.model_copy(
+            update={"callback_token_sha256": digest(token), "site": self.site.name}
+        )
         await self._write(status)
         rt, site, session = self.rt, self.site, self.session
         identity = await self.identity()

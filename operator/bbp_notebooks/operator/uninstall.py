@@ -60,7 +60,7 @@ async def end_sites(
         await kube.delete_site(name)
     left = await _gone_by(kube, selector, began + min(grace, timeout), poll)
     if left:
-        released = await kube.release_sites(FINALIZER, label_selector=selector)
+        released = await kube.release_sites(FINALIZER, label_selector=selector, shards=True)
         log.warning(
             "the operator did not release %s within %s s; dropped its finalizer from %s",
             ", ".join(left), grace, ", ".join(released) or "none",
