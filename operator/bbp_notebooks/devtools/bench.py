@@ -66,6 +66,9 @@ class Sizes:
     busy_ours: int = 100
     busy_repeats: int = 5
     skip_busy: bool = False
+    # 2: the operator as two shards by site (operator/shards.py), geneva's placing `auto`
+    # sessions; per-process figures are then the larger shard's, CPU and writes both together.
+    shards: int = 1
     deadline_seconds: float = 3600.0  # for any one wait
 
 
@@ -236,7 +239,7 @@ class Bench:
     workdir: Path
     plane: ControlPlane | None = None
     mock: MockSlurm | None = None
-    operator: Operator | None = None
+    operators: list[Operator] = dataclasses.field(default_factory=list)
     watcher: Watcher | None = None
     created: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # site -> keys
     results: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -273,16 +276,23 @@ class Bench:
         )
         for namespace in ("bench", "bare"):
             self.plane.ensure_namespace(namespace)
-        self.operator = Operator(
-            self.workdir / "operator",
-            self.plane.kubeconfig,
-            settings={"BBP_NOTEBOOK_COMMAND": json.dumps(NOTEBOOK)},
-        )
+        settings = {"BBP_NOTEBOOK_COMMAND": json.dumps(NOTEBOOK)}
+        if self.sizes.shards == 1:
+            self.operators = [Operator(self.workdir / "operator", self.plane.kubeconfig, settings)]
+        elif self.sizes.shards == 2:
+            self.operators = [
+                Operator(self.workdir / f"operator-{site}", self.plane.kubeconfig,
+                         {**settings, "BBP_SHARD": site, "BBP_SITES": json.dumps([site]),
+                          "BBP_PLACES_AUTO": str(site == "geneva").lower()})
+                for site in ("geneva", "lugano")
+            ]  # fmt: skip
+        else:
+            raise ValueError("--shards is 1 or 2 (one per emulated site)")
         self.watcher = Watcher(self.plane)
         self.watcher.start()
 
     def stop(self) -> None:
-        for part in (self.watcher, self.operator, self.mock, self.plane):
+        for part in (self.watcher, *self.operators, self.mock, self.plane):
             if part is not None:
                 try:
                     part.stop()
@@ -295,9 +305,22 @@ class Bench:
         return self.watcher
 
     @property
-    def pid(self) -> int:
-        assert self.operator is not None and self.operator.process is not None
-        return self.operator.process.pid
+    def pids(self) -> list[int]:
+        found = [o.process.pid for o in self.operators if o.process is not None]
+        assert found and len(found) == len(self.operators), "not started"
+        return found
+
+    def start_operators(self) -> None:
+        """Every operator (shards together, as a rollout starts them), each until healthy."""
+        with ThreadPoolExecutor(len(self.operators)) as pool:
+            list(pool.map(Operator.start, self.operators))
+
+    def metrics(self) -> str:
+        """Every operator's /metrics, one after the other (sums and histograms add up)."""
+        return "\n".join(o.metrics() for o in self.operators)
+
+    def logs(self) -> str:
+        return "\n".join(o.log_path.read_text(errors="replace") for o in self.operators)
 
     def wait(self, predicate: Callable[[], Any], what: str, timeout: float | None = None) -> Any:
         return wait_until(predicate, timeout or self.sizes.deadline_seconds, what, 0.2)
@@ -385,9 +408,8 @@ class Bench:
 
     def _reports(self) -> dict[str, float]:
         """When the operator logged each session's endpoint report (local time, as it logs)."""
-        assert self.operator is not None
         found = {}
-        for line in self.operator.log_path.read_text(errors="replace").splitlines():
+        for line in self.logs().splitlines():
             match = REPORTED.match(line)
             if match:
                 moment = dt.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f")
@@ -442,7 +464,7 @@ class Bench:
         self.wait(lambda: len(self.seen.changes_after(keys, up)) == count,
                   "every burst session told the site is back")  # fmt: skip
         spread = max(moments[-1] - moments[0], 1e-3)
-        log = self.operator.log_path.read_text(errors="replace") if self.operator else ""
+        log = self.logs()
         return {
             # Create handlers that ran again and found their job by its tag (no second sbatch).
             "adoptions": log.count("adopted existing job"),
@@ -461,17 +483,17 @@ class Bench:
     def steady(self, label: str) -> dict[str, Any]:
         """One window of steady state: Slurm commands per poll and site, poll duration, RSS,
         CPU and API requests from the operator (nothing else talks to the API server)."""
-        assert self.mock is not None and self.operator is not None
+        assert self.mock is not None and self.operators
         sites = ("geneva", "lugano")
         window = self.sizes.steady_seconds
         for site in sites:
             self.mock.reset_commands(site)
-        metrics0, api0 = self.operator.metrics(), self.apiserver_metrics()
-        cpu0, t0 = cpu_seconds(self.pid), time.monotonic()
+        metrics0, api0 = self.metrics(), self.apiserver_metrics()
+        cpu0, t0 = sum(cpu_seconds(p) for p in self.pids), time.monotonic()
         time.sleep(window)
-        cpu1, t1 = cpu_seconds(self.pid), time.monotonic()
+        cpu1, t1 = sum(cpu_seconds(p) for p in self.pids), time.monotonic()
         commands = {site: sum(self.mock.commands(site).values()) for site in sites}
-        metrics1, api1 = self.operator.metrics(), self.apiserver_metrics()
+        metrics1, api1 = self.metrics(), self.apiserver_metrics()
         polls = {
             site: total(metrics1, "bbp_notebooks_site_polls_total", site=site, outcome="ok")
             - total(metrics0, "bbp_notebooks_site_polls_total", site=site, outcome="ok")
@@ -492,7 +514,9 @@ class Bench:
             "polls": polls,
             "poll_p50_s": quantiles[0.5],
             "poll_p95_s": quantiles[0.95],
-            "rss_mb": rss_mb(self.pid),
+            # The largest operator process (the one replica or the larger shard), and all.
+            "rss_mb": max(each := [rss_mb(p) for p in self.pids]),
+            "rss_mb_each": each,
             "cpu_cores": (cpu1 - cpu0) / (t1 - t0),
             "api_requests_per_s": (apiserver_requests(api1) - apiserver_requests(api0)) / (t1 - t0),
         }
@@ -515,20 +539,19 @@ class Bench:
     def restart(self) -> dict[str, float]:
         """Operator stopped and started over every session: time until each site has polled
         with every session in the index, and the API writes meanwhile."""
-        operator = self.operator
-        assert operator is not None
         expected = len(self.all_keys())
-        operator.stop()
+        for operator in self.operators:
+            operator.stop()
         before = self.apiserver_metrics()
         started = time.monotonic()
-        operator.start()
+        self.start_operators()
 
         answers: list[float] = []  # how long each /metrics took once it first answered
         unanswered = [0]
 
         def probe() -> str | None:
             asked = time.monotonic()
-            text = _metrics_or_none(operator)
+            text = _metrics_or_none(self)
             if text is None and answers:
                 unanswered[0] += 1
             if text is not None or answers:
@@ -578,11 +601,11 @@ class Bench:
     def run(self) -> dict[str, Any]:
         sizes = self.sizes
         self.start()
-        assert self.operator is not None
         self.results["poll_interval"] = sizes.poll_interval
+        self.results["shards"] = sizes.shards
         try:
             self.step("bare_patch_per_s", lambda: self.bare_patch_rate(sizes.burst))
-            self.operator.start()
+            self.start_operators()
             self.step("ready_alone", lambda: self.ready_latency(sizes.ready))
             self.step("steady_small", lambda: self.steady("small"))
             self.step("burst", lambda: self.burst(sizes.burst))
@@ -602,11 +625,11 @@ class Bench:
         return self.results
 
 
-def _metrics_or_none(operator: Operator) -> str | None:
-    """The operator's /metrics, or None while it does not answer in time (a restarting operator
-    is busy with every session at once: seen to stall its event loop for over 5 s)."""
+def _metrics_or_none(source: Bench) -> str | None:
+    """The operators' /metrics, or None while one does not answer in time (a restarting
+    operator is busy with every session at once: seen to stall its event loop for over 5 s)."""
     try:
-        return operator.metrics()
+        return source.metrics()
     except OSError:  # TimeoutError and connection errors alike: not yet
         return None
 
@@ -638,6 +661,7 @@ class Row:
 
 def rows(results: Mapping[str, Any]) -> list[Row]:
     small, full = results["steady_small"], results["steady_full"]
+    shards = results.get("shards", 1)  # CPU and API figures are of every shard together
     burst, restart = results["burst"], results["restart"]
     n, n0 = full["sessions"], small["sessions"]
     # The slope between the two loaded points (the first sessions also pay one-off costs), unless
@@ -690,12 +714,25 @@ def rows(results: Mapping[str, Any]) -> list[Row]:
             None,
         ),
         Row(
-            "operator RSS",
+            "operator RSS" if shards == 1 else f"operator RSS, the larger of {shards} shards",
             f"{full['rss_mb']:.0f} MB at {n}",
             f"{small['rss_mb']:.0f} MB at {n0}",
             "",
             None,
         ),
+        *(
+            [
+                Row(
+                    f"RSS of the {shards} shards together",
+                    f"{sum(full['rss_mb_each']):.0f} MB at {n}",
+                    f"{sum(small['rss_mb_each']):.0f} MB at {n0}",
+                    "",
+                    None,
+                )
+            ]
+            if shards > 1
+            else []
+        ),  # fmt: skip
         Row(
             "RSS per 1,000 sessions (slope)",
             f"{slope:.1f} MB",
