@@ -46,6 +46,7 @@ RESULTS: dict[str, Any] = {
     "bare_patch_per_s": 100.0,
     "ready_alone": {"p50_s": 0.5, "p95_s": 0.8, "max_s": 0.9, "n": 8},
     "ready_loaded": {"p50_s": 0.6, "p95_s": 0.9, "max_s": 1.0, "n": 8, "others": 1000},
+    "ready_full": {"p50_s": 0.9, "p95_s": 1.4, "max_s": 1.5, "n": 8, "others": 10008},
     "steady_small": {"sessions": 8, "commands_per_poll": {"geneva": 2.0, "lugano": 2.0},
                      "commands_per_interval": {"geneva": 2.0, "lugano": 2.0},
                      "poll_p50_s": 0.03, "poll_p95_s": 0.09, "rss_mb": 120.0,
@@ -109,6 +110,13 @@ def test_a_figure_past_its_target_is_missed(path: tuple[str, ...], value: Any, f
         here = here[key]
     here[path[-1]] = value
     assert verdicts(results)[figure] == "MISSED"
+
+
+def test_ready_at_the_full_size_is_shown_against_no_target_and_older_runs_lack_it() -> None:
+    """The target is p95 <= 1 s at 1,000: at 10,000 the figure is reported, not judged."""
+    assert verdicts(RESULTS)["RUNNING -> Ready p50 / p95, 10008 other sessions"] == "-"
+    older = {k: v for k, v in RESULTS.items() if k != "ready_full"}
+    assert not any("10008 other" in figure for figure in verdicts(older))
 
 
 def test_the_table_holds_every_row_and_the_json_round_trips(tmp_path: Path) -> None:

@@ -301,6 +301,18 @@ def spark_polled(queue_entry: QueueEntry | None, accounting: tuple[AccountingEnt
     return row
 
 
+
+def placed_by_shard() -> Row:
+    from bbp_notebooks.operator.shards import Shard, placement
+
+    placer = Shard.from_settings("geneva", ["geneva"], places_auto=True)
+    site = placement("auto", "lugano")
+    assert site == "lugano" and not placer.serves_site(site)  # another shard's site: placed only
+    status = observe.placed(fresh(), site, placer.name, now=NOW, generation=1)
+    assert status.site == "lugano"
+    return shown(status, ConditionType.SUBMITTED, "none here: the shard of the chosen site submits; Normal Event")
+
+
 CASES: dict[str, Callable[[], Row]] = {
     "sbatch-refused": sbatch_refused,
     "login-refused": login_refused,
@@ -312,6 +324,7 @@ CASES: dict[str, Callable[[], Row]] = {
     "user-not-allowed": user_not_allowed,
     "environment-not-owned": environment_not_owned,
     "admission-policy-missing": admission_policy_missing,
+    "placed-by-shard": placed_by_shard,
     "job-pending": polled(snapshot((queued(1, JobState.PENDING),)), ConditionType.RUNNING, "next poll"),
     "job-running": polled(snapshot((queued(1, JobState.RUNNING),)), ConditionType.RUNNING, "next poll"),
     "endpoint-reported": polled(snapshot((queued(1, JobState.RUNNING),)), ConditionType.READY, "next poll", endpoint=True),
