@@ -75,6 +75,20 @@ async def test_a_stuck_queue_starts_nothing_until_released(
     await mockslurm_site.wait_for_state(second, {"RUNNING"})
 
 
+async def test_jobs_submitted_while_hold_new_is_set_stay_held_and_the_rest_still_runs(
+    mockslurm_site: MockSite, mockslurm_ssh: SshFactory
+) -> None:
+    """As `scontrol hold`: PENDING with reason JobHeldAdmin, passed over by the scheduler."""
+    conn = await mockslurm_ssh(mockslurm_site, "alice")
+    mockslurm_site.set_faults(hold_new=True)
+    held = await _submit(conn)
+    mockslurm_site.set_faults(hold_new=False)
+    later = await _submit(conn)
+    await mockslurm_site.wait_for_state(later, {"RUNNING"})
+    listed = await slurm(conn, "squeue", "-h", "-j", str(held), "-o", "%i %T %R")
+    assert listed.stdout == f"{held} PENDING (JobHeldAdmin)\n"
+
+
 async def test_a_failing_node_ends_its_jobs_with_node_fail(
     mockslurm_site: MockSite, mockslurm_ssh: SshFactory
 ) -> None:

@@ -524,17 +524,20 @@ class Bench:
 
     def fill(self, target: int) -> dict[str, float]:
         """Sessions at both sites (held pending) until there are ``target``; time until every
-        one is submitted and seen in its site's queue."""
+        one is submitted and seen in its site's queue. At geneva they are held jobs (JobHeldAdmin)
+        and the rest of its queue schedules, so RUNNING -> Ready is measured with them standing."""
         assert self.mock is not None and self.watcher is not None
-        self.mock.faults("geneva", stuck_pending=True)
         missing = target - len(self.all_keys())
         if missing <= 0:
             return {"added": 0, "observe_s": 0.0}
+        self.mock.faults("geneva", hold_new=True)
         started = time.time()
         keys = self.create("geneva", missing // 2) + self.create("lugano", missing - missing // 2)
         self.wait(lambda: self.seen.count("job", keys) == len(keys) and self._queued(keys),
                   f"{len(keys)} sessions submitted and observed")  # fmt: skip
-        return {"added": len(keys), "observe_s": time.time() - started}
+        observed = time.time() - started
+        self.mock.faults("geneva", hold_new=False)  # the held jobs stay held
+        return {"added": len(keys), "observe_s": observed}
 
     def restart(self) -> dict[str, float]:
         """Operator stopped and started over every session: time until each site has polled

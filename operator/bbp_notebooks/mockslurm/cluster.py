@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 SLURM_VERSION = "22.05.8"
 TOP_PRIORITY = 4294901760
+# Pending reasons the scheduler passes over: a job over its partition's MaxTime, a held job.
+NEVER_SCHEDULED = frozenset({"PartitionTimeLimit", "JobHeldAdmin"})
 ID_BLOCK = 100
 
 
@@ -217,6 +219,9 @@ class Faults:
     controller_latency: float = 0.0
     ssh_refused: bool = False
     stuck_pending: bool = False
+    # Jobs submitted while this is set are held (PENDING, reason JobHeldAdmin, as `scontrol
+    # hold` leaves them in slurmctld) and never start: the rest of the queue schedules as usual.
+    hold_new: bool = False
     sbatch_response_lost: bool = False
     # slurmctld takes this long to register a submission (on top of controller_latency): the
     # job appears only then, after a client with a shorter deadline has given up on the answer.
@@ -233,6 +238,7 @@ class Faults:
             "controller_latency": self.controller_latency,
             "ssh_refused": self.ssh_refused,
             "stuck_pending": self.stuck_pending,
+            "hold_new": self.hold_new,
             "sbatch_response_lost": self.sbatch_response_lost,
             "sbatch_latency": self.sbatch_latency,
             "private_jobs": self.private_jobs,
@@ -438,6 +444,8 @@ class Cluster:
         )
         if over_limit:
             job.reason = "PartitionTimeLimit"
+        elif self.faults.hold_new:
+            job.reason = "JobHeldAdmin"
         self.jobs[job_id] = job
         self.accounting[job_id] = job
         self.pending.append(job)
@@ -592,7 +600,7 @@ class Cluster:
         blocked: set[str] = set()
         started: list[Job] = []
         for job in self.pending:
-            if job.reason == "PartitionTimeLimit":
+            if job.reason in NEVER_SCHEDULED:
                 continue
             if job.partition in blocked:
                 if job.reason != "Priority":
@@ -605,7 +613,7 @@ class Cluster:
                 if len(blocked) == len(self.partitions):
                     # Everything behind is waiting on priority; no need to look further.
                     for rest in self.pending[self.pending.index(job) + 1 :]:
-                        if rest.reason not in ("Priority", "PartitionTimeLimit"):
+                        if rest.reason != "Priority" and rest.reason not in NEVER_SCHEDULED:
                             rest.reason = "Priority"
                     break
                 continue
@@ -619,7 +627,7 @@ class Cluster:
     def _mark_blocked(self) -> None:
         seen: set[str] = set()
         for job in self.pending:
-            if job.reason == "PartitionTimeLimit":
+            if job.reason in NEVER_SCHEDULED:
                 continue
             job.reason = "Priority" if job.partition in seen else "Resources"
             seen.add(job.partition)
@@ -705,7 +713,7 @@ class Cluster:
         estimates: dict[int, float | None] = {}
         floor: dict[str, float] = {}
         for job in self.pending:
-            if job.reason == "PartitionTimeLimit" or self.faults.stuck_pending:
+            if job.reason in NEVER_SCHEDULED or self.faults.stuck_pending:
                 estimates[job.job_id] = None
                 continue
             members = sorted(self.partitions[job.partition].nodes, key=lambda n: free_at[n])

@@ -6,7 +6,7 @@
   POST /sites/{site}/commands/reset
   GET  /sites/{site}/faults                 POST the same keys to change them:
        {"controller_down": bool, "controller_latency": s, "ssh_refused": bool,
-        "stuck_pending": bool, "sbatch_response_lost": bool, "sbatch_latency": s,
+        "stuck_pending": bool, "hold_new": bool, "sbatch_response_lost": bool, "sbatch_latency": s,
         "private_jobs": bool, "private_job_ids": [id], "database_down": bool,
         "controller_down_delay": s, "ssh_down": bool}
   POST /sites/{site}/nodes/{node}/fail | /resume
@@ -29,6 +29,7 @@ FAULT_KEYS = {
     "ssh_refused",
     "ssh_down",
     "stuck_pending",
+    "hold_new",
     "sbatch_response_lost",
     "sbatch_latency",
     "private_jobs",
@@ -120,6 +121,7 @@ async def _set_faults(request: web.Request) -> web.Response:
             controller_latency=_opt_float(body, "controller_latency"),
             ssh_refused=_opt_bool(body, "ssh_refused"),
             stuck_pending=_opt_bool(body, "stuck_pending"),
+            hold_new=_opt_bool(body, "hold_new"),
             sbatch_response_lost=_opt_bool(body, "sbatch_response_lost"),
             sbatch_latency=_opt_float(body, "sbatch_latency"),
             private_jobs=_opt_bool(body, "private_jobs"),

@@ -205,6 +205,7 @@ class MockSite:
         controller_latency: float | None = None,
         ssh_refused: bool | None = None,
         stuck_pending: bool | None = None,
+        hold_new: bool | None = None,
         sbatch_response_lost: bool | None = None,
         database_down: bool | None = None,
         controller_down_delay: float | None = None,
@@ -221,6 +222,8 @@ class MockSite:
             faults.ssh_refused = ssh_refused
         if stuck_pending is not None:
             faults.stuck_pending = stuck_pending
+        if hold_new is not None:
+            faults.hold_new = hold_new
         if sbatch_response_lost is not None:
             faults.sbatch_response_lost = sbatch_response_lost
         if database_down is not None:
