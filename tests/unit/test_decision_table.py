@@ -301,7 +301,6 @@ def spark_polled(queue_entry: QueueEntry | None, accounting: tuple[AccountingEnt
     return row
 
 
-
 def placed_by_shard() -> Row:
     from bbp_notebooks.operator.shards import Shard, placement
 
